@@ -1,0 +1,1 @@
+//! The BigV brain (control plane). Work in progress.

@@ -1,0 +1,496 @@
+//! Spine resources: named values a node holds while its connection lives.
+//!
+//! A resource is a name (`vm.web1`, `disc.sata.42`, `global.memory`, …) and a
+//! JSON value whose shape the name decides. Values are fully "unpacked"
+//! (paper fig. 5): a head needs nothing but a `vm.*` resource to run a VM.
+//! Sizes are MiB unless a field name says otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest resource name we accept; names are keys in tables and logs.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Why a resource name or value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceError {
+    #[error("resource name {name:?}: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("resource {name}: invalid value: {reason}")]
+    BadValue { name: String, reason: String },
+}
+
+/// The facts a node reports about itself under `global.*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GlobalKind {
+    /// `global.load`: 1, 5 and 15 minute load averages (heads and tails).
+    Load,
+    /// `global.memory`: RAM for VMs (heads).
+    Memory,
+    /// `global.storage_pools`: space per pool (tails).
+    StoragePools,
+}
+
+impl GlobalKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            GlobalKind::Load => "load",
+            GlobalKind::Memory => "memory",
+            GlobalKind::StoragePools => "storage_pools",
+        }
+    }
+}
+
+/// A parsed resource name. The string forms are `vm.NAME`,
+/// `disc.GRADE.ID` and `global.KIND`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceName {
+    Vm(String),
+    Disc { grade: String, id: String },
+    Global(GlobalKind),
+}
+
+/// Name segments: lower-case letters, digits and `-`/`_`, not empty.
+fn check_segment(name: &str, seg: &str) -> Result<(), ResourceError> {
+    let ok = !seg.is_empty()
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ResourceError::BadName {
+            name: name.to_owned(),
+            reason: "each part must be non-empty lower-case letters, digits, '-' or '_'",
+        })
+    }
+}
+
+impl ResourceName {
+    pub fn vm(name: impl Into<String>) -> Self {
+        ResourceName::Vm(name.into())
+    }
+
+    pub fn disc(grade: impl Into<String>, id: impl Into<String>) -> Self {
+        ResourceName::Disc {
+            grade: grade.into(),
+            id: id.into(),
+        }
+    }
+}
+
+impl FromStr for ResourceName {
+    type Err = ResourceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason| ResourceError::BadName {
+            name: s.chars().take(MAX_NAME_LEN).collect(),
+            reason,
+        };
+        if s.len() > MAX_NAME_LEN {
+            return Err(bad("longer than 200 bytes"));
+        }
+        let mut parts = s.split('.');
+        let kind = parts.next().unwrap_or_default();
+        let rest: Vec<&str> = parts.collect();
+        match (kind, rest.as_slice()) {
+            ("vm", [name]) => {
+                check_segment(s, name)?;
+                Ok(ResourceName::Vm((*name).to_owned()))
+            }
+            ("disc", [grade, id]) => {
+                check_segment(s, grade)?;
+                check_segment(s, id)?;
+                Ok(ResourceName::disc(*grade, *id))
+            }
+            ("global", ["load"]) => Ok(ResourceName::Global(GlobalKind::Load)),
+            ("global", ["memory"]) => Ok(ResourceName::Global(GlobalKind::Memory)),
+            ("global", ["storage_pools"]) => Ok(ResourceName::Global(GlobalKind::StoragePools)),
+            ("global", _) => Err(bad("unknown global resource")),
+            ("vm", _) => Err(bad("expected vm.NAME")),
+            ("disc", _) => Err(bad("expected disc.GRADE.ID")),
+            _ => Err(bad(
+                "unknown resource kind (expected vm., disc. or global.)",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceName::Vm(name) => write!(f, "vm.{name}"),
+            ResourceName::Disc { grade, id } => write!(f, "disc.{grade}.{id}"),
+            ResourceName::Global(kind) => write!(f, "global.{}", kind.as_str()),
+        }
+    }
+}
+
+impl Serialize for ResourceName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
+}
+
+/// What a head reports a VM's qemu process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmRunState {
+    Running,
+    Paused,
+    Stopped,
+    Migrating,
+}
+
+/// DHCP answers the head's per-VM responder gives on one interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpConfig {
+    pub network: String,
+    pub router: String,
+    pub hostname: String,
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    pub mac: String,
+    pub vlan_id: u32,
+    pub model: String,
+    #[serde(default)]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisc {
+    /// Where the tail serves it, e.g. `nbd:[fd00::12]:10809`.
+    pub address: String,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserAuthentication {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `vm.NAME`: every field of the paper's fig. 5, plus what the head reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// MiB.
+    pub memory: u64,
+    pub cores: u32,
+    pub balloon_on: bool,
+    pub cdrom_url: Option<String>,
+    pub imager_options: Option<serde_json::Value>,
+    pub display_name: String,
+    pub keymap: String,
+    #[serde(default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default)]
+    pub discs: Vec<VmDisc>,
+    pub management_address: Option<String>,
+    #[serde(default)]
+    pub management_ssh_keys: Vec<String>,
+    #[serde(default)]
+    pub console_users: Vec<String>,
+    #[serde(default)]
+    pub user_authentication: BTreeMap<String, UserAuthentication>,
+    /// Reported by the head; absent in the brain's orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VmRunState>,
+    /// Unix seconds when qemu started; reported by the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+}
+
+/// Progress of a tail → tail mirror, reported on the source's `disc.*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationProgress {
+    /// The destination tail's node id.
+    pub to: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub bytes_per_second: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+}
+
+/// `disc.GRADE.ID`: the paper's fig. 6 plus allocation and migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscSpec {
+    /// MiB.
+    pub size: u64,
+    pub storage_pool: String,
+    /// Addresses of the heads allowed to connect; empty means nobody.
+    #[serde(default)]
+    pub access_control_list: Vec<String>,
+    /// The disc's own address on the storage LAN.
+    pub address: String,
+    /// MiB actually allocated in the sparse file; reported by the tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationProgress>,
+}
+
+/// `global.memory` on heads, MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryFacts {
+    pub total: u64,
+    pub free: u64,
+}
+
+/// One entry of `global.storage_pools` on tails, MiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFacts {
+    pub grade: String,
+    pub size: u64,
+    pub free: u64,
+    /// Sum of the sizes of the discs in the pool (can exceed `size`: overcommit).
+    pub allocated: u64,
+}
+
+/// A resource value; which variant is allowed depends on the name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceValue {
+    Vm(Box<VmSpec>),
+    Disc(DiscSpec),
+    Load([f64; 3]),
+    Memory(MemoryFacts),
+    StoragePools(BTreeMap<String, PoolFacts>),
+}
+
+impl ResourceValue {
+    fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        match self {
+            ResourceValue::Vm(v) => serde_json::to_value(v),
+            ResourceValue::Disc(v) => serde_json::to_value(v),
+            ResourceValue::Load(v) => serde_json::to_value(v),
+            ResourceValue::Memory(v) => serde_json::to_value(v),
+            ResourceValue::StoragePools(v) => serde_json::to_value(v),
+        }
+    }
+
+    /// Parses `value` as the shape `name` calls for.
+    pub fn from_json(name: &ResourceName, value: serde_json::Value) -> Result<Self, ResourceError> {
+        let bad = |e: serde_json::Error| ResourceError::BadValue {
+            name: name.to_string(),
+            reason: e.to_string(),
+        };
+        Ok(match name {
+            ResourceName::Vm(_) => ResourceValue::Vm(serde_json::from_value(value).map_err(bad)?),
+            ResourceName::Disc { .. } => {
+                ResourceValue::Disc(serde_json::from_value(value).map_err(bad)?)
+            }
+            ResourceName::Global(GlobalKind::Load) => {
+                ResourceValue::Load(serde_json::from_value(value).map_err(bad)?)
+            }
+            ResourceName::Global(GlobalKind::Memory) => {
+                ResourceValue::Memory(serde_json::from_value(value).map_err(bad)?)
+            }
+            ResourceName::Global(GlobalKind::StoragePools) => {
+                ResourceValue::StoragePools(serde_json::from_value(value).map_err(bad)?)
+            }
+        })
+    }
+
+    fn fits(&self, name: &ResourceName) -> bool {
+        matches!(
+            (name, self),
+            (ResourceName::Vm(_), ResourceValue::Vm(_))
+                | (ResourceName::Disc { .. }, ResourceValue::Disc(_))
+                | (
+                    ResourceName::Global(GlobalKind::Load),
+                    ResourceValue::Load(_)
+                )
+                | (
+                    ResourceName::Global(GlobalKind::Memory),
+                    ResourceValue::Memory(_)
+                )
+                | (
+                    ResourceName::Global(GlobalKind::StoragePools),
+                    ResourceValue::StoragePools(_)
+                )
+        )
+    }
+}
+
+/// A named, typed resource. On the wire: `{"name": "...", "value": {...}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    name: ResourceName,
+    value: ResourceValue,
+}
+
+impl Resource {
+    /// Pairs a name with a value, refusing a value of the wrong kind.
+    pub fn new(name: ResourceName, value: ResourceValue) -> Result<Self, ResourceError> {
+        if value.fits(&name) {
+            Ok(Resource { name, value })
+        } else {
+            Err(ResourceError::BadValue {
+                name: name.to_string(),
+                reason: "value is of the wrong kind for this name".into(),
+            })
+        }
+    }
+
+    pub fn vm(name: impl Into<String>, spec: VmSpec) -> Self {
+        Resource {
+            name: ResourceName::vm(name),
+            value: ResourceValue::Vm(Box::new(spec)),
+        }
+    }
+
+    pub fn disc(grade: impl Into<String>, id: impl Into<String>, spec: DiscSpec) -> Self {
+        Resource {
+            name: ResourceName::disc(grade, id),
+            value: ResourceValue::Disc(spec),
+        }
+    }
+
+    pub fn load(load: [f64; 3]) -> Self {
+        Resource {
+            name: ResourceName::Global(GlobalKind::Load),
+            value: ResourceValue::Load(load),
+        }
+    }
+
+    pub fn memory(facts: MemoryFacts) -> Self {
+        Resource {
+            name: ResourceName::Global(GlobalKind::Memory),
+            value: ResourceValue::Memory(facts),
+        }
+    }
+
+    pub fn storage_pools(pools: BTreeMap<String, PoolFacts>) -> Self {
+        Resource {
+            name: ResourceName::Global(GlobalKind::StoragePools),
+            value: ResourceValue::StoragePools(pools),
+        }
+    }
+
+    pub fn name(&self) -> &ResourceName {
+        &self.name
+    }
+
+    pub fn value(&self) -> &ResourceValue {
+        &self.value
+    }
+
+    pub fn into_parts(self) -> (ResourceName, ResourceValue) {
+        (self.name, self.value)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: String,
+    value: serde_json::Value,
+}
+
+impl Serialize for Resource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        RawResource {
+            name: self.name.to_string(),
+            value: self.value.to_json().map_err(S::Error::custom)?,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawResource::deserialize(d)?;
+        let name: ResourceName = raw.name.parse().map_err(D::Error::custom)?;
+        let value = ResourceValue::from_json(&name, raw.value).map_err(D::Error::custom)?;
+        Ok(Resource { name, value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_names_say_why() {
+        for s in [
+            "vm.web1",
+            "disc.sata.42",
+            "global.load",
+            "global.storage_pools",
+        ] {
+            let n: ResourceName = s.parse().unwrap();
+            assert_eq!(n.to_string(), s);
+        }
+        let err = "vm.Web".parse::<ResourceName>().unwrap_err().to_string();
+        assert!(err.contains("lower-case"), "{err}");
+        let err = "disc.sata".parse::<ResourceName>().unwrap_err().to_string();
+        assert!(err.contains("disc.GRADE.ID"), "{err}");
+        let err = "cpu.x".parse::<ResourceName>().unwrap_err().to_string();
+        assert!(err.contains("unknown resource kind"), "{err}");
+    }
+
+    #[test]
+    fn paper_fig6_disc_parses() {
+        let json = r#"{"name":"disc.sata.7","value":{"size":10000,"storage_pool":"sata",
+            "access_control_list":["44.43.0.1"],"address":"44.44.44.45"}}"#;
+        let r: Resource = serde_json::from_str(json).unwrap();
+        let ResourceValue::Disc(d) = r.value() else {
+            panic!("not a disc")
+        };
+        assert_eq!(d.size, 10000);
+        assert_eq!(d.access_control_list, ["44.43.0.1"]);
+    }
+
+    #[test]
+    fn value_must_match_name() {
+        let json = r#"{"name":"global.memory","value":[0.1,0.2,0.3]}"#;
+        let err = serde_json::from_str::<Resource>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("global.memory"), "{err}");
+        assert!(
+            Resource::new(ResourceName::vm("x"), ResourceValue::Load([0.0, 0.0, 0.0])).is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_vm_field_is_named() {
+        let json = r#"{"name":"vm.a","value":{"memory":1,"cores":1,"balloon_on":false,
+            "cdrom_url":null,"imager_options":null,"display_name":"a","keymap":"en-gb",
+            "management_address":null,"colour":"red"}}"#;
+        let err = serde_json::from_str::<Resource>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,460 @@
+//! Simulated heads and tails that speak the real spine protocol.
+//!
+//! They keep memory and pool-space accounting and report it as the real
+//! agents do, but run no qemu and store no data. Brain tests and the scale
+//! benchmark use them; they never stand in for tests of the real agents.
+//! One process can run thousands: a node is a few tasks and a socket.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::message::{ErrorCode, Hello, OrderError, PowerAction, Role};
+use crate::node::{Backoff, NodeAgent, NodeConfig, NodeHandler, Notifier};
+use crate::resource::{
+    DiscSpec, MemoryFacts, PoolFacts, Resource, ResourceName, ResourceValue, VmRunState, VmSpec,
+};
+
+/// What a simulated node has to offer.
+#[derive(Debug, Clone)]
+pub enum SimHardware {
+    Head {
+        memory_mib: u64,
+    },
+    /// Pools by name: (grade, size in MiB).
+    Tail {
+        pools: BTreeMap<String, (String, u64)>,
+    },
+}
+
+impl SimHardware {
+    fn role(&self) -> Role {
+        match self {
+            SimHardware::Head { .. } => Role::Head,
+            SimHardware::Tail { .. } => Role::Tail,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SimState {
+    vms: BTreeMap<String, VmSpec>,
+    discs: BTreeMap<ResourceName, DiscSpec>,
+}
+
+struct SimHandler {
+    hardware: SimHardware,
+    state: Mutex<SimState>,
+    notifier: OnceLock<Notifier>,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> OrderError {
+    OrderError::new(code, message)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl SimHandler {
+    fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().expect("sim state poisoned")
+    }
+
+    fn notifier(&self) -> &Notifier {
+        self.notifier.get().expect("notifier set at construction")
+    }
+
+    /// The `global.*` facts for the current state.
+    fn facts(&self, state: &SimState) -> Vec<Resource> {
+        let load = Resource::load([0.1, 0.1, 0.1]);
+        match &self.hardware {
+            SimHardware::Head { memory_mib } => {
+                let used: u64 = state.vms.values().map(|v| v.memory).sum();
+                vec![
+                    load,
+                    Resource::memory(MemoryFacts {
+                        total: *memory_mib,
+                        free: memory_mib.saturating_sub(used),
+                    }),
+                ]
+            }
+            SimHardware::Tail { pools } => {
+                let facts = pools
+                    .iter()
+                    .map(|(name, (grade, size))| {
+                        let discs = state.discs.values().filter(|d| &d.storage_pool == name);
+                        let (allocated, used) = discs.fold((0, 0), |(a, u), d| {
+                            (a + d.size, u + d.allocated.unwrap_or(0))
+                        });
+                        let facts = PoolFacts {
+                            grade: grade.clone(),
+                            size: *size,
+                            free: size.saturating_sub(used),
+                            allocated,
+                        };
+                        (name.clone(), facts)
+                    })
+                    .collect();
+                vec![load, Resource::storage_pools(facts)]
+            }
+        }
+    }
+
+    /// Reports a resource an order made or changed, then the facts.
+    async fn report(&self, changed: Option<(Resource, bool)>) {
+        let facts = self.facts(&self.state());
+        let notifier = self.notifier();
+        match changed {
+            Some((resource, true)) => notifier.created(resource).await,
+            Some((resource, false)) => notifier.updated(resource).await,
+            None => {}
+        }
+        for fact in facts {
+            notifier.updated(fact).await;
+        }
+    }
+
+    fn check_head(&self) -> Result<u64, OrderError> {
+        match self.hardware {
+            SimHardware::Head { memory_mib } => Ok(memory_mib),
+            SimHardware::Tail { .. } => Err(refuse(ErrorCode::Unsupported, "a tail runs no VMs")),
+        }
+    }
+
+    fn check_pool(&self, spec: &DiscSpec) -> Result<(), OrderError> {
+        match &self.hardware {
+            SimHardware::Tail { pools } if pools.contains_key(&spec.storage_pool) => Ok(()),
+            SimHardware::Tail { .. } => Err(refuse(
+                ErrorCode::Invalid,
+                format!("no storage pool {:?} here", spec.storage_pool),
+            )),
+            SimHardware::Head { .. } => {
+                Err(refuse(ErrorCode::Unsupported, "a head serves no discs"))
+            }
+        }
+    }
+
+    fn put_vm(&self, name: &str, mut spec: VmSpec, create: bool) -> Result<Resource, OrderError> {
+        let total = self.check_head()?;
+        let mut state = self.state();
+        let old = state.vms.get(name);
+        match (create, old) {
+            (true, Some(_)) => {
+                return Err(refuse(
+                    ErrorCode::AlreadyExists,
+                    format!("vm.{name} runs here"),
+                ));
+            }
+            (false, None) => {
+                return Err(refuse(ErrorCode::NotFound, format!("no vm.{name} here")));
+            }
+            _ => {}
+        }
+        let used: u64 = state.vms.values().map(|v| v.memory).sum();
+        let free = total.saturating_sub(used) + old.map_or(0, |v| v.memory);
+        if spec.memory > free {
+            return Err(refuse(
+                ErrorCode::InsufficientResources,
+                format!("vm.{name} needs {} MiB, {free} MiB free", spec.memory),
+            ));
+        }
+        spec.state = Some(VmRunState::Running);
+        spec.started_at = Some(old.and_then(|v| v.started_at).unwrap_or_else(now_unix));
+        state.vms.insert(name.to_owned(), spec.clone());
+        Ok(Resource::vm(name, spec))
+    }
+
+    fn put_disc(
+        &self,
+        name: &ResourceName,
+        mut spec: DiscSpec,
+        create: bool,
+    ) -> Result<Resource, OrderError> {
+        self.check_pool(&spec)?;
+        let mut state = self.state();
+        let old = state.discs.get(name);
+        match (create, old) {
+            (true, Some(_)) => {
+                return Err(refuse(
+                    ErrorCode::AlreadyExists,
+                    format!("{name} exists here"),
+                ));
+            }
+            (false, None) => return Err(refuse(ErrorCode::NotFound, format!("no {name} here"))),
+            (false, Some(old)) if spec.size < old.size => {
+                return Err(refuse(
+                    ErrorCode::Invalid,
+                    format!("{name}: shrinking refused"),
+                ));
+            }
+            _ => {}
+        }
+        spec.allocated = Some(old.and_then(|d| d.allocated).unwrap_or(0));
+        state.discs.insert(name.clone(), spec.clone());
+        Resource::new(name.clone(), ResourceValue::Disc(spec))
+            .map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))
+    }
+
+    async fn put(&self, resource: Resource, create: bool) -> Result<(), OrderError> {
+        let (name, value) = resource.into_parts();
+        let applied = match (&name, value) {
+            (ResourceName::Vm(vm), ResourceValue::Vm(spec)) => self.put_vm(vm, *spec, create)?,
+            (ResourceName::Disc { .. }, ResourceValue::Disc(spec)) => {
+                self.put_disc(&name, spec, create)?
+            }
+            _ => {
+                return Err(refuse(
+                    ErrorCode::Invalid,
+                    format!("{name} is reported by nodes, not ordered"),
+                ));
+            }
+        };
+        self.report(Some((applied, create))).await;
+        Ok(())
+    }
+}
+
+impl NodeHandler for SimHandler {
+    async fn snapshot(&self) -> Vec<Resource> {
+        let state = self.state();
+        let mut all = self.facts(&state);
+        all.extend(
+            state
+                .vms
+                .iter()
+                .map(|(name, spec)| Resource::vm(name, spec.clone())),
+        );
+        all.extend(state.discs.iter().filter_map(|(name, spec)| {
+            Resource::new(name.clone(), ResourceValue::Disc(spec.clone())).ok()
+        }));
+        all
+    }
+
+    async fn create(&self, resource: Resource) -> Result<(), OrderError> {
+        self.put(resource, true).await
+    }
+
+    async fn update(&self, resource: Resource) -> Result<(), OrderError> {
+        self.put(resource, false).await
+    }
+
+    async fn remove(&self, name: ResourceName) -> Result<(), OrderError> {
+        let existed = {
+            let mut state = self.state();
+            match &name {
+                ResourceName::Vm(vm) => state.vms.remove(vm).is_some(),
+                ResourceName::Disc { .. } => state.discs.remove(&name).is_some(),
+                ResourceName::Global(_) => false,
+            }
+        };
+        if !existed {
+            return Err(refuse(ErrorCode::NotFound, format!("no {name} here")));
+        }
+        self.notifier().destroyed(name).await;
+        self.report(None).await;
+        Ok(())
+    }
+}
+
+/// One simulated head or tail, with the knobs tests turn.
+pub struct SimNode {
+    agent: NodeAgent<SimHandler>,
+    handler: Arc<SimHandler>,
+    away_until: Mutex<Option<Instant>>,
+    powered_off: Mutex<bool>,
+    power_on: Notify,
+    sessions: std::sync::atomic::AtomicU64,
+}
+
+impl SimNode {
+    /// A node that will connect to `brain_addr` once [`SimNode::run`] runs.
+    pub fn new(mut config: NodeConfig, hardware: SimHardware) -> Arc<Self> {
+        config.hello.role = hardware.role();
+        let handler = Arc::new(SimHandler {
+            hardware,
+            state: Mutex::default(),
+            notifier: OnceLock::new(),
+        });
+        let agent = NodeAgent::new(config, handler.clone());
+        let _ = handler.notifier.set(agent.notifier());
+        Arc::new(SimNode {
+            agent,
+            handler,
+            away_until: Mutex::new(None),
+            powered_off: Mutex::new(false),
+            power_on: Notify::new(),
+            sessions: 0.into(),
+        })
+    }
+
+    /// A node config with short timings, suited to simulation.
+    pub fn config(brain_addr: &str, node_id: &str, image_version: &str) -> NodeConfig {
+        let hello = Hello {
+            node_id: node_id.to_owned(),
+            role: Role::Head,
+            image_version: image_version.to_owned(),
+            protocol_version: crate::PROTOCOL_VERSION,
+            addresses: vec![],
+        };
+        let mut config = NodeConfig::new(brain_addr, hello);
+        config.backoff = Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+        };
+        config
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.agent.config().hello.node_id
+    }
+
+    /// How many sessions have started (reconnects show as increments).
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs sessions until the task is dropped, obeying the knobs below
+    /// and simulating reboot/power-off orders.
+    pub async fn run(self: Arc<Self>) {
+        let backoff = self.agent.config().backoff;
+        loop {
+            self.wait_until_allowed().await;
+            self.sessions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.agent.session().await {
+                Ok(PowerAction::Reboot) => {
+                    // A reboot loses every VM and forgets nothing on discs.
+                    self.handler.state().vms.clear();
+                }
+                Ok(PowerAction::Poweroff) => {
+                    self.handler.state().vms.clear();
+                    *self.powered_off.lock().expect("power poisoned") = true;
+                }
+                Err(e) => tracing::debug!(node = self.node_id(), error = %e, "sim session ended"),
+            }
+            tokio::time::sleep(backoff.initial).await;
+        }
+    }
+
+    async fn wait_until_allowed(&self) {
+        loop {
+            let notified = self.power_on.notified();
+            if *self.powered_off.lock().expect("power poisoned") {
+                notified.await;
+                continue;
+            }
+            let away = *self.away_until.lock().expect("away poisoned");
+            match away {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// The VMs this node runs now.
+    pub fn vms(&self) -> BTreeMap<String, VmSpec> {
+        self.handler.state().vms.clone()
+    }
+
+    pub fn discs(&self) -> BTreeMap<ResourceName, DiscSpec> {
+        self.handler.state().discs.clone()
+    }
+
+    /// The VM's qemu "dies": the brain hears `destroyed`.
+    pub async fn crash_vm(&self, name: &str) -> bool {
+        let existed = self.handler.state().vms.remove(name).is_some();
+        if existed {
+            self.handler
+                .notifier()
+                .destroyed(ResourceName::vm(name))
+                .await;
+            self.handler.report(None).await;
+        }
+        existed
+    }
+
+    /// Drops the connection now; the node reconnects after its backoff.
+    pub fn drop_connection(&self) {
+        self.agent.notifier().disconnect();
+    }
+
+    /// Drops the connection and stays away for `period`.
+    pub fn stay_away(&self, period: Duration) {
+        *self.away_until.lock().expect("away poisoned") = Some(Instant::now() + period);
+        self.drop_connection();
+    }
+
+    /// Declares a VM the brain never ordered (or has since moved) and
+    /// reconnects, so the next dump carries it: the paper's "rogue" case.
+    pub fn reconnect_with_stale_vm(&self, name: &str, mut spec: VmSpec) {
+        spec.state = Some(VmRunState::Running);
+        spec.started_at.get_or_insert_with(now_unix);
+        self.handler.state().vms.insert(name.to_owned(), spec);
+        self.drop_connection();
+    }
+
+    pub fn is_powered_off(&self) -> bool {
+        *self.powered_off.lock().expect("power poisoned")
+    }
+
+    /// Presses the power button of a node the brain powered off.
+    pub fn power_on(&self) {
+        *self.powered_off.lock().expect("power poisoned") = false;
+        self.power_on.notify_waiters();
+    }
+}
+
+/// Many simulated nodes against one brain.
+pub struct SimFleet {
+    pub nodes: Vec<Arc<SimNode>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SimFleet {
+    /// Starts `heads` heads and `tails` tails named `sim-head-NNNN` and
+    /// `sim-tail-NNNN`; `tweak` adjusts each node's config (TLS pin,
+    /// keepalive) before it starts.
+    pub fn start(
+        brain_addr: &str,
+        heads: usize,
+        tails: usize,
+        head: SimHardware,
+        tail: SimHardware,
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> SimFleet {
+        let kinds = (0..heads)
+            .map(|i| (format!("sim-head-{i:04}"), head.clone()))
+            .chain((0..tails).map(|i| (format!("sim-tail-{i:04}"), tail.clone())));
+        let nodes: Vec<Arc<SimNode>> = kinds
+            .map(|(id, hardware)| {
+                let mut config = SimNode::config(brain_addr, &id, "sim");
+                tweak(&mut config);
+                SimNode::new(config, hardware)
+            })
+            .collect();
+        let tasks = nodes
+            .iter()
+            .map(|n| tokio::spawn(n.clone().run()))
+            .collect();
+        SimFleet { nodes, tasks }
+    }
+
+    pub fn node(&self, node_id: &str) -> Option<&Arc<SimNode>> {
+        self.nodes.iter().find(|n| n.node_id() == node_id)
+    }
+}
+
+impl Drop for SimFleet {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

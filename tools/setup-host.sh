@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Makes a Debian 12 machine able to build and test BigV: the apt packages
+# the build and the tests use, and a Rust toolchain new enough for the
+# workspace (1.95; Debian's own rustc is too old). Safe to run repeatedly.
+set -euo pipefail
+
+# Packages: a C compiler for ring (TLS), pkg-config for -sys crates.
+packages=(gcc libc6-dev pkg-config ca-certificates curl)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup-host: installing ${missing[*]}" >&2
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# shellcheck disable=SC1091
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v cargo >/dev/null; then
+    echo "setup-host: no cargo found; installing Rust with rustup" >&2
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README): format, lints, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup-host.sh
+# shellcheck disable=SC1091
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
