@@ -194,8 +194,33 @@ pub struct UserAuthentication {
     pub password: Option<String>,
 }
 
+/// What a guest is sent through its virtual hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// ACPI power button.
+    Powerdown,
+    /// The reset button: a reboot inside the same qemu process.
+    Reset,
+    /// Key presses, e.g. `ctrl-alt-delete`.
+    Sendkey,
+}
+
+/// A signal the brain wants delivered once. The head delivers each new
+/// `seq` exactly once and ignores a `seq` it has already delivered, so the
+/// order can be repeated harmlessly (level-triggered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSignal {
+    pub seq: u64,
+    pub kind: SignalKind,
+    /// Dash-separated key names for `sendkey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
+}
+
 /// `vm.NAME`: every field of the paper's fig. 5, plus what the head reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     /// MiB.
@@ -217,6 +242,9 @@ pub struct VmSpec {
     pub console_users: Vec<String>,
     #[serde(default)]
     pub user_authentication: BTreeMap<String, UserAuthentication>,
+    /// The latest signal ordered; see [`VmSignal`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<VmSignal>,
     /// Reported by the head; absent in the brain's orders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<VmRunState>,
@@ -238,8 +266,18 @@ pub struct MigrationProgress {
     pub eta_seconds: Option<u64>,
 }
 
+/// An order to overwrite a disc with an OS template (reimage). The tail
+/// performs each new `seq` once and reports it in `imaged_seq` when done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateCopy {
+    pub seq: u64,
+    /// The image (distribution) name, e.g. `bigv-test`.
+    pub image: String,
+}
+
 /// `disc.GRADE.ID`: the paper's fig. 6 plus allocation and migration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscSpec {
     /// MiB.
@@ -250,6 +288,11 @@ pub struct DiscSpec {
     pub access_control_list: Vec<String>,
     /// The disc's own address on the storage LAN.
     pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateCopy>,
+    /// The last template copy finished; reported by the tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imaged_seq: Option<u64>,
     /// MiB actually allocated in the sparse file; reported by the tail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated: Option<u64>,

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 use crate::message::{ErrorCode, Hello, OrderError, PowerAction, Role};
 use crate::node::{Backoff, NodeAgent, NodeConfig, NodeHandler, Notifier};
 use crate::resource::{
-    DiscSpec, MemoryFacts, PoolFacts, Resource, ResourceName, ResourceValue, VmRunState, VmSpec,
+    DiscSpec, MemoryFacts, PoolFacts, Resource, ResourceName, ResourceValue, SignalKind,
+    VmRunState, VmSpec,
 };
 
 /// What a simulated node has to offer.
@@ -141,7 +142,13 @@ impl SimHandler {
         }
     }
 
-    fn put_vm(&self, name: &str, mut spec: VmSpec, create: bool) -> Result<Resource, OrderError> {
+    /// Starts or changes a VM; `None` when a delivered signal stopped it.
+    fn put_vm(
+        &self,
+        name: &str,
+        mut spec: VmSpec,
+        create: bool,
+    ) -> Result<Option<Resource>, OrderError> {
         let total = self.check_head()?;
         let mut state = self.state();
         let old = state.vms.get(name);
@@ -165,10 +172,17 @@ impl SimHandler {
                 format!("vm.{name} needs {} MiB, {free} MiB free", spec.memory),
             ));
         }
+        let delivered = old.and_then(|v| v.signal.as_ref()).map(|s| s.seq);
+        let new_signal = spec.signal.as_ref().filter(|s| Some(s.seq) != delivered);
+        if new_signal.is_some_and(|s| s.kind == SignalKind::Powerdown) {
+            // The simulated guest obeys ACPI at once: qemu exits.
+            state.vms.remove(name);
+            return Ok(None);
+        }
         spec.state = Some(VmRunState::Running);
         spec.started_at = Some(old.and_then(|v| v.started_at).unwrap_or_else(now_unix));
         state.vms.insert(name.to_owned(), spec.clone());
-        Ok(Resource::vm(name, spec))
+        Ok(Some(Resource::vm(name, spec)))
     }
 
     fn put_disc(
@@ -197,6 +211,11 @@ impl SimHandler {
             _ => {}
         }
         spec.allocated = Some(old.and_then(|d| d.allocated).unwrap_or(0));
+        // Template copies are instant here; the real tail reports when done.
+        spec.imaged_seq = match &spec.template {
+            Some(t) => Some(t.seq),
+            None => old.and_then(|d| d.imaged_seq),
+        };
         state.discs.insert(name.clone(), spec.clone());
         Resource::new(name.clone(), ResourceValue::Disc(spec))
             .map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))
@@ -205,7 +224,14 @@ impl SimHandler {
     async fn put(&self, resource: Resource, create: bool) -> Result<(), OrderError> {
         let (name, value) = resource.into_parts();
         let applied = match (&name, value) {
-            (ResourceName::Vm(vm), ResourceValue::Vm(spec)) => self.put_vm(vm, *spec, create)?,
+            (ResourceName::Vm(vm), ResourceValue::Vm(spec)) => {
+                let Some(running) = self.put_vm(vm, *spec, create)? else {
+                    self.notifier().destroyed(name).await;
+                    self.report(None).await;
+                    return Ok(());
+                };
+                running
+            }
             (ResourceName::Disc { .. }, ResourceValue::Disc(spec)) => {
                 self.put_disc(&name, spec, create)?
             }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use bigv_spine::codec::{CodecError, FrameCodec, encode_frame};
 use bigv_spine::message::{ErrorCode, OrderError, Outcome, PowerAction};
 use bigv_spine::resource::{
-    DhcpConfig, DiscSpec, MemoryFacts, MigrationProgress, NetworkInterface, PoolFacts,
-    UserAuthentication, VmDisc, VmRunState, VmSpec,
+    DhcpConfig, DiscSpec, MemoryFacts, MigrationProgress, NetworkInterface, PoolFacts, SignalKind,
+    TemplateCopy, UserAuthentication, VmDisc, VmRunState, VmSignal, VmSpec,
 };
 use bigv_spine::{Hello, Resource, ResourceName, Role, ToBrain, ToNode};
 use bytes::BytesMut;
@@ -83,14 +83,14 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
             prop::collection::vec(text(), 0..2),
             users,
         ),
-        (state, prop::option::of(any::<u64>())),
+        (state, prop::option::of(any::<u64>()), signal()),
     )
         .prop_map(
             |(
                 (memory, cores, balloon_on, cdrom_url),
                 (display_name, keymap, nics, discs),
                 (mgmt, keys, users),
-                (state, started_at),
+                (state, started_at, signal),
             )| VmSpec {
                 memory,
                 cores,
@@ -105,10 +105,26 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                 management_ssh_keys: keys,
                 console_users: users.keys().cloned().collect(),
                 user_authentication: users,
+                signal,
                 state,
                 started_at,
             },
         )
+}
+
+fn signal() -> impl Strategy<Value = Option<VmSignal>> {
+    let kind = prop_oneof![
+        Just(SignalKind::Powerdown),
+        Just(SignalKind::Reset),
+        Just(SignalKind::Sendkey)
+    ];
+    prop::option::of(
+        (any::<u64>(), kind, prop::option::of(text())).prop_map(|(seq, kind, keys)| VmSignal {
+            seq,
+            kind,
+            keys,
+        }),
+    )
 }
 
 fn disc_spec() -> impl Strategy<Value = DiscSpec> {
@@ -128,20 +144,34 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
                 eta_seconds,
             },
         );
+    let template = prop::option::of(
+        (any::<u64>(), text()).prop_map(|(seq, image)| TemplateCopy { seq, image }),
+    );
     (
-        any::<u64>(),
-        segment(),
-        prop::collection::vec(text(), 0..3),
-        text(),
-        prop::option::of(any::<u64>()),
-        prop::option::of(migration),
+        (
+            any::<u64>(),
+            segment(),
+            prop::collection::vec(text(), 0..3),
+            text(),
+        ),
+        (
+            template,
+            prop::option::of(any::<u64>()),
+            prop::option::of(any::<u64>()),
+            prop::option::of(migration),
+        ),
     )
         .prop_map(
-            |(size, storage_pool, access_control_list, address, allocated, migration)| DiscSpec {
+            |(
+                (size, storage_pool, access_control_list, address),
+                (template, imaged_seq, allocated, migration),
+            )| DiscSpec {
                 size,
                 storage_pool,
                 access_control_list,
                 address,
+                template,
+                imaged_seq,
                 allocated,
                 migration,
             },

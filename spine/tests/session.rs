@@ -341,8 +341,7 @@ async fn tails_account_for_discs_and_refuse_what_they_cannot_do() {
         storage_pool: pool.into(),
         access_control_list: vec!["fd00::1".into()],
         address: "fd00::100".into(),
-        allocated: None,
-        migration: None,
+        ..Default::default()
     };
     handle
         .create(Resource::disc("sata", "1", disc(25_600, "sata1")), 1)
@@ -410,4 +409,65 @@ async fn thousands_of_simulated_nodes_in_one_process() {
             .vms()
             .contains_key("last")
     );
+}
+
+#[tokio::test]
+async fn signals_and_template_copies_are_delivered_once() {
+    use bigv_spine::resource::{SignalKind, TemplateCopy, VmSignal};
+    let (server, mut events) = start_server(server_config()).await;
+    let addr = server.local_addr().to_string();
+    let h = sim(&addr, "h1", head(4096));
+    let t = sim(&addr, "t1", tail(100_000));
+    let tasks = [tokio::spawn(h.clone().run()), tokio::spawn(t.clone().run())];
+    wait_ready(&mut events, "h1").await;
+    wait_ready(&mut events, "t1").await;
+    let head_node = server.node("h1").unwrap();
+
+    let mut spec = vm(512);
+    spec.signal = Some(VmSignal {
+        seq: 1,
+        kind: SignalKind::Powerdown,
+        keys: None,
+    });
+    // A VM created with an old signal does not act on it again...
+    let mut created = spec.clone();
+    created.signal = None;
+    head_node
+        .create(Resource::vm("a", created), 1)
+        .await
+        .unwrap();
+    // ...but a new powerdown makes the guest stop, and the brain hears it.
+    head_node.update(Resource::vm("a", spec), 2).await.unwrap();
+    assert!(h.vms().is_empty());
+    wait_for(
+        &mut events,
+        "powered down",
+        |e| matches!(e, SpineEvent::Destroyed { name, .. } if *name == ResourceName::vm("a")),
+    )
+    .await;
+
+    let mut disc = DiscSpec {
+        size: 1024,
+        storage_pool: "sata1".into(),
+        ..Default::default()
+    };
+    disc.template = Some(TemplateCopy {
+        seq: 3,
+        image: "bigv-test".into(),
+    });
+    let tail_node = server.node("t1").unwrap();
+    tail_node
+        .create(Resource::disc("sata", "9", disc), 1)
+        .await
+        .unwrap();
+    let (ResourceValue::Disc(reported), _) = tail_node
+        .resource(&ResourceName::disc("sata", "9"))
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(reported.imaged_seq, Some(3));
+    for task in tasks {
+        task.abort();
+    }
 }

@@ -160,8 +160,7 @@ async fn demo(size: FleetSize) -> anyhow::Result<()> {
             // Only the head that will run the VM may connect.
             access_control_list: vec![head.info().peer.ip().to_string()],
             address: address.clone(),
-            allocated: None,
-            migration: None,
+            ..Default::default()
         };
         tail.create(Resource::disc("sata", i.to_string(), disc), 1)
             .await
@@ -238,7 +237,6 @@ fn demo_vm(i: usize, disc_address: &str) -> VmSpec {
         management_ssh_keys: vec![],
         console_users: vec![],
         user_authentication: BTreeMap::new(),
-        state: None,
-        started_at: None,
+        ..Default::default()
     }
 }

@@ -85,7 +85,6 @@ pub fn vm(memory: u64) -> VmSpec {
         management_ssh_keys: vec![],
         console_users: vec![],
         user_authentication: BTreeMap::new(),
-        state: None,
-        started_at: None,
+        ..Default::default()
     }
 }
