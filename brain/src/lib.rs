@@ -1,4 +1,12 @@
-//! The BigV brain: the control plane. For now it holds the embedded store; see
-//! brain/README.md for what lives here and what is coming.
+//! The BigV brain: the control plane (paper §3, §7, §8). See
+//! brain/README.md for what lives here.
 
+pub mod api;
+pub mod clock;
+pub mod model;
+pub mod password;
+pub mod runtime;
+pub mod scheduler;
 pub mod store;
+
+pub use runtime::{Brain, BrainConfig};

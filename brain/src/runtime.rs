@@ -1,0 +1,202 @@
+//! A running brain: store, spine listener, HTTP API and background tasks,
+//! started together and stopped together. `bigv-brain serve` and the
+//! integration tests both start it through [`Brain::start`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bigv_spine::tls::{BrainIdentity, Fingerprint};
+use bigv_spine::{Keepalive, ServerConfig, SpineServer};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::clock::Clock;
+use crate::model::{Db, Level, Privilege, PrivilegeId, Settings, Target, User, UserId};
+
+#[derive(Clone)]
+pub struct BrainConfig {
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub spine_addr: SocketAddr,
+    /// Credentials for the first `cluster_su`, used only while the store
+    /// has no users at all.
+    pub bootstrap: Option<(String, String)>,
+    /// Settings for a brand-new store (later changes go through the API).
+    pub initial_settings: Settings,
+    pub keepalive: Keepalive,
+    pub clock: Clock,
+}
+
+impl BrainConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        BrainConfig {
+            data_dir: data_dir.into(),
+            api_addr: "127.0.0.1:0".parse().expect("literal address"),
+            spine_addr: "127.0.0.1:0".parse().expect("literal address"),
+            bootstrap: None,
+            initial_settings: Settings::default(),
+            keepalive: Keepalive::default(),
+            clock: Clock::system(),
+        }
+    }
+}
+
+pub struct Brain {
+    pub db: Arc<Db>,
+    pub spine: Arc<SpineServer>,
+    pub api_addr: SocketAddr,
+    pub spine_addr: SocketAddr,
+    /// What nodes must pin to trust this brain's spine certificate.
+    pub fingerprint: Fingerprint,
+    pub clock: Clock,
+    pub reconcile: Arc<Notify>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Brain {
+    pub async fn start(config: BrainConfig) -> anyhow::Result<Brain> {
+        let dir = config.data_dir.clone();
+        let db = tokio::task::spawn_blocking(move || Db::open(&dir))
+            .await?
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let db = Arc::new(db);
+        first_start(&db, &config).await?;
+
+        let identity = spine_identity(&config.data_dir)?;
+        let fingerprint = identity.fingerprint();
+        let spine_config = ServerConfig {
+            keepalive: config.keepalive,
+            tls: Some(identity.server_config()?),
+            ..ServerConfig::default()
+        };
+        let (spine, _events) = SpineServer::bind(config.spine_addr, spine_config)
+            .await
+            .with_context(|| format!("listening for the spine on {}", config.spine_addr))?;
+        let spine = Arc::new(spine);
+        let spine_addr = spine.local_addr();
+
+        let reconcile = Arc::new(Notify::new());
+        let state = AppState {
+            db: db.clone(),
+            clock: config.clock.clone(),
+            spine: spine.clone(),
+            reconcile: reconcile.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(config.api_addr)
+            .await
+            .with_context(|| format!("listening for the API on {}", config.api_addr))?;
+        let api_addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+        tracing::info!(%api_addr, %spine_addr, %fingerprint, "brain started");
+        Ok(Brain {
+            db,
+            spine,
+            api_addr,
+            spine_addr,
+            fingerprint,
+            clock: config.clock,
+            reconcile,
+            shutdown,
+            tasks: vec![http],
+        })
+    }
+
+    /// Stops serving and waits for the background tasks. Nodes lose the
+    /// spine; VMs keep running (heads fence only after their timeout).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        tracing::info!("brain stopped");
+    }
+}
+
+/// On a store with no users, creates the bootstrap `cluster_su`; on a new
+/// store, writes the initial settings.
+async fn first_start(db: &Arc<Db>, config: &BrainConfig) -> anyhow::Result<()> {
+    let bootstrap = config.bootstrap.clone();
+    let settings = config.initial_settings.clone();
+    db.write(move |tx| {
+        let model = tx.model();
+        if model.users.is_empty() && model.accounts.is_empty() && model.nodes.is_empty() {
+            tx.put_settings(settings)?;
+        }
+        if let (Some((username, password)), true) = (bootstrap, tx.model().users.is_empty()) {
+            let user_id = UserId(tx.new_id::<User>()?);
+            tx.put(User {
+                id: user_id,
+                username: username.clone(),
+                email: None,
+                authorized_keys: String::new(),
+                password_hash: Some(crate::password::hash(&password)),
+            })?;
+            let privilege_id = PrivilegeId(tx.new_id::<Privilege>()?);
+            tx.put(Privilege {
+                id: privilege_id,
+                user_id,
+                level: Level::ClusterSu,
+                target: Target::Cluster,
+                api_key_id: None,
+                password_required: false,
+                yubikey_required: false,
+                yubikey_otp_max_age: None,
+                ip_restrictions: None,
+                creating_username: None,
+            })?;
+            tracing::info!(%username, "created the bootstrap cluster_su user");
+        }
+        Ok::<_, crate::model::DbError>(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The spine certificate, minted on first start and kept in the data dir
+/// so nodes' pinned fingerprints stay valid across brain restarts.
+fn spine_identity(dir: &Path) -> anyhow::Result<BrainIdentity> {
+    let cert = dir.join("spine-cert.der");
+    let key = dir.join("spine-key.der");
+    if cert.exists() && key.exists() {
+        return Ok(BrainIdentity {
+            cert_der: std::fs::read(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
+            key_pkcs8_der: std::fs::read(&key)
+                .with_context(|| format!("reading {}", key.display()))?,
+        });
+    }
+    let identity = BrainIdentity::generate(&["bigv-brain"])?;
+    write_private(&key, &identity.key_pkcs8_der)?;
+    std::fs::write(&cert, &identity.cert_der)
+        .with_context(|| format!("writing {}", cert.display()))?;
+    Ok(identity)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
