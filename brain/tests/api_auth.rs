@@ -346,6 +346,33 @@ async fn only_cluster_admins_impersonate_and_only_those_below_them() {
         StatusCode::FORBIDDEN,
         "a cluster_admin cannot become a cluster_su"
     );
+    // The same "strictly below" rule decides whose password ops may reset.
+    let (status, _) = tb
+        .put(
+            &ops_token,
+            "/users/bob",
+            json!({"password": "reset-by-ops"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        login(&tb, json!({"username": "bob", "password": "reset-by-ops"}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, _) = tb
+        .put(
+            &ops_token,
+            "/users/admin",
+            json!({"password": "taken-over"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        tb.delete(&ops_token, "/users/admin").await.0,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(
         impersonate(ops_token, "nobody").await,
         StatusCode::BAD_REQUEST
