@@ -10,10 +10,15 @@
 //! - `time.rs`: timestamps.
 
 pub mod access;
+pub mod api_keys;
+pub mod definitions;
 pub mod error;
 pub mod fields;
 pub mod lookup;
+pub mod privileges;
+pub mod session;
 pub mod time;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -42,6 +47,11 @@ pub struct AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(session::routes())
+        .merge(definitions::routes())
+        .merge(users::routes())
+        .merge(privileges::routes())
+        .merge(api_keys::routes())
         .layer(axum::extract::DefaultBodyLimit::max(fields::MAX_BODY))
         .with_state(state)
 }

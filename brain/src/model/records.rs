@@ -231,7 +231,7 @@ pub struct Session {
     pub token_sha256: String,
     pub username: String,
     pub factors: Vec<String>,
-    /// Unix seconds; each use extends it (sliding window, capped).
+    /// Unix seconds; fixed at login, never extended (see api/session.rs).
     pub expires_at: u64,
     pub created_at: u64,
 }
