@@ -10,6 +10,7 @@
 //! - `time.rs`: timestamps.
 
 pub mod access;
+pub mod admin;
 pub mod error;
 pub mod fields;
 pub mod lookup;
@@ -42,6 +43,7 @@ pub struct AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(admin::router())
         .layer(axum::extract::DefaultBodyLimit::max(fields::MAX_BODY))
         .with_state(state)
 }
