@@ -239,6 +239,32 @@ async fn only_cluster_admins_see_the_admin_tree_and_only_cluster_su_creates_clus
 }
 
 #[tokio::test]
+async fn a_stopped_server_has_nothing_to_migrate() {
+    let tb = TestBrain::start().await;
+    let (_, vm) = seed_account(&tb).await;
+    let su = tb.su().await;
+    let (status, body) = tb
+        .post(&su, &format!("/admin/vms/{vm}/migrate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.as_str()
+            .unwrap()
+            .contains("web1.default.alice is not running"),
+        "{body}"
+    );
+    let (status, body) = tb
+        .post(&su, &format!("/admin/vms/{vm}/cancel_migration"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body.as_str().unwrap().contains("no migration running"),
+        "{body}"
+    );
+    assert!(tb.brain.db.read().operations.is_empty());
+}
+
+#[tokio::test]
 async fn vlans_and_ip_ranges_are_validated_counted_and_deleted_only_when_unused() {
     let tb = TestBrain::start().await;
     let su = tb.su().await;

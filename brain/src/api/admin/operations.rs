@@ -246,11 +246,16 @@ async fn migrate_vm(
         .write(move |tx| {
             let model = tx.model();
             let vm = find_vm(model, &id)?.clone();
-            let Some(current) = vm.head.clone() else {
-                return Err(ApiError::refused(format!(
-                    "{} is not running on any head; start it rather than migrate it",
-                    vm_short_name(model, &vm)
-                )));
+            // A stopped VM has nothing to move: it starts wherever there
+            // is room.
+            let current = match &vm.head {
+                Some(head) if vm.power_on || vm.autoreboot_on => head.clone(),
+                _ => {
+                    return Err(ApiError::refused(format!(
+                        "{} is not running on any head; start it rather than migrate it",
+                        vm_short_name(model, &vm)
+                    )));
+                }
             };
             if let Some(op) = vm_busy(model, &vm) {
                 return Err(busy_error(model, &vm_short_name(model, &vm), &op));
