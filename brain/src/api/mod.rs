@@ -10,6 +10,7 @@
 //! - `time.rs`: timestamps.
 
 pub mod access;
+pub mod admin;
 pub mod api_keys;
 pub mod definitions;
 pub mod error;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::routes())
         .merge(privileges::routes())
         .merge(api_keys::routes())
+        .merge(admin::router())
         .layer(axum::extract::DefaultBodyLimit::max(fields::MAX_BODY))
         .with_state(state)
 }
