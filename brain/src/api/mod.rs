@@ -10,10 +10,20 @@
 //! - `time.rs`: timestamps.
 
 pub mod access;
+pub mod accounts;
+pub mod addresses;
+pub mod discs;
 pub mod error;
 pub mod fields;
+pub mod groups;
 pub mod lookup;
+pub mod names;
+pub mod nics;
+pub mod power;
 pub mod time;
+pub mod views;
+pub mod vm_create;
+pub mod vms;
 
 use std::sync::Arc;
 
@@ -42,6 +52,13 @@ pub struct AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(accounts::routes())
+        .merge(groups::routes())
+        .merge(vms::routes())
+        .merge(vm_create::routes())
+        .merge(power::routes())
+        .merge(discs::routes())
+        .merge(nics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(fields::MAX_BODY))
         .with_state(state)
 }
