@@ -172,6 +172,52 @@ pub fn ip(model: &Model, r: &IpRecord) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Admission, GroupId, Node, Role, VmId};
+
+    #[test]
+    fn a_vm_shows_the_label_of_its_head() {
+        let mut model = Model::default();
+        model.nodes.insert(
+            "52:54:00:00:00:01".into(),
+            Node {
+                node_id: "52:54:00:00:00:01".into(),
+                role: Role::Head,
+                label: "head1".into(),
+                admission: Admission::Accepted,
+                zone: None,
+                usage_strategy: None,
+                image_version: None,
+                addresses: vec![],
+                first_seen: 0,
+            },
+        );
+        let mut v = Vm {
+            id: VmId(7),
+            group_id: GroupId(1),
+            name: "web1".into(),
+            cores: 1,
+            memory: 1024,
+            power_on: true,
+            autoreboot_on: true,
+            cdrom_url: None,
+            hardware_profile: "virtio2013".into(),
+            hardware_profile_locked: false,
+            keymap: None,
+            zone_name: None,
+            deleted: false,
+            deleted_at: None,
+            management_address: None,
+            head: Some("52:54:00:00:00:01".into()),
+            generation: 0,
+            signal: None,
+            anti_affinity_group: None,
+            last_imaged_with: None,
+            created_at: 0,
+        };
+        assert_eq!(vm(&model, &v)["head"], "head1");
+        v.head = None;
+        assert_eq!(vm(&model, &v)["head"], Value::Null);
+    }
 
     #[test]
     fn flags_accept_python_booleans_and_ignore_the_rest() {
