@@ -586,3 +586,40 @@ async fn bare_create_makes_a_server_without_discs() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(messages(&e, "name"), ["has already been taken"]);
 }
+
+#[tokio::test]
+async fn a_management_range_gives_each_server_a_console_address() {
+    let tb = TestBrain::start().await;
+    let (_fleet, su) = setup(&tb).await;
+    tb.brain
+        .db
+        .write(|tx| {
+            tx.put(bigv_brain::model::Vlan {
+                id: bigv_brain::model::VlanId(3),
+                num: 30,
+                usage_type: "management".into(),
+            })?;
+            tx.put(bigv_brain::model::IpRange {
+                id: bigv_brain::model::IpRangeId(9),
+                spec: "172.16.0.0/24".into(),
+                vlan_num: 30,
+                zones: vec![],
+            })
+        })
+        .await
+        .unwrap();
+    let vm = create_vm(&tb, &su, "alice", small_vm("web1")).await;
+    assert_eq!(vm["management_address"], "172.16.0.2");
+    assert_eq!(
+        vm["network_interfaces"][0]["vlan_num"], 1,
+        "management ranges are not for guests"
+    );
+    let (status, _) = tb
+        .delete(&su, &format!("{}?purge=true", vm_path("alice", "web1")))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        tb.brain.db.read().ips.is_empty(),
+        "the console address is freed too"
+    );
+}
