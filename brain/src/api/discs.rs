@@ -46,20 +46,22 @@ pub fn routes() -> Router<AppState> {
         .route("/discs/{id}", get(show_by_id).delete(remove_by_id))
 }
 
-/// The grades the cluster's pools offer; before any pool exists, the
-/// usual two.
+/// The grades a disc may ask for: those of the cluster's pools, plus the
+/// usual two always (as `/definitions` lists them).
 pub fn storage_grades(model: &Model) -> Vec<String> {
-    let mut grades: Vec<String> = model.pools.values().map(|p| p.grade.clone()).collect();
+    let mut grades: Vec<String> = model
+        .pools
+        .values()
+        .map(|p| p.grade.clone())
+        .chain(
+            names::DEFAULT_STORAGE_GRADES
+                .iter()
+                .map(|g| (*g).to_owned()),
+        )
+        .collect();
     grades.sort();
     grades.dedup();
-    if grades.is_empty() {
-        names::DEFAULT_STORAGE_GRADES
-            .iter()
-            .map(|g| (*g).to_owned())
-            .collect()
-    } else {
-        grades
-    }
+    grades
 }
 
 /// A disc as a request describes it.
