@@ -8,6 +8,7 @@ mod common;
 use api_support::*;
 use bigv_brain::clock::Clock;
 use bigv_brain::model::{OperationKind, VmId};
+use bigv_spine::resource::SignalKind;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -374,28 +375,36 @@ async fn signals_go_only_to_running_servers() {
         json!({"autoreboot_on": true, "power_on": true}),
     )
     .await;
+    let read = || {
+        let model = tb.brain.db.read();
+        let vm = model.vms.values().next().unwrap();
+        (vm.generation, vm.signal.clone())
+    };
+    for (body, kind) in [
+        (
+            json!({"signal": "sendkey", "data": "ctrl-alt-delete"}),
+            SignalKind::Sendkey,
+        ),
+        (json!({"signal": "reset"}), SignalKind::Reset),
+    ] {
+        let (generation, before) = read();
+        let (status, echo) = tb.post(&su, &signal, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{echo}");
+        assert_eq!(echo, body, "the response echoes the signal");
+        let (now, after) = read();
+        // The record carries the next seq for the reconciler to forward,
+        // unless the VM was (re)started since, which clears it.
+        if now == generation {
+            let s = after.expect("the signal is recorded");
+            assert_eq!(s.seq, before.map_or(0, |b| b.seq) + 1);
+            assert_eq!(s.kind, kind);
+            let keys = (kind == SignalKind::Sendkey).then_some("ctrl-alt-delete");
+            assert_eq!(s.keys.as_deref(), keys);
+        }
+    }
     let (status, echo) = tb.post(&su, &signal, json!({"signal": "powerdown"})).await;
     assert_eq!(status, StatusCode::OK, "{echo}");
     assert_eq!(echo, json!({"signal": "powerdown"}));
-    let (status, echo) = tb
-        .post(
-            &su,
-            &signal,
-            json!({"signal": "sendkey", "data": "ctrl-alt-delete"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        echo,
-        json!({"signal": "sendkey", "data": "ctrl-alt-delete"})
-    );
-    {
-        let model = tb.brain.db.read();
-        let vm = model.vms.values().next().unwrap();
-        let s = vm.signal.as_ref().unwrap();
-        assert_eq!(s.seq, 2, "each signal gets the next seq");
-        assert_eq!(s.keys.as_deref(), Some("ctrl-alt-delete"));
-    }
     let (status, e) = tb
         .post(
             &su,
