@@ -9,12 +9,18 @@ use std::collections::BTreeMap;
 use bigv_spine::SpineServer;
 use bigv_spine::resource::{GlobalKind, ResourceName, ResourceValue};
 
-use crate::model::{Admission, AffinityPolicy, Model, Role, Vm, VmId};
+use crate::model::{Admission, AffinityPolicy, Disc, Model, Role, Vm, VmId};
 
 /// The spine name of a VM's resource: ids, not names, so renames and
 /// moves between groups never change it.
 pub fn vm_resource(id: VmId) -> ResourceName {
     ResourceName::vm(id.0.to_string())
+}
+
+/// The spine name of a disc's resource: `disc.<grade>.<id>`, by id so
+/// relabelling never changes it.
+pub fn disc_resource(disc: &Disc) -> ResourceName {
+    ResourceName::disc(disc.storage_grade.clone(), disc.id.0.to_string())
 }
 
 /// The VM id a spine resource name stands for, if it is one of ours.

@@ -1,0 +1,305 @@
+//! One reconcile pass: the model and a spine snapshot in, record changes
+//! and spine orders out. Pure computation (no I/O), run inside the store
+//! write that persists its decisions, so API writes cannot interleave with
+//! it and a pass over the whole cluster is one transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bigv_spine::ResourceName;
+
+use tokio::time::Instant;
+
+use crate::model::{
+    DbError, Disc, DiscId, Model, NicId, Node, Operation, Pool, Target, Tx, UserId, Vm, VmId,
+};
+use crate::scheduler::Facts;
+
+use super::fencing::{Absences, Liveness};
+use super::orders::{Action, Ledger, Order};
+use super::snapshot::Snapshot;
+use super::{discs, nodes, operations, vms};
+
+/// What the reconciler remembers between passes. None of it is needed for
+/// safety after a restart: it only avoids repeating orders, spinning on
+/// failures and logging the same thing twice.
+#[derive(Default)]
+pub(crate) struct Recall {
+    pub ledger: Ledger,
+    pub absences: Absences,
+    /// VMs seen running on the head the model places them on: if one then
+    /// vanishes from that head, it stopped (crash, shutdown).
+    pub seen_running: HashMap<VmId, String>,
+    /// A head refused to start the VM: place it afresh, elsewhere if can be.
+    pub refused: HashMap<VmId, String>,
+    /// The last reason logged for a VM or disc that could not be placed.
+    pub unplaced_vms: HashMap<VmId, String>,
+    pub unplaced_discs: HashMap<DiscId, String>,
+}
+
+/// Privilege targets, hashable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TargetKey {
+    Cluster,
+    Account(u64),
+    Group(u64),
+    Vm(u64),
+}
+
+impl From<Target> for TargetKey {
+    fn from(t: Target) -> Self {
+        match t {
+            Target::Cluster => TargetKey::Cluster,
+            Target::Account(a) => TargetKey::Account(a.0),
+            Target::Group(g) => TargetKey::Group(g.0),
+            Target::Vm(v) => TargetKey::Vm(v.0),
+        }
+    }
+}
+
+pub(crate) struct Pass<'a> {
+    pub model: &'a Model,
+    pub snap: &'a Snapshot,
+    pub recall: &'a mut Recall,
+    /// `state.clock`, unix seconds.
+    pub now: u64,
+    /// For order backoff.
+    pub instant: Instant,
+    gather: &'a mut dyn FnMut() -> Facts,
+    facts: Option<Facts>,
+    /// Records changed by this pass (whole records, copied on first change).
+    vms: BTreeMap<u64, Vm>,
+    discs: BTreeMap<u64, Disc>,
+    pub nodes: Vec<Node>,
+    pub pools: Vec<Pool>,
+    pub operations: Vec<Operation>,
+    pub orders: Vec<Order>,
+    /// (node, resource) pairs ordered by this pass: never twice in one.
+    ordered: HashSet<(String, ResourceName)>,
+    ordered_names: HashSet<ResourceName>,
+    /// A VM's discs, in creation order.
+    pub discs_by_vm: HashMap<VmId, Vec<DiscId>>,
+    /// Every connected node that reports each VM.
+    pub reported_on: HashMap<VmId, Vec<String>>,
+    nics_by_vm: Option<HashMap<VmId, Vec<NicId>>>,
+    users_by_target: Option<HashMap<TargetKey, Vec<UserId>>>,
+}
+
+/// What a pass decided, ready to persist.
+#[derive(Default)]
+pub(crate) struct Changes {
+    pub vms: Vec<Vm>,
+    pub discs: Vec<Disc>,
+    pub nodes: Vec<Node>,
+    pub pools: Vec<Pool>,
+    pub operations: Vec<Operation>,
+    pub orders: Vec<Order>,
+}
+
+impl Changes {
+    pub fn writes(&self) -> usize {
+        self.vms.len()
+            + self.discs.len()
+            + self.nodes.len()
+            + self.pools.len()
+            + self.operations.len()
+    }
+
+    /// Stages every changed record in the store write.
+    pub fn apply(&self, tx: &mut Tx<'_>) -> Result<(), DbError> {
+        for vm in &self.vms {
+            tx.put(vm.clone())?;
+        }
+        for disc in &self.discs {
+            tx.put(disc.clone())?;
+        }
+        for node in &self.nodes {
+            tx.put(node.clone())?;
+        }
+        for pool in &self.pools {
+            tx.put(pool.clone())?;
+        }
+        for op in &self.operations {
+            tx.put(op.clone())?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(
+        model: &'a Model,
+        snap: &'a Snapshot,
+        recall: &'a mut Recall,
+        now: u64,
+        instant: Instant,
+        gather: &'a mut dyn FnMut() -> Facts,
+    ) -> Self {
+        let mut discs_by_vm: HashMap<VmId, Vec<DiscId>> = HashMap::new();
+        for disc in model.discs.values() {
+            discs_by_vm.entry(disc.vm_id).or_default().push(disc.id);
+        }
+        let mut reported_on: HashMap<VmId, Vec<String>> = HashMap::new();
+        for node in snap.nodes.values() {
+            for id in node.vms.keys() {
+                reported_on
+                    .entry(*id)
+                    .or_default()
+                    .push(node.info.node_id.clone());
+            }
+        }
+        Pass {
+            model,
+            snap,
+            recall,
+            now,
+            instant,
+            gather,
+            facts: None,
+            vms: BTreeMap::new(),
+            discs: BTreeMap::new(),
+            nodes: vec![],
+            pools: vec![],
+            operations: vec![],
+            orders: vec![],
+            ordered: HashSet::new(),
+            ordered_names: HashSet::new(),
+            discs_by_vm,
+            reported_on,
+            nics_by_vm: None,
+            users_by_target: None,
+        }
+    }
+
+    /// Runs every step. Order matters: discs get pools before VMs are
+    /// placed, and disc ACLs follow the placements made in this pass.
+    pub fn run(&mut self) {
+        self.recall.absences.observe(self.snap);
+        nodes::sync(self);
+        discs::place(self);
+        vms::plan(self);
+        discs::plan(self);
+        vms::remove_rogues(self);
+        discs::remove_strays(self);
+        operations::plan(self);
+    }
+
+    pub fn finish(self) -> Changes {
+        Changes {
+            vms: self.vms.into_values().collect(),
+            discs: self.discs.into_values().collect(),
+            nodes: self.nodes,
+            pools: self.pools,
+            operations: self.operations,
+            orders: self.orders,
+        }
+    }
+
+    /// The VM as this pass sees it (its own changes included).
+    pub fn vm(&self, id: VmId) -> Option<&Vm> {
+        self.vms.get(&id.0).or_else(|| self.model.vm(id))
+    }
+
+    /// The VM, to change. Panics on an id the model lacks: callers only
+    /// pass ids they read from the model.
+    pub fn vm_mut(&mut self, id: VmId) -> &mut Vm {
+        let model = self.model;
+        self.vms
+            .entry(id.0)
+            .or_insert_with(|| model.vm(id).expect("VM id from the model").clone())
+    }
+
+    pub fn disc(&self, id: DiscId) -> Option<&Disc> {
+        self.discs.get(&id.0).or_else(|| self.model.disc(id))
+    }
+
+    pub fn disc_mut(&mut self, id: DiscId) -> &mut Disc {
+        let model = self.model;
+        self.discs
+            .entry(id.0)
+            .or_insert_with(|| model.disc(id).expect("disc id from the model").clone())
+    }
+
+    pub fn discs_of(&self, vm: VmId) -> Vec<DiscId> {
+        self.discs_by_vm.get(&vm).cloned().unwrap_or_default()
+    }
+
+    pub fn nics_of(&mut self, vm: VmId) -> Vec<NicId> {
+        let model = self.model;
+        let index = self.nics_by_vm.get_or_insert_with(|| {
+            let mut index: HashMap<VmId, Vec<NicId>> = HashMap::new();
+            for nic in model.nics.values() {
+                index.entry(nic.vm_id).or_default().push(nic.id);
+            }
+            index
+        });
+        index.get(&vm).cloned().unwrap_or_default()
+    }
+
+    /// Users holding any privilege on `target` itself (not via a key).
+    pub fn users_on(&mut self, target: Target) -> Vec<UserId> {
+        let model = self.model;
+        let index = self.users_by_target.get_or_insert_with(|| {
+            let mut index: HashMap<TargetKey, Vec<UserId>> = HashMap::new();
+            for p in model.privileges.values().filter(|p| p.api_key_id.is_none()) {
+                index.entry(p.target.into()).or_default().push(p.user_id);
+            }
+            index
+        });
+        index.get(&target.into()).cloned().unwrap_or_default()
+    }
+
+    /// Placement facts, gathered the first time this pass needs them and
+    /// then booked as it places.
+    pub fn facts(&mut self) -> &mut Facts {
+        let gather = &mut self.gather;
+        self.facts.get_or_insert_with(|| gather())
+    }
+
+    pub fn liveness(&mut self, node: &str) -> Liveness {
+        self.recall
+            .absences
+            .liveness(self.snap, &self.model.settings, node, self.now)
+    }
+
+    /// The address a node is known by on the storage LAN: the first it
+    /// declared, else the one it connects to the spine from.
+    pub fn node_address(&self, node: &str) -> Option<String> {
+        if let Some(n) = self.snap.nodes.get(node) {
+            return Some(
+                n.info
+                    .addresses
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| n.info.peer.ip().to_string()),
+            );
+        }
+        self.model
+            .nodes
+            .get(node)
+            .and_then(|n| n.addresses.first().cloned())
+    }
+
+    /// Queues an order (sent once the pass's decisions are persisted).
+    pub fn order(&mut self, node: &str, action: Action, generation: u64) {
+        let order = Order {
+            node: node.to_owned(),
+            action,
+            generation,
+        };
+        self.ordered.insert((node.to_owned(), order.name().clone()));
+        self.ordered_names.insert(order.name().clone());
+        self.orders.push(order);
+    }
+
+    /// Whether an order about `name` to `node` may go now: none in flight
+    /// or already queued, and no recent failure still backing off.
+    pub fn may_order(&self, node: &str, name: &ResourceName) -> bool {
+        self.recall.ledger.may_order(node, name, self.instant)
+            && !self.ordered.contains(&(node.to_owned(), name.clone()))
+    }
+
+    /// Whether any order about `name` is in flight or queued anywhere.
+    pub fn busy(&self, name: &ResourceName) -> bool {
+        self.recall.ledger.busy(name) || self.ordered_names.contains(name)
+    }
+}
