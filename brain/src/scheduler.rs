@@ -4,7 +4,7 @@
 //! check capacity up front and the reconciler can place with the same
 //! rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bigv_spine::SpineServer;
 use bigv_spine::resource::{GlobalKind, ResourceName, ResourceValue};
@@ -95,6 +95,20 @@ impl Facts {
             reserve_heads: model.settings.reserve_heads,
             ..Facts::default()
         };
+        // Indexed once: scanning every VM and disc per node would cost
+        // nodes × records on a large cluster.
+        let mut placed_on: HashMap<&str, Vec<&Vm>> = HashMap::new();
+        for vm in model.vms.values().filter(|v| wants_to_run(v)) {
+            if let Some(head) = vm.head.as_deref() {
+                placed_on.entry(head).or_default().push(vm);
+            }
+        }
+        let mut allocated_in: HashMap<&str, u64> = HashMap::new();
+        for disc in model.discs.values() {
+            if let Some(pool) = disc.storage_pool.as_deref() {
+                *allocated_in.entry(pool).or_default() += disc.size;
+            }
+        }
         for node in model.nodes.values() {
             let handle = spine.node(&node.node_id);
             let ready = handle.as_ref().is_some_and(|h| h.is_ready());
@@ -108,11 +122,10 @@ impl Facts {
                         Some((ResourceValue::Memory(m), _)) => m.total,
                         _ => 0,
                     };
-                    let placed: Vec<&Vm> = model
-                        .vms
-                        .values()
-                        .filter(|v| v.head.as_deref() == Some(&node.node_id) && wants_to_run(v))
-                        .collect();
+                    let placed: Vec<&Vm> = placed_on
+                        .get(node.node_id.as_str())
+                        .cloned()
+                        .unwrap_or_default();
                     // VMs the head runs that the model does not place there
                     // (rogues being removed, migrations) still use memory.
                     let unplaced: u64 = resources
@@ -147,12 +160,7 @@ impl Facts {
                             _ => BTreeMap::new(),
                         };
                     for pool in model.pools_of(&node.node_id) {
-                        let allocated = model
-                            .discs
-                            .values()
-                            .filter(|d| d.storage_pool.as_deref() == Some(&pool.label))
-                            .map(|d| d.size)
-                            .sum();
+                        let allocated = allocated_in.get(pool.label.as_str()).copied().unwrap_or(0);
                         let size = reported.get(&pool.name).map_or(0, |p| p.size);
                         facts.pools.insert(
                             pool.label.clone(),

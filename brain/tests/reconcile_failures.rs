@@ -143,7 +143,7 @@ async fn a_head_reconnecting_with_vms_it_should_not_run_has_them_removed() {
         async move { gone.then_some(()) }
     })
     .await;
-    assert_eq!(sim_heads_running(&fleet, id), [head.clone()]);
+    assert_eq!(sim_heads_running(&fleet, id), [head.as_str()]);
     assert_eq!(
         sim(&fleet, &head).vms()[&id.0.to_string()].started_at,
         started

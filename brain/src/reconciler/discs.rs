@@ -15,7 +15,7 @@
 
 use std::net::Ipv6Addr;
 
-use bigv_spine::resource::{DiscSpec, ResourceName};
+use bigv_spine::resource::DiscSpec;
 use bigv_spine::{Resource, ResourceValue};
 
 use crate::model::{Disc, DiscId, VmId};
@@ -23,6 +23,7 @@ use crate::scheduler::disc_resource;
 
 use super::orders::Action;
 use super::pass::Pass;
+use super::snapshot::{ReportedDisc, Snapshot};
 
 /// The storage LAN prefix disc addresses come from.
 const STORAGE_PREFIX: u128 = 0xfd00_0005_0000_0000_0000_0000_0000_0000;
@@ -44,7 +45,7 @@ pub fn nbd_url(address: &str) -> String {
 pub(super) fn place(p: &mut Pass<'_>) {
     let model = p.model;
     for disc in model.discs.values() {
-        if model.vm(disc.vm_id).is_none() || (disc.storage_pool.is_some() && disc.address.is_some())
+        if (disc.storage_pool.is_some() && disc.address.is_some()) || model.vm(disc.vm_id).is_none()
         {
             continue;
         }
@@ -73,26 +74,40 @@ pub(super) fn place(p: &mut Pass<'_>) {
 }
 
 /// The ACL a disc should have: the storage address of the head its VM is
-/// placed on, or nobody. `None` when that head's address is not known
-/// (a head that never declared one and is not connected): leave it be.
-fn desired_acl(p: &Pass<'_>, disc: &Disc) -> Option<Vec<String>> {
+/// placed on (`Some(Some(address))`), or nobody (`Some(None)`). `None`
+/// when that head's address is not known (a head that never declared one
+/// and is not connected): then the ACL is left as it is.
+fn desired_acl<'p>(p: &'p Pass<'_>, disc: &Disc) -> Option<Option<&'p str>> {
     match p.vm(disc.vm_id).and_then(|v| v.head.as_deref()) {
-        None => Some(vec![]),
-        Some(head) => p.node_address(head).map(|a| vec![a]),
+        None => Some(None),
+        Some(head) => p.node_address(head).map(Some),
     }
 }
 
-/// The tail and its report of the disc, if the tail is ready.
-fn reported<'p>(p: &'p Pass<'_>, disc: &Disc) -> Option<(&'p str, Option<&'p DiscSpec>)> {
-    let pool = p.model.pools.get(disc.storage_pool.as_deref()?)?;
-    let tail = p.snap.ready(&pool.node_id)?;
-    let spec = tail.discs.get(&disc_resource(disc)).map(|(spec, _)| spec);
-    Some((tail.info.node_id.as_str(), spec))
+fn acl_is(acl: &[String], wanted: Option<&str>) -> bool {
+    match wanted {
+        None => acl.is_empty(),
+        Some(address) => acl.len() == 1 && acl[0] == address,
+    }
+}
+
+/// The disc's tail if it is ready, and the tail's report of the disc.
+fn reported<'a>(p: &Pass<'a>, disc: &Disc) -> Option<(&'a str, Option<&'a ReportedDisc>)> {
+    let pool = p.pool(disc.storage_pool.as_deref()?)?;
+    let snap: &'a Snapshot = p.snap;
+    let tail = snap.ready(&pool.node_id)?;
+    let found = tail
+        .discs
+        .get(&disc.id)
+        .filter(|r| r.grade == disc.storage_grade);
+    Some((tail.info.node_id.as_str(), found))
 }
 
 /// What the tail reports for this disc, if its tail is ready and has it.
-pub(super) fn reported_spec<'p>(p: &'p Pass<'_>, disc: &Disc) -> Option<&'p DiscSpec> {
-    reported(p, disc).and_then(|(_, spec)| spec)
+pub(super) fn reported_spec<'a>(p: &Pass<'a>, disc: &Disc) -> Option<&'a DiscSpec> {
+    reported(p, disc)
+        .and_then(|(_, found)| found)
+        .map(|r| &r.spec)
 }
 
 /// Whether every disc of `vm` exists on its tail, open to `head` and to
@@ -102,18 +117,14 @@ pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
     let Some(address) = p.node_address(head) else {
         return false;
     };
-    p.discs_of(vm).into_iter().all(|id| {
-        let Some(disc) = p.disc(id) else {
+    p.discs_of(vm).all(|id| {
+        let Some(disc) = p.disc(id).filter(|d| d.address.is_some()) else {
             return false;
         };
-        if disc.address.is_none() {
-            return false;
-        }
         let Some(spec) = reported_spec(p, disc) else {
             return false;
         };
-        spec.access_control_list.len() == 1
-            && spec.access_control_list[0] == address
+        acl_is(&spec.access_control_list, Some(address))
             && disc
                 .template
                 .as_ref()
@@ -123,117 +134,94 @@ pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
 
 /// Creates and updates discs on their tails.
 pub(super) fn plan(p: &mut Pass<'_>) {
-    let ids: Vec<u64> = p.model.discs.keys().copied().collect();
-    for id in ids {
-        plan_disc(p, DiscId(id));
+    let model = p.model;
+    for id in model.discs.keys() {
+        let id = DiscId(*id);
+        if let Some((tail, action, generation)) = decide(p, id) {
+            p.disc_mut(id).generation = generation;
+            p.order(&tail, action, generation);
+        }
     }
 }
 
-fn plan_disc(p: &mut Pass<'_>, id: DiscId) {
-    let Some(disc) = p.disc(id).cloned() else {
-        return;
-    };
-    let (Some(pool_label), Some(address)) = (disc.storage_pool.as_deref(), disc.address.clone())
-    else {
-        return;
-    };
-    let Some(pool) = p.model.pools.get(pool_label) else {
-        return;
-    };
-    let Some((tail, reported)) = reported(p, &disc) else {
-        return;
-    };
-    let tail = tail.to_owned();
-    let name = disc_resource(&disc);
-    if !p.may_order(&tail, &name) {
-        return;
-    }
-    let acl = desired_acl(p, &disc);
+/// The order one disc needs, if any, with its generation and tail.
+fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
+    let disc = p.disc(id)?;
+    let (pool_label, address) = (disc.storage_pool.as_deref()?, disc.address.as_deref()?);
+    let pool = p.pool(pool_label)?;
+    let (tail, found) = reported(p, disc)?;
+    let acl = desired_acl(p, disc);
     // Never overwrite a disc under a running VM (the API only reimages
     // stopped ones; this makes sure).
     let vm_running = p.reported_on.contains_key(&disc.vm_id);
-    let (action, generation) = match reported {
-        None => {
-            let (Some(acl), true) = (acl, p.model.vm(disc.vm_id).is_some()) else {
-                return;
-            };
-            let spec = DiscSpec {
-                size: disc.size,
-                storage_pool: pool.name.clone(),
-                access_control_list: acl,
-                address,
-                template: disc.template.clone().filter(|_| !vm_running),
-                ..DiscSpec::default()
-            };
-            let generation = disc.generation + 1;
-            tracing::info!(disc = id.0, %tail, pool = %pool_label, size_mib = disc.size, "creating disc");
-            (Action::Create(disc_resource_value(&name, spec)), generation)
+    let Some(found) = found else {
+        let acl = acl?;
+        p.model.vm(disc.vm_id)?;
+        let name = disc_resource(disc);
+        if !p.may_order(tail, &name) {
+            return None;
         }
-        Some(spec) => {
-            let acl = acl.unwrap_or_else(|| spec.access_control_list.clone());
-            let template = match (&disc.template, vm_running) {
-                (Some(t), false) => Some(t.clone()),
-                _ => spec.template.clone(),
-            };
-            let grow = disc.size > spec.size;
-            if !grow && acl == spec.access_control_list && template == spec.template {
-                return;
-            }
-            let generation = disc.generation.max(generation_on(p, &tail, &name)) + 1;
-            tracing::info!(disc = id.0, %tail, size_mib = disc.size.max(spec.size), acl = ?acl, template = ?template.as_ref().map(|t| t.seq), "updating disc");
-            let wanted = DiscSpec {
-                size: disc.size.max(spec.size),
-                storage_pool: pool.name.clone(),
-                access_control_list: acl,
-                address,
-                template,
-                ..DiscSpec::default()
-            };
-            (
-                Action::Update(disc_resource_value(&name, wanted)),
-                generation,
-            )
-        }
+        let spec = DiscSpec {
+            size: disc.size,
+            storage_pool: pool.name.clone(),
+            access_control_list: acl.map(str::to_owned).into_iter().collect(),
+            address: address.to_owned(),
+            template: disc.template.clone().filter(|_| !vm_running),
+            ..DiscSpec::default()
+        };
+        tracing::info!(disc = id.0, %tail, pool = %pool_label, size_mib = disc.size, "creating disc");
+        let resource = Resource::new(name, ResourceValue::Disc(spec)).ok()?;
+        return Some((
+            tail.to_owned(),
+            Action::Create(resource),
+            disc.generation + 1,
+        ));
     };
-    p.disc_mut(id).generation = generation;
-    p.order(&tail, action, generation);
-}
-
-fn generation_on(p: &Pass<'_>, node: &str, name: &ResourceName) -> u64 {
-    p.snap
-        .nodes
-        .get(node)
-        .and_then(|n| n.discs.get(name))
-        .map_or(0, |(_, g)| *g)
-}
-
-fn disc_resource_value(name: &ResourceName, spec: DiscSpec) -> Resource {
-    Resource::new(name.clone(), ResourceValue::Disc(spec))
-        .expect("a disc name always takes a disc value")
+    let spec = &found.spec;
+    let template = match (&disc.template, vm_running) {
+        (Some(t), false) => Some(t),
+        _ => spec.template.as_ref(),
+    };
+    let acl_ok = acl.is_none_or(|wanted| acl_is(&spec.access_control_list, wanted));
+    let grow = disc.size > spec.size;
+    if (!grow && acl_ok && template == spec.template.as_ref()) || !p.may_order(tail, &found.name) {
+        return None;
+    }
+    let acl = match acl {
+        Some(wanted) => wanted.map(str::to_owned).into_iter().collect(),
+        None => spec.access_control_list.clone(),
+    };
+    let wanted = DiscSpec {
+        size: disc.size.max(spec.size),
+        storage_pool: pool.name.clone(),
+        access_control_list: acl,
+        address: address.to_owned(),
+        template: template.cloned(),
+        ..DiscSpec::default()
+    };
+    tracing::info!(disc = id.0, %tail, size_mib = wanted.size, acl = ?wanted.access_control_list, template = ?wanted.template.as_ref().map(|t| t.seq), "updating disc");
+    let resource = Resource::new(found.name.clone(), ResourceValue::Disc(wanted)).ok()?;
+    let generation = disc.generation.max(found.generation) + 1;
+    Some((tail.to_owned(), Action::Update(resource), generation))
 }
 
 /// Removes discs the model does not have (purged) from every ready node.
 pub(super) fn remove_strays(p: &mut Pass<'_>) {
-    let mut strays = vec![];
-    for node in p.snap.nodes.values().filter(|n| n.ready) {
-        for (name, (_, generation)) in &node.discs {
-            let known = match name {
-                ResourceName::Disc { id, .. } => id
-                    .parse::<u64>()
-                    .ok()
-                    .and_then(|id| p.model.disc(DiscId(id)))
-                    .is_some_and(|d| disc_resource(d) == *name),
-                _ => false,
-            };
-            if !known {
-                strays.push((node.info.node_id.clone(), name.clone(), *generation));
+    let (model, snap) = (p.model, p.snap);
+    for node in snap.nodes.values().filter(|n| n.ready) {
+        let node_id = node.info.node_id.as_str();
+        let ours = node
+            .discs
+            .iter()
+            .filter(|(id, r)| model.disc(**id).is_none_or(|d| d.storage_grade != r.grade));
+        let strays = ours
+            .map(|(_, r)| (&r.name, r.generation))
+            .chain(node.foreign_discs.iter().map(|(n, g)| (n, *g)));
+        for (name, generation) in strays {
+            if p.may_order(node_id, name) {
+                tracing::info!(node = %node_id, disc = %name, "removing a disc the model does not have");
+                p.order(node_id, Action::Remove(name.clone()), generation + 1);
             }
-        }
-    }
-    for (node, name, generation) in strays {
-        if p.may_order(&node, &name) {
-            tracing::info!(%node, disc = %name, "removing a disc the model does not have");
-            p.order(&node, Action::Remove(name), generation + 1);
         }
     }
 }

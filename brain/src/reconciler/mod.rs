@@ -27,10 +27,12 @@ mod nodes;
 mod operations;
 mod orders;
 mod pass;
+#[cfg(test)]
+mod scale;
 mod snapshot;
 mod vms;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +60,12 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// Orders on the wire at once, over all nodes.
 const MAX_ORDERS_IN_FLIGHT: usize = 512;
 
+/// The least time between two passes.
+const MIN_GAP: Duration = Duration::from_millis(10);
+
+/// Even with no events, the spine tables are copied afresh this often.
+const FULL_COPY: Duration = Duration::from_secs(10);
+
 /// A pass that changed the model is followed at once by another (it may
 /// have unblocked more work), but not forever.
 const MAX_BACK_TO_BACK: u32 = 8;
@@ -73,6 +81,24 @@ pub struct Reconciler {
     running: JoinSet<Done>,
     running_keys: HashMap<tokio::task::Id, (String, ResourceName, Verb)>,
     permits: Arc<Semaphore>,
+    /// The spine tables as of the last pass, and the nodes that have sent
+    /// events since (see `Snapshot::refresh`).
+    snapshot: Option<Snapshot>,
+    changed: HashSet<String>,
+    last_full_copy: Instant,
+}
+
+/// The node an event is about.
+fn node_of(event: &SpineEvent) -> Option<&str> {
+    match event {
+        SpineEvent::Connected(info) => Some(&info.node_id),
+        SpineEvent::Ready { node_id, .. }
+        | SpineEvent::Created { node_id, .. }
+        | SpineEvent::Updated { node_id, .. }
+        | SpineEvent::Destroyed { node_id, .. }
+        | SpineEvent::Disconnected { node_id, .. } => Some(node_id),
+        SpineEvent::Rejected { .. } => None,
+    }
 }
 
 impl Reconciler {
@@ -95,6 +121,9 @@ impl Reconciler {
             running: JoinSet::new(),
             running_keys: HashMap::new(),
             permits: Arc::new(Semaphore::new(MAX_ORDERS_IN_FLIGHT)),
+            snapshot: None,
+            changed: HashSet::new(),
+            last_full_copy: Instant::now(),
         }
     }
 
@@ -110,6 +139,8 @@ impl Reconciler {
         let mut events_open = true;
         let mut back_to_back = 0;
         let mut again = true;
+        let mut last_end = Instant::now();
+        let mut last_took = Duration::ZERO;
         loop {
             if !again {
                 back_to_back = 0;
@@ -119,16 +150,25 @@ impl Reconciler {
                         self.finished(joined);
                     }
                     event = self.events.recv(), if events_open => match event {
-                        Some(event) => tracing::trace!(%event, "spine event"),
+                        Some(event) => self.noted(&event),
                         None => events_open = false,
                     },
                     _ = self.wake.notified() => {}
                     _ = tick.tick() => {}
                 }
             }
+            // A pass holds the store's writer for its length: leave the API
+            // at least twice that between passes.
+            let not_before = last_end + (last_took * 2).max(MIN_GAP);
+            if Instant::now() < not_before {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(not_before) => {}
+                }
+            }
             // Everything that queued up is covered by one pass.
             while let Ok(event) = self.events.try_recv() {
-                tracing::trace!(%event, "spine event");
+                self.noted(&event);
             }
             while let Some(joined) = self.running.try_join_next_with_id() {
                 self.finished(joined);
@@ -136,12 +176,24 @@ impl Reconciler {
             if self.shutdown.is_cancelled() {
                 break;
             }
+            let began = Instant::now();
             let wrote = self.pass().await;
+            last_end = Instant::now();
+            last_took = last_end - began;
             back_to_back += 1;
             again = wrote && back_to_back < MAX_BACK_TO_BACK;
         }
         self.running.shutdown().await;
         tracing::info!("reconciler stopped");
+    }
+
+    fn noted(&mut self, event: &SpineEvent) {
+        tracing::trace!(%event, "spine event");
+        if let Some(node) = node_of(event)
+            && !self.changed.contains(node)
+        {
+            self.changed.insert(node.to_owned());
+        }
     }
 
     /// One pass; true if it changed the model.
@@ -156,7 +208,13 @@ impl Reconciler {
                 Err(e) => tracing::error!(error = %error_chain(&e), "purging deleted VMs failed"),
             }
         }
-        let snap = Snapshot::take(&self.spine);
+        let mut snap = self.snapshot.take().unwrap_or_default();
+        let full = snap.nodes.is_empty() || self.last_full_copy.elapsed() >= FULL_COPY;
+        snap.refresh(&self.spine, (!full).then_some(&self.changed));
+        if full {
+            self.last_full_copy = Instant::now();
+        }
+        self.changed.clear();
         let spine = self.spine.clone();
         let recall = self.recall.clone();
         let instant = Instant::now();
@@ -172,11 +230,14 @@ impl Reconciler {
                     pass.finish()
                 };
                 changes.apply(tx)?;
-                Ok::<_, DbError>(changes)
+                Ok::<_, DbError>((changes, snap))
             })
             .await;
         let changes = match planned {
-            Ok(changes) => changes,
+            Ok((changes, snap)) => {
+                self.snapshot = Some(snap);
+                changes
+            }
             Err(e) => {
                 // Nothing was sent; the next pass tries again.
                 tracing::error!(error = %error_chain(&e), "reconcile pass could not persist its decisions");

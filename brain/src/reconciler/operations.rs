@@ -29,7 +29,7 @@ pub(super) fn plan(p: &mut Pass<'_>) {
             continue;
         };
         let vm_id = vm.id;
-        let Some(disc) = p.discs_of(vm_id).first().and_then(|d| p.disc(*d)) else {
+        let Some(disc) = p.discs_of(vm_id).next().and_then(|d| p.disc(d)) else {
             finish(p, op, Err("the server has no disc to image"));
             continue;
         };

@@ -3,7 +3,7 @@
 //! the same thing twice) and which failed recently (so retries back off
 //! instead of spinning).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bigv_spine::{ErrorCode, Generation, OrderFailure, Resource, ResourceName};
@@ -90,61 +90,83 @@ struct Failures {
     not_before: Instant,
 }
 
-/// Orders in flight and recent failures, per (node, resource).
+/// Orders in flight and recent failures, per resource and node. Keyed by
+/// name first so lookups borrow instead of building keys: a pass over a
+/// quiet cluster asks about every resource and finds nothing.
 #[derive(Default)]
 pub(crate) struct Ledger {
-    in_flight: HashSet<(String, ResourceName)>,
-    in_flight_names: HashMap<ResourceName, u32>,
-    failures: HashMap<(String, ResourceName), Failures>,
+    in_flight: HashMap<ResourceName, Vec<String>>,
+    failures: HashMap<ResourceName, HashMap<String, Failures>>,
 }
 
 impl Ledger {
     /// Whether an order for `name` on `node` may be sent now.
     pub fn may_order(&self, node: &str, name: &ResourceName, now: Instant) -> bool {
-        let key = (node.to_owned(), name.clone());
-        !self.in_flight.contains(&key)
-            && self.failures.get(&key).is_none_or(|f| f.not_before <= now)
+        if self.is_quiet() {
+            return true;
+        }
+        !self.busy_on(node, name)
+            && self
+                .failures
+                .get(name)
+                .and_then(|f| f.get(node))
+                .is_none_or(|f| f.not_before <= now)
+    }
+
+    /// Nothing in flight and nothing failed recently.
+    pub fn is_quiet(&self) -> bool {
+        self.in_flight.is_empty() && self.failures.is_empty()
     }
 
     /// Whether any node has an order about `name` in flight.
     pub fn busy(&self, name: &ResourceName) -> bool {
-        self.in_flight_names.contains_key(name)
+        self.in_flight.contains_key(name)
     }
 
     pub fn busy_on(&self, node: &str, name: &ResourceName) -> bool {
-        self.in_flight.contains(&(node.to_owned(), name.clone()))
+        self.in_flight
+            .get(name)
+            .is_some_and(|nodes| nodes.iter().any(|n| n == node))
     }
 
     pub fn sent(&mut self, node: &str, name: &ResourceName) {
-        if self.in_flight.insert((node.to_owned(), name.clone())) {
-            *self.in_flight_names.entry(name.clone()).or_default() += 1;
+        let nodes = self.in_flight.entry(name.clone()).or_default();
+        if !nodes.iter().any(|n| n == node) {
+            nodes.push(node.to_owned());
         }
     }
 
     /// Records the end of an order; a failure postpones the next try.
     pub fn finished(&mut self, node: &str, name: &ResourceName, ok: bool, now: Instant) {
-        let key = (node.to_owned(), name.clone());
-        if self.in_flight.remove(&key)
-            && let Some(count) = self.in_flight_names.get_mut(name)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.in_flight_names.remove(name);
+        if let Some(nodes) = self.in_flight.get_mut(name) {
+            nodes.retain(|n| n != node);
+            if nodes.is_empty() {
+                self.in_flight.remove(name);
             }
         }
         if ok {
-            self.failures.remove(&key);
-        } else {
-            let failures = self.failures.entry(key).or_insert(Failures {
+            if let Some(by_node) = self.failures.get_mut(name) {
+                by_node.remove(node);
+                if by_node.is_empty() {
+                    self.failures.remove(name);
+                }
+            }
+            return;
+        }
+        let failures = self
+            .failures
+            .entry(name.clone())
+            .or_default()
+            .entry(node.to_owned())
+            .or_insert(Failures {
                 count: 0,
                 not_before: now,
             });
-            failures.count = failures.count.saturating_add(1);
-            let delay = Duration::from_secs(1)
-                .saturating_mul(1 << (failures.count - 1).min(5))
-                .min(MAX_BACKOFF);
-            failures.not_before = now + delay;
-        }
+        failures.count = failures.count.saturating_add(1);
+        let delay = Duration::from_secs(1)
+            .saturating_mul(1 << (failures.count - 1).min(5))
+            .min(MAX_BACKOFF);
+        failures.not_before = now + delay;
     }
 }
 

@@ -3,7 +3,7 @@
 //! write that persists its decisions, so API writes cannot interleave with
 //! it and a pass over the whole cluster is one transaction.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use bigv_spine::ResourceName;
 
@@ -34,6 +34,20 @@ pub(crate) struct Recall {
     /// The last reason logged for a VM or disc that could not be placed.
     pub unplaced_vms: HashMap<VmId, String>,
     pub unplaced_discs: HashMap<DiscId, String>,
+}
+
+/// The nodes that report a VM: one, or more than one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reporters<'a> {
+    pub first: &'a str,
+    pub more: bool,
+}
+
+impl Reporters<'_> {
+    /// Whether any node but `node` reports it.
+    pub fn beyond(&self, node: &str) -> bool {
+        self.more || self.first != node
+    }
 }
 
 /// Privilege targets, hashable.
@@ -73,13 +87,16 @@ pub(crate) struct Pass<'a> {
     pub pools: Vec<Pool>,
     pub operations: Vec<Operation>,
     pub orders: Vec<Order>,
-    /// (node, resource) pairs ordered by this pass: never twice in one.
-    ordered: HashSet<(String, ResourceName)>,
-    ordered_names: HashSet<ResourceName>,
-    /// A VM's discs, in creation order.
-    pub discs_by_vm: HashMap<VmId, Vec<DiscId>>,
-    /// Every connected node that reports each VM.
-    pub reported_on: HashMap<VmId, Vec<String>>,
+    /// Nodes each resource was ordered to by this pass: never twice in one.
+    ordered: HashMap<ResourceName, Vec<String>>,
+    /// (VM, disc) pairs, sorted: a VM's discs in creation order.
+    discs_by_vm: Vec<(VmId, DiscId)>,
+    /// Which connected nodes report each VM.
+    pub reported_on: HashMap<VmId, Reporters<'a>>,
+    /// Pool records by label.
+    pools_by_label: HashMap<&'a str, &'a Pool>,
+    /// Each node's storage address (see `node_address`).
+    addresses: HashMap<&'a str, String>,
     nics_by_vm: Option<HashMap<VmId, Vec<NicId>>>,
     users_by_target: Option<HashMap<TargetKey, Vec<UserId>>>,
 }
@@ -134,18 +151,41 @@ impl<'a> Pass<'a> {
         instant: Instant,
         gather: &'a mut dyn FnMut() -> Facts,
     ) -> Self {
-        let mut discs_by_vm: HashMap<VmId, Vec<DiscId>> = HashMap::new();
-        for disc in model.discs.values() {
-            discs_by_vm.entry(disc.vm_id).or_default().push(disc.id);
-        }
-        let mut reported_on: HashMap<VmId, Vec<String>> = HashMap::new();
+        let mut discs_by_vm: Vec<(VmId, DiscId)> =
+            model.discs.values().map(|d| (d.vm_id, d.id)).collect();
+        discs_by_vm.sort_unstable();
+        let mut reported_on: HashMap<VmId, Reporters<'a>> = HashMap::new();
         for node in snap.nodes.values() {
             for id in node.vms.keys() {
                 reported_on
                     .entry(*id)
-                    .or_default()
-                    .push(node.info.node_id.clone());
+                    .and_modify(|r| r.more = true)
+                    .or_insert(Reporters {
+                        first: node.info.node_id.as_str(),
+                        more: false,
+                    });
             }
+        }
+        let pools_by_label = model
+            .pools
+            .values()
+            .map(|p| (p.label.as_str(), p))
+            .collect();
+        // The first address a node declared, else the one it connects to
+        // the spine from (known only while it is connected).
+        let mut addresses: HashMap<&'a str, String> = model
+            .nodes
+            .values()
+            .filter_map(|n| Some((n.node_id.as_str(), n.addresses.first()?.clone())))
+            .collect();
+        for node in snap.nodes.values() {
+            let address = node
+                .info
+                .addresses
+                .first()
+                .cloned()
+                .unwrap_or_else(|| node.info.peer.ip().to_string());
+            addresses.insert(node.info.node_id.as_str(), address);
         }
         Pass {
             model,
@@ -161,10 +201,11 @@ impl<'a> Pass<'a> {
             pools: vec![],
             operations: vec![],
             orders: vec![],
-            ordered: HashSet::new(),
-            ordered_names: HashSet::new(),
+            ordered: HashMap::new(),
             discs_by_vm,
             reported_on,
+            pools_by_label,
+            addresses,
             nics_by_vm: None,
             users_by_target: None,
         }
@@ -219,8 +260,13 @@ impl<'a> Pass<'a> {
             .or_insert_with(|| model.disc(id).expect("disc id from the model").clone())
     }
 
-    pub fn discs_of(&self, vm: VmId) -> Vec<DiscId> {
-        self.discs_by_vm.get(&vm).cloned().unwrap_or_default()
+    /// The VM's discs, in creation order (the first is the boot disc).
+    pub fn discs_of(&self, vm: VmId) -> impl Iterator<Item = DiscId> + '_ {
+        let start = self.discs_by_vm.partition_point(|(v, _)| *v < vm);
+        self.discs_by_vm[start..]
+            .iter()
+            .take_while(move |(v, _)| *v == vm)
+            .map(|(_, d)| *d)
     }
 
     pub fn nics_of(&mut self, vm: VmId) -> Vec<NicId> {
@@ -251,8 +297,7 @@ impl<'a> Pass<'a> {
     /// Placement facts, gathered the first time this pass needs them and
     /// then booked as it places.
     pub fn facts(&mut self) -> &mut Facts {
-        let gather = &mut self.gather;
-        self.facts.get_or_insert_with(|| gather())
+        self.facts.get_or_insert_with(&mut *self.gather)
     }
 
     pub fn liveness(&mut self, node: &str) -> Liveness {
@@ -261,22 +306,15 @@ impl<'a> Pass<'a> {
             .liveness(self.snap, &self.model.settings, node, self.now)
     }
 
+    /// The pool record for a label.
+    pub fn pool(&self, label: &str) -> Option<&'a Pool> {
+        self.pools_by_label.get(label).copied()
+    }
+
     /// The address a node is known by on the storage LAN: the first it
     /// declared, else the one it connects to the spine from.
-    pub fn node_address(&self, node: &str) -> Option<String> {
-        if let Some(n) = self.snap.nodes.get(node) {
-            return Some(
-                n.info
-                    .addresses
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| n.info.peer.ip().to_string()),
-            );
-        }
-        self.model
-            .nodes
-            .get(node)
-            .and_then(|n| n.addresses.first().cloned())
+    pub fn node_address(&self, node: &str) -> Option<&str> {
+        self.addresses.get(node).map(String::as_str)
     }
 
     /// Queues an order (sent once the pass's decisions are persisted).
@@ -286,8 +324,10 @@ impl<'a> Pass<'a> {
             action,
             generation,
         };
-        self.ordered.insert((node.to_owned(), order.name().clone()));
-        self.ordered_names.insert(order.name().clone());
+        self.ordered
+            .entry(order.name().clone())
+            .or_default()
+            .push(node.to_owned());
         self.orders.push(order);
     }
 
@@ -295,11 +335,14 @@ impl<'a> Pass<'a> {
     /// or already queued, and no recent failure still backing off.
     pub fn may_order(&self, node: &str, name: &ResourceName) -> bool {
         self.recall.ledger.may_order(node, name, self.instant)
-            && !self.ordered.contains(&(node.to_owned(), name.clone()))
+            && !self
+                .ordered
+                .get(name)
+                .is_some_and(|nodes| nodes.iter().any(|n| n == node))
     }
 
     /// Whether any order about `name` is in flight or queued anywhere.
     pub fn busy(&self, name: &ResourceName) -> bool {
-        self.recall.ledger.busy(name) || self.ordered_names.contains(name)
+        self.recall.ledger.busy(name) || self.ordered.contains_key(name)
     }
 }

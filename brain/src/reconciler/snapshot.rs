@@ -1,13 +1,22 @@
 //! What the spine reports, copied once per pass so the plan reads a
 //! consistent picture without holding any spine lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bigv_spine::resource::{DiscSpec, GlobalKind, PoolFacts, ResourceName, ResourceValue, VmSpec};
 use bigv_spine::{Generation, NodeInfo, SpineServer};
 
-use crate::model::VmId;
+use crate::model::{DiscId, VmId};
 use crate::scheduler::vm_of_resource;
+
+/// A disc as a tail reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReportedDisc {
+    pub name: ResourceName,
+    pub grade: String,
+    pub spec: DiscSpec,
+    pub generation: Generation,
+}
 
 /// One connected node's table.
 #[derive(Debug, Clone)]
@@ -19,7 +28,10 @@ pub(crate) struct NodeSnap {
     pub vms: HashMap<VmId, (VmSpec, Generation)>,
     /// `vm.*` resources that are not ours at all.
     pub foreign_vms: Vec<(ResourceName, Generation)>,
-    pub discs: HashMap<ResourceName, (DiscSpec, Generation)>,
+    /// Discs whose names are ours (`disc.<grade>.<id>`), by id.
+    pub discs: HashMap<DiscId, ReportedDisc>,
+    /// `disc.*` resources whose id is not a number.
+    pub foreign_discs: Vec<(ResourceName, Generation)>,
     pub pools: BTreeMap<String, PoolFacts>,
 }
 
@@ -31,6 +43,7 @@ impl NodeSnap {
             vms: HashMap::new(),
             foreign_vms: vec![],
             discs: HashMap::new(),
+            foreign_discs: vec![],
             pools: BTreeMap::new(),
         }
     }
@@ -44,9 +57,24 @@ impl NodeSnap {
                 }
                 None => self.foreign_vms.push((name, generation)),
             },
-            ResourceValue::Disc(spec) => {
-                self.discs.insert(name, (spec, generation));
-            }
+            ResourceValue::Disc(spec) => match &name {
+                ResourceName::Disc { grade, id } => match id.parse() {
+                    Ok(id) => {
+                        let grade = grade.clone();
+                        self.discs.insert(
+                            DiscId(id),
+                            ReportedDisc {
+                                name,
+                                grade,
+                                spec,
+                                generation,
+                            },
+                        );
+                    }
+                    Err(_) => self.foreign_discs.push((name, generation)),
+                },
+                _ => self.foreign_discs.push((name, generation)),
+            },
             ResourceValue::StoragePools(pools)
                 if name == ResourceName::Global(GlobalKind::StoragePools) =>
             {
@@ -64,22 +92,38 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take(spine: &SpineServer) -> Snapshot {
-        let mut nodes = HashMap::new();
-        for info in spine.nodes() {
+    /// Brings the copy up to date: nodes that connected, left, finished
+    /// their dump or reconnected, and those in `changed` (nodes that sent
+    /// events since the last refresh), are copied afresh; `None` copies
+    /// every node. Copying a table clones every VM and disc in it, so a
+    /// quiet node is not copied again: its events are what would change it,
+    /// and a periodic full copy covers even an event that went missing.
+    pub fn refresh(&mut self, spine: &SpineServer, changed: Option<&HashSet<String>>) {
+        let listed = spine.nodes();
+        let connected: HashSet<&str> = listed.iter().map(|i| i.node_id.as_str()).collect();
+        self.nodes.retain(|id, _| connected.contains(id.as_str()));
+        for info in &listed {
             // It may have gone between the listing and now: then it is
             // simply not connected in this pass.
             let Some(handle) = spine.node(&info.node_id) else {
+                self.nodes.remove(&info.node_id);
                 continue;
             };
-            let info = handle.info().clone();
-            let mut snap = NodeSnap::new(info, handle.is_ready());
+            let ready = handle.is_ready();
+            let fresh = self.nodes.get(&info.node_id).is_some_and(|cached| {
+                cached.info.conn == handle.info().conn
+                    && cached.ready == ready
+                    && changed.is_some_and(|c| !c.contains(&info.node_id))
+            });
+            if fresh {
+                continue;
+            }
+            let mut snap = NodeSnap::new(handle.info().clone(), ready);
             for (name, (value, generation)) in handle.resources() {
                 snap.add(name, value, generation);
             }
-            nodes.insert(snap.info.node_id.clone(), snap);
+            self.nodes.insert(info.node_id.clone(), snap);
         }
-        Snapshot { nodes }
     }
 
     /// The node's table if its dump is complete.

@@ -28,6 +28,7 @@ use super::discs;
 use super::fencing::Liveness;
 use super::orders::Action;
 use super::pass::Pass;
+use super::snapshot::NodeSnap;
 
 pub(super) fn plan(p: &mut Pass<'_>) {
     let model = p.model;
@@ -49,6 +50,10 @@ fn plan_vm<'a>(p: &mut Pass<'a>, vm: &'a Vm) {
         }
         return;
     };
+    let snap = p.snap;
+    if let Some(node) = snap.nodes.get(head).filter(|n| n.ready) {
+        return on_ready_head(p, vm, node, wants_run, reboot);
+    }
     match p.liveness(head) {
         // It may still run there: nothing moves (unknown is not dead).
         Liveness::Joining | Liveness::Unknown => {}
@@ -64,23 +69,31 @@ fn plan_vm<'a>(p: &mut Pass<'a>, vm: &'a Vm) {
                 p.vm_mut(id).power_on = true;
             }
         }
-        Liveness::Ready => on_ready_head(p, vm, head, wants_run, reboot),
+        // Handled above.
+        Liveness::Ready => {}
     }
 }
 
-fn on_ready_head<'a>(p: &mut Pass<'a>, vm: &'a Vm, head: &str, wants_run: bool, reboot: bool) {
+fn on_ready_head<'a>(
+    p: &mut Pass<'a>,
+    vm: &'a Vm,
+    node: &'a NodeSnap,
+    wants_run: bool,
+    reboot: bool,
+) {
     let id = vm.id;
-    let name = vm_resource(id);
-    if p.recall.ledger.busy_on(head, &name) {
+    let head = node.info.node_id.as_str();
+    if !p.recall.ledger.is_quiet() && p.recall.ledger.busy_on(head, &vm_resource(id)) {
         // Wait for the order's outcome; the table follows it.
         return;
     }
-    let snap = p.snap;
-    let running = snap.ready(head).and_then(|n| n.vms.get(&id));
+    let running = node.vms.get(&id);
     if wants_run {
         if let Some((spec, generation)) = running {
-            p.recall.seen_running.insert(id, head.to_owned());
-            p.recall.refused.remove(&id);
+            if p.recall.seen_running.get(&id).map(String::as_str) != Some(head) {
+                p.recall.seen_running.insert(id, head.to_owned());
+                p.recall.refused.remove(&id);
+            }
             forward_changes(p, vm, head, spec, *generation);
             return;
         }
@@ -104,6 +117,7 @@ fn on_ready_head<'a>(p: &mut Pass<'a>, vm: &'a Vm, head: &str, wants_run: bool, 
         start(p, vm, head);
     } else if let Some((_, generation)) = running {
         p.recall.seen_running.remove(&id);
+        let name = vm_resource(id);
         if !p.may_order(head, &name) {
             return;
         }
@@ -131,7 +145,6 @@ fn place(p: &mut Pass<'_>, vm: &Vm, exclude: &[&str]) {
     let id = vm.id;
     let unplaced_disc = p
         .discs_of(id)
-        .into_iter()
         .any(|d| p.disc(d).is_none_or(|d| d.storage_pool.is_none()));
     if unplaced_disc {
         note_unplaced(p, vm, "its discs have no storage yet".into());
@@ -164,10 +177,7 @@ fn start(p: &mut Pass<'_>, vm: &Vm, head: &str) {
     let name = vm_resource(id);
     // Never two copies: while another node holds it (a rogue being
     // removed) or any order about it is in flight, wait.
-    let elsewhere = p
-        .reported_on
-        .get(&id)
-        .is_some_and(|nodes| nodes.iter().any(|n| n != head));
+    let elsewhere = p.reported_on.get(&id).is_some_and(|r| r.beyond(head));
     if elsewhere || p.busy(&name) || !p.may_order(head, &name) {
         return;
     }
@@ -192,8 +202,11 @@ fn start(p: &mut Pass<'_>, vm: &Vm, head: &str) {
 fn forward_changes(p: &mut Pass<'_>, vm: &Vm, head: &str, spec: &VmSpec, generation: u64) {
     let cdrom = spec.cdrom_url != vm.cdrom_url;
     let signal = vm.signal.is_some() && spec.signal != vm.signal;
+    if !(cdrom || signal) {
+        return;
+    }
     let name = vm_resource(vm.id);
-    if !(cdrom || signal) || !p.may_order(head, &name) {
+    if !p.may_order(head, &name) {
         return;
     }
     let mut wanted = spec.clone();
@@ -221,13 +234,14 @@ pub(super) fn remove_rogues(p: &mut Pass<'_>) {
     for node in snap.nodes.values().filter(|n| n.ready) {
         let node_id = node.info.node_id.as_str();
         for (id, (_, generation)) in &node.vms {
+            if p.vm(*id)
+                .is_some_and(|v| v.head.as_deref() == Some(node_id))
+            {
+                continue;
+            }
             let name = vm_resource(*id);
             let record = p.vm(*id).map(|v| (v.head.clone(), v.generation));
-            if record
-                .as_ref()
-                .is_some_and(|(head, _)| head.as_deref() == Some(node_id))
-                || !p.may_order(node_id, &name)
-            {
+            if !p.may_order(node_id, &name) {
                 continue;
             }
             let generation = record.as_ref().map_or(0, |(_, g)| *g).max(*generation) + 1;
@@ -278,7 +292,6 @@ pub(super) fn vm_spec(p: &mut Pass<'_>, vm: &Vm) -> VmSpec {
         .collect();
     let discs = p
         .discs_of(vm.id)
-        .into_iter()
         .filter_map(|id| p.disc(id))
         .filter_map(|d| {
             Some(VmDisc {
