@@ -76,10 +76,10 @@ async fn past_the_fence_time_the_vm_restarts_elsewhere_acl_first_never_twice() {
     // its disc cannot be closed to the old head until then.
     let left = Instant::now();
     let tail_back = Duration::from_secs(6);
-    sim(&fleet, &old).stay_away(Duration::from_secs(9));
+    sim(&fleet, &old).stay_away(Duration::from_secs(12));
     sim(&fleet, &tail(0)).stay_away(tail_back);
     // Poll both heads and the tail until the new head runs it.
-    let deadline = left + Duration::from_secs(8);
+    let deadline = left + Duration::from_secs(11);
     loop {
         let reporting = spine_heads_reporting(&tb, &fleet, id);
         assert!(

@@ -266,3 +266,40 @@ async fn reimage_copies_the_template_then_finishes_and_starts_the_vm() {
     assert!(vm.power_on);
     assert_eq!(vm.last_imaged_with.as_deref(), Some("bigv-test"));
 }
+
+#[tokio::test]
+async fn many_vms_created_together_fill_the_fullest_head_without_overcommitting() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 2, 1);
+    joined(&tb, &fleet).await;
+    let per_head = (HEAD_MEMORY / 256) as usize;
+    let mut ids = vec![];
+    for _ in 0..per_head + 20 {
+        let new = NewVm {
+            memory: 256,
+            discs: vec![("sata", 1024)],
+            ..NewVm::running("web")
+        };
+        ids.push(create_vm(&tb, new).await);
+    }
+    eventually("every VM to run", 30, || {
+        let all = ids
+            .iter()
+            .all(|id| sim_heads_running(&fleet, *id).len() == 1);
+        async move { all.then_some(()) }
+    })
+    .await;
+    let mut counts: Vec<usize> = fleet
+        .nodes
+        .iter()
+        .filter(|n| n.node_id().contains("head"))
+        .map(|n| n.vms().len())
+        .collect();
+    counts.sort();
+    // Fill the fullest: one head full, the rest on the other.
+    assert_eq!(counts, [20, per_head]);
+    for id in &ids {
+        let vm = vm(&tb, *id);
+        assert_eq!(sim_heads_running(&fleet, *id), [vm.head.unwrap()]);
+    }
+}

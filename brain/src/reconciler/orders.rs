@@ -136,6 +136,14 @@ impl Ledger {
         }
     }
 
+    /// Forgets failures whose backoff ended long ago.
+    pub fn prune(&mut self, now: Instant) {
+        for by_node in self.failures.values_mut() {
+            by_node.retain(|_, f| f.not_before + MAX_BACKOFF > now);
+        }
+        self.failures.retain(|_, by_node| !by_node.is_empty());
+    }
+
     /// Records the end of an order; a failure postpones the next try.
     pub fn finished(&mut self, node: &str, name: &ResourceName, ok: bool, now: Instant) {
         if let Some(nodes) = self.in_flight.get_mut(name) {

@@ -34,6 +34,25 @@ pub(crate) struct Recall {
     /// The last reason logged for a VM or disc that could not be placed.
     pub unplaced_vms: HashMap<VmId, String>,
     pub unplaced_discs: HashMap<DiscId, String>,
+    /// When (clock seconds) entries about vanished records were last
+    /// dropped.
+    last_prune: u64,
+}
+
+/// How often (clock seconds) `Recall` forgets what no longer exists.
+const PRUNE_EVERY: u64 = 60;
+
+impl Recall {
+    /// Forgets VMs and discs the model no longer has, and failures long
+    /// past their backoff (the resource was dealt with another way).
+    fn prune(&mut self, model: &Model, now: Instant) {
+        self.seen_running.retain(|id, _| model.vm(*id).is_some());
+        self.refused.retain(|id, _| model.vm(*id).is_some());
+        self.unplaced_vms.retain(|id, _| model.vm(*id).is_some());
+        self.unplaced_discs
+            .retain(|id, _| model.disc(*id).is_some());
+        self.ledger.prune(now);
+    }
 }
 
 /// The nodes that report a VM: one, or more than one.
@@ -214,6 +233,10 @@ impl<'a> Pass<'a> {
     /// Runs every step. Order matters: discs get pools before VMs are
     /// placed, and disc ACLs follow the placements made in this pass.
     pub fn run(&mut self) {
+        if self.now >= self.recall.last_prune.saturating_add(PRUNE_EVERY) {
+            self.recall.prune(self.model, self.instant);
+            self.recall.last_prune = self.now;
+        }
         self.recall.absences.observe(self.snap);
         nodes::sync(self);
         discs::place(self);
