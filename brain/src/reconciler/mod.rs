@@ -3,16 +3,19 @@
 //!
 //! One task owns it. It runs a full pass on every spine event, every
 //! `state.reconcile` notification, every finished order and at least
-//! every second. A pass snapshots the spine tables, then, inside one store
+//! every second (whatever queued up meanwhile is covered by one pass, and
+//! passes are paced so the API's writes get the store in between). A pass
+//! brings its copy of the spine tables up to date, then, inside one store
 //! write, compares them with the model, persists what it decides
 //! (placements, raised generations, truthful power state) and returns the
-//! orders to send; they go out concurrently as tasks, a bounded number at
-//! a time. Level-triggered: nothing is remembered about orders beyond
-//! which are in flight, so a lost event, a failed order or a brain restart
-//! only delays convergence, and a restarted brain that finds everything
-//! where the model wants it sends nothing.
+//! orders to send; they go out concurrently as tasks, a bounded number on
+//! the wire at a time. Level-triggered: nothing is remembered about orders
+//! beyond which are in flight or recently failed, so a lost event, a
+//! failed order or a brain restart only delays convergence, and a
+//! restarted brain that finds everything where the model wants it sends
+//! nothing.
 //!
-//! - `snapshot.rs`: the spine tables, copied once per pass.
+//! - `snapshot.rs`: the spine tables, copied per node as they change.
 //! - `pass.rs`: one pass over the model (the steps below, in order).
 //! - `nodes.rs`: Node and Pool records for what joins.
 //! - `fencing.rs`: unknown heads, and when their VMs may move.
@@ -20,6 +23,7 @@
 //! - `vms.rs`: placement, start/stop/reboot, rogues, the VM resource.
 //! - `operations.rs`: finishing reimages.
 //! - `orders.rs`: orders, in-flight tracking and retry backoff.
+//! - `scale.rs` (tests): passes at benchmark size.
 
 mod discs;
 mod fencing;
