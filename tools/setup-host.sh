@@ -5,7 +5,8 @@
 set -euo pipefail
 
 # Packages: a C compiler for ring (TLS), pkg-config for -sys crates.
-packages=(gcc libc6-dev pkg-config ca-certificates curl)
+# cpio: the initramfs tests check our archives with GNU cpio.
+packages=(gcc libc6-dev pkg-config ca-certificates curl cpio)
 
 missing=()
 for p in "${packages[@]}"; do
