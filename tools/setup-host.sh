@@ -6,7 +6,8 @@ set -euo pipefail
 
 # Packages: a C compiler for ring (TLS), pkg-config for -sys crates.
 # cpio: the initramfs tests check our archives with GNU cpio.
-packages=(gcc libc6-dev pkg-config ca-certificates curl cpio)
+# tftp-hpa: the TFTP server is tested against its client.
+packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa)
 
 missing=()
 for p in "${packages[@]}"; do
