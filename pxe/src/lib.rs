@@ -1,7 +1,8 @@
 //! BigV boot services for the boot LAN: DHCPv4 for PXE and iPXE
 //! ([`dhcp`]), a read-only TFTP server for the iPXE binaries ([`tftp`]),
-//! per-node iPXE scripts ([`ipxe`]) and the HTTP server for scripts and
-//! image files ([`http`]).
+//! per-node iPXE scripts ([`ipxe`]), the HTTP server for scripts and
+//! image files ([`http`]) and IPv6 router advertisements ([`ra`]) so that
+//! iPXE does not wait for IPv6 autoconfiguration.
 //!
 //! The crate knows nothing of the brain's model: it asks a [`BootPolicy`]
 //! whom to answer and what each node boots, and tells it about lease
@@ -14,6 +15,7 @@ pub mod http;
 pub mod ipxe;
 mod mac;
 mod policy;
+pub mod ra;
 pub mod tftp;
 
 pub use mac::{MacAddr, ParseMacError};
