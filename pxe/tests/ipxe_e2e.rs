@@ -1,7 +1,7 @@
 //! End to end with a real PXE client: a blank qemu VM (`-boot n`, no disc,
 //! TCG) whose virtio NIC carries Debian's iPXE ROM boots against our DHCP,
 //! HTTP and TFTP services on a bridge in a network namespace this test
-//! creates. Slow (~20-40 s), so it runs only with BIGV_SLOW_TESTS=1 and
+//! creates. Slow (it boots qemu; ~5 s), so it runs only with BIGV_SLOW_TESTS=1 and
 //! needs root, `ip`, qemu-system-x86 and ipxe-qemu.
 //!
 //! What it proves:
@@ -225,7 +225,7 @@ fn ipxe_boots_through_dhcp_http_and_tftp() {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED ipxe_boots_through_dhcp_http_and_tftp: the iPXE end-to-end test (qemu + network namespace, ~20 s) runs only with BIGV_SLOW_TESTS=1"
+            "SKIPPED ipxe_boots_through_dhcp_http_and_tftp: the iPXE end-to-end test (qemu + network namespace, ~5 s of qemu) runs only with BIGV_SLOW_TESTS=1"
         );
         return;
     }
