@@ -4,8 +4,9 @@
 # workspace (1.95; Debian's own rustc is too old). Safe to run repeatedly.
 set -euo pipefail
 
-# Packages: a C compiler for ring (TLS), pkg-config for -sys crates.
-packages=(gcc libc6-dev pkg-config ca-certificates curl)
+# Packages: a C compiler for ring (TLS), pkg-config for -sys crates,
+# qemu-utils (qemu-img, qemu-io, qemu-nbd) for the tail's NBD tests.
+packages=(gcc libc6-dev pkg-config ca-certificates curl qemu-utils)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -178,7 +178,7 @@ impl NbdClient {
         offset: u64,
         length: u32,
         payload: Option<&[u8]>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<u64, ClientError> {
         let cookie = self.next_cookie;
         self.next_cookie += 1;
         let req = Request {
@@ -204,7 +204,7 @@ impl NbdClient {
             offset,
             length,
         });
-        Ok(())
+        Ok(cookie)
     }
 
     /// Sends anything buffered.
@@ -216,9 +216,9 @@ impl NbdClient {
         self.pending.len()
     }
 
-    /// Waits for the oldest request's reply; READ data comes back.
-    /// (Our server answers in any order; so the reply is matched by cookie.)
-    pub async fn complete(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+    /// Waits for the next reply (servers may answer out of order): its
+    /// request's cookie, and READ data.
+    pub async fn complete(&mut self) -> Result<(u64, Option<Vec<u8>>), ClientError> {
         self.push().await?;
         let magic = self.read.read_u32().await.map_err(io("a reply"))?;
         if magic != SIMPLE_REPLY_MAGIC {
@@ -248,14 +248,14 @@ impl NbdClient {
                 .read_exact(&mut data)
                 .await
                 .map_err(io("READ data"))?;
-            return Ok(Some(data));
+            return Ok((cookie, Some(data)));
         }
-        Ok(None)
+        Ok((cookie, None))
     }
 
     pub async fn read(&mut self, offset: u64, length: u32) -> Result<Vec<u8>, ClientError> {
         self.submit(Command::Read, 0, offset, length, None).await?;
-        Ok(self.complete().await?.unwrap_or_default())
+        Ok(self.complete().await?.1.unwrap_or_default())
     }
 
     pub async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> Result<(), ClientError> {
@@ -290,6 +290,7 @@ impl NbdClient {
     /// Sends `NBD_CMD_DISC` and closes.
     pub async fn disconnect(mut self) -> Result<(), ClientError> {
         self.submit(Command::Disc, 0, 0, 0, None).await?;
+        self.pending.pop_back();
         self.push().await?;
         let _ = self.write.shutdown().await;
         Ok(())
