@@ -6,7 +6,12 @@
 //! `docs/storage.md`.
 
 pub mod acl;
+pub mod addresses;
+pub mod agent;
+pub mod config;
+pub mod mirror;
 pub mod nbd;
+pub mod pools;
 
 /// Formats an error with its sources: `outer: inner: innermost`.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

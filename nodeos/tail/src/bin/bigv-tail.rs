@@ -15,8 +15,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use bigv_spine::NodeAgent;
 use bigv_tail::acl::Acl;
+use bigv_tail::agent::TailAgent;
+use bigv_tail::config::TailConfig;
 use bigv_tail::nbd::{DiscServer, Export};
+use bigv_tail::pools::PoolConfig;
 
 #[derive(Parser)]
 #[command(name = "bigv-tail", version, about = "The BigV tail agent")]
@@ -27,6 +31,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Join the spine and serve the pools' discs (the tail agent).
+    Run {
+        /// A TOML file with every setting (see `bigv_tail::config`).
+        #[arg(long, conflicts_with_all = ["node_id", "spine", "pool"])]
+        config: Option<PathBuf>,
+        #[arg(long, env = "BIGV_NODE_ID")]
+        node_id: Option<String>,
+        /// The brain's spine listener, `host:port`.
+        #[arg(long, env = "BIGV_SPINE")]
+        spine: Option<String>,
+        /// The brain certificate's fingerprint, `sha256:HEX`.
+        #[arg(long, env = "BIGV_PIN")]
+        pin: Option<String>,
+        #[arg(long)]
+        storage_interface: Option<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        storage_address: IpAddr,
+        #[arg(long, default_value = "/srv/images")]
+        images: PathBuf,
+        #[arg(long, default_value_t = bigv_tail::config::NBD_PORT)]
+        nbd_port: u16,
+        /// A pool as `NAME:GRADE:DIR` (repeatable).
+        #[arg(long)]
+        pool: Vec<String>,
+    },
     /// Serve one file as an NBD export until interrupted.
     Serve {
         /// The disc image (a sparse raw file).
@@ -60,6 +89,41 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         match cli.command {
+            Cmd::Run {
+                config,
+                node_id,
+                spine,
+                pin,
+                storage_interface,
+                storage_address,
+                images,
+                nbd_port,
+                pool,
+            } => {
+                let config = match config {
+                    Some(path) => TailConfig::load(&path)?,
+                    None => {
+                        let pools = pool
+                            .iter()
+                            .map(|p| parse_pool(p))
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        let config = TailConfig {
+                            node_id: node_id.context("--node-id (or --config) is required")?,
+                            spine: spine.context("--spine (or --config) is required")?,
+                            pin,
+                            storage_interface,
+                            storage_address,
+                            images,
+                            nbd_port,
+                            report_interval_secs: 10,
+                            pools,
+                        };
+                        config.check()?;
+                        config
+                    }
+                };
+                run(config).await
+            }
             Cmd::Serve {
                 file,
                 listen,
@@ -69,6 +133,36 @@ fn main() -> anyhow::Result<()> {
             } => serve(file, listen, allow, name, read_only).await,
         }
     })
+}
+
+fn parse_pool(s: &str) -> anyhow::Result<PoolConfig> {
+    let mut parts = s.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(grade), Some(dir)) if !name.is_empty() && !grade.is_empty() => {
+            Ok(PoolConfig {
+                name: name.into(),
+                grade: grade.into(),
+                path: dir.into(),
+            })
+        }
+        _ => anyhow::bail!("--pool {s:?}: expected NAME:GRADE:DIR"),
+    }
+}
+
+async fn run(config: TailConfig) -> anyhow::Result<()> {
+    let node_config = config.node_config()?;
+    let agent = TailAgent::start(config.agent_config().await?).await?;
+    let node = NodeAgent::new(node_config, agent.clone());
+    agent.set_notifier(node.notifier());
+    tokio::spawn(agent.clone().report_loop());
+    tokio::select! {
+        action = node.run() => {
+            // On a real tail, init carries the action out; standalone, we stop.
+            tracing::warn!(?action, "the brain ordered a power action; exiting");
+        }
+        r = tokio::signal::ctrl_c() => r.context("waiting for ^C")?,
+    }
+    Ok(())
 }
 
 async fn serve(

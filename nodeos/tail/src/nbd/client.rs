@@ -287,6 +287,13 @@ impl NbdClient {
         self.complete().await.map(drop)
     }
 
+    /// Asks a migration destination to take the disc over
+    /// (`NBD_CMD_BIGV_HANDOVER`); `Ok` means it has committed to serving.
+    pub async fn handover(&mut self) -> Result<(), ClientError> {
+        self.submit(Command::Handover, 0, 0, 0, None).await?;
+        self.complete().await.map(drop)
+    }
+
     /// Sends `NBD_CMD_DISC` and closes.
     pub async fn disconnect(mut self) -> Result<(), ClientError> {
         self.submit(Command::Disc, 0, 0, 0, None).await?;

@@ -120,6 +120,10 @@ pub struct Export {
     size: AtomicU64,
     read_only: bool,
     dirty: Mutex<Option<DirtyMap>>,
+    /// Set when the disc has been handed to another tail: requests still
+    /// queued are dropped unanswered (the client resends them to the new
+    /// server after reconnecting) instead of landing here.
+    fenced: std::sync::atomic::AtomicBool,
     /// Requests hold it shared; the mirror holds it exclusively to pause
     /// I/O for its final pass.
     pub(crate) gate: tokio::sync::RwLock<()>,
@@ -137,6 +141,7 @@ impl Export {
             size: AtomicU64::new(size),
             read_only,
             dirty: Mutex::new(None),
+            fenced: std::sync::atomic::AtomicBool::new(false),
             gate: tokio::sync::RwLock::new(()),
         })
     }
@@ -391,6 +396,15 @@ impl Export {
         }
     }
 
+    /// See the `fenced` field; only while the I/O gate is held exclusively.
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.store(fenced, Ordering::Release);
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
     /// Starts recording written blocks (for a mirror).
     pub fn start_tracking(&self) {
         *self.dirty.lock().expect("dirty map poisoned") = Some(DirtyMap::new(self.size()));
@@ -403,6 +417,15 @@ impl Export {
             Some(map) => std::mem::replace(map, DirtyMap::new(self.size())),
             None => DirtyMap::default(),
         }
+    }
+
+    /// How many blocks are dirty now (0 when not tracking).
+    pub fn dirty_blocks(&self) -> u64 {
+        self.dirty
+            .lock()
+            .expect("dirty map poisoned")
+            .as_ref()
+            .map_or(0, DirtyMap::len)
     }
 
     pub fn stop_tracking(&self) {

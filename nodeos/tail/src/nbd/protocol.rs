@@ -69,6 +69,10 @@ pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const CMD_BLOCK_STATUS: u16 = 7;
+/// BigV's own command, only on a migration destination's mirror
+/// connection: "everything is copied and flushed; take the disc over".
+/// Far outside the range the NBD project assigns (0..=8 today).
+pub const CMD_BIGV_HANDOVER: u16 = 0x4256;
 
 // Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
@@ -170,6 +174,8 @@ pub enum Command {
     Trim,
     WriteZeroes,
     BlockStatus,
+    /// [`CMD_BIGV_HANDOVER`].
+    Handover,
 }
 
 impl Command {
@@ -182,6 +188,7 @@ impl Command {
             Command::Trim => "TRIM",
             Command::WriteZeroes => "WRITE_ZEROES",
             Command::BlockStatus => "BLOCK_STATUS",
+            Command::Handover => "BIGV_HANDOVER",
         }
     }
 
@@ -194,6 +201,7 @@ impl Command {
             Command::Trim => CMD_TRIM,
             Command::WriteZeroes => CMD_WRITE_ZEROES,
             Command::BlockStatus => CMD_BLOCK_STATUS,
+            Command::Handover => CMD_BIGV_HANDOVER,
         }
     }
 }
@@ -223,6 +231,7 @@ impl Request {
             CMD_TRIM => Command::Trim,
             CMD_WRITE_ZEROES => Command::WriteZeroes,
             CMD_BLOCK_STATUS => Command::BlockStatus,
+            CMD_BIGV_HANDOVER => Command::Handover,
             kind => return Err(ProtocolError::UnknownCommand { kind }),
         };
         if command == Command::Write && length > MAX_PAYLOAD {

@@ -74,7 +74,22 @@ struct Active {
     done: watch::Receiver<bool>,
 }
 
+/// A request to take a disc over, from a migration source; answered once
+/// the destination has committed to serving it.
+pub struct HandoverRequest {
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Extra behaviour for a disc's server.
+#[derive(Default, Clone)]
+pub struct ServeOptions {
+    /// Accept `NBD_CMD_BIGV_HANDOVER` and pass it here (a migration
+    /// destination's mirror listener). Without it the command is refused.
+    pub handover: Option<mpsc::Sender<HandoverRequest>>,
+}
+
 struct Shared {
+    options: ServeOptions,
     export: Arc<Export>,
     acl: Mutex<Acl>,
     active: Mutex<Option<Active>>,
@@ -97,6 +112,16 @@ impl DiscServer {
         listen: SocketAddr,
         acl: Acl,
     ) -> Result<DiscServer, ServeError> {
+        Self::start_with(export, listen, acl, ServeOptions::default()).await
+    }
+
+    /// [`DiscServer::start`] with options.
+    pub async fn start_with(
+        export: Arc<Export>,
+        listen: SocketAddr,
+        acl: Acl,
+        options: ServeOptions,
+    ) -> Result<DiscServer, ServeError> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -108,6 +133,7 @@ impl DiscServer {
             source,
         })?;
         let shared = Arc::new(Shared {
+            options,
             export,
             acl: Mutex::new(acl),
             active: Mutex::new(None),
@@ -320,7 +346,7 @@ async fn connection(
         Ok(Ok(Outcome::Aborted)) => Ok(()),
         Ok(Ok(Outcome::Transmission { negotiated, ticket })) => {
             tracing::info!(disc, %peer, conn, structured = negotiated.structured, "client connected");
-            let r = transmission(stream, shared.export.clone(), negotiated, cancel.clone()).await;
+            let r = transmission(stream, shared.clone(), negotiated, cancel.clone()).await;
             drop(ticket);
             r
         }
@@ -344,10 +370,11 @@ struct Reply {
 
 async fn transmission(
     stream: TcpStream,
-    export: Arc<Export>,
+    shared: Arc<Shared>,
     negotiated: Negotiated,
     cancel: CancellationToken,
 ) -> Result<(), ConnError> {
+    let export = shared.export.clone();
     let (read, write) = stream.into_split();
     let mut read = BufReader::with_capacity(256 << 10, read);
     let (tx, rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT * 2);
@@ -404,9 +431,16 @@ async fn transmission(
         }
         let export = export.clone();
         let tx = tx.clone();
+        let handover = shared.options.handover.clone();
         handlers.spawn(async move {
-            let reply = handle(&export, request, payload, negotiated).await;
-            let _ = tx.send(reply).await;
+            let reply = if request.command == Command::Handover {
+                Some(take_over(&export, request, handover).await)
+            } else {
+                handle(&export, request, payload, negotiated).await
+            };
+            if let Some(reply) = reply {
+                let _ = tx.send(reply).await;
+            }
             drop(permit);
         });
         // Reap finished handlers so the set stays small.
@@ -453,10 +487,52 @@ fn errno_of(e: &ExportError) -> NbdErrno {
 }
 
 enum Done {
+    /// The disc was handed over: no reply (see `Export::set_fenced`).
+    Dropped,
     Ok,
     Data(Vec<u8>),
     Extents(Vec<Extent>),
     Err(NbdErrno, String),
+}
+
+/// A migration source says the copy is complete: flush, let the agent
+/// commit to serving, and answer.
+async fn take_over(
+    export: &Arc<Export>,
+    req: Request,
+    handover: Option<mpsc::Sender<HandoverRequest>>,
+) -> Reply {
+    let mut head = BytesMut::with_capacity(16);
+    let Some(handover) = handover else {
+        tracing::warn!(
+            disc = export.name(),
+            "BIGV_HANDOVER on a connection that is not a mirror"
+        );
+        put_simple_reply(&mut head, req.cookie, NbdErrno::Inval as u32);
+        return Reply { head, data: None };
+    };
+    let e = export.clone();
+    let flushed = tokio::task::spawn_blocking(move || e.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        put_simple_reply(&mut head, req.cookie, NbdErrno::Io as u32);
+        return Reply { head, data: None };
+    }
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let committed = match handover.send(HandoverRequest { reply }).await {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err("the agent went away".into())),
+        Err(_) => Err("nobody is waiting for a handover".into()),
+    };
+    let errno = match committed {
+        Ok(()) => 0,
+        Err(reason) => {
+            tracing::warn!(disc = export.name(), reason, "handover refused");
+            NbdErrno::Io as u32
+        }
+    };
+    put_simple_reply(&mut head, req.cookie, errno);
+    Reply { head, data: None }
 }
 
 async fn handle(
@@ -464,7 +540,7 @@ async fn handle(
     req: Request,
     payload: Option<Vec<u8>>,
     negotiated: Negotiated,
-) -> Reply {
+) -> Option<Reply> {
     let done = run(export, req, payload, negotiated).await;
     if let Done::Err(errno, msg) = &done {
         tracing::debug!(
@@ -481,13 +557,14 @@ async fn handle(
     let structured =
         negotiated.structured && matches!(req.command, Command::Read | Command::BlockStatus);
     match done {
+        Done::Dropped => None,
         Done::Err(errno, msg) if structured => {
             put_error_chunk(&mut head, req.cookie, errno, &msg);
-            Reply { head, data: None }
+            Some(Reply { head, data: None })
         }
         Done::Err(errno, _) => {
             put_simple_reply(&mut head, req.cookie, errno as u32);
-            Reply { head, data: None }
+            Some(Reply { head, data: None })
         }
         Done::Data(data) if structured => {
             if data.is_empty() {
@@ -502,25 +579,25 @@ async fn handle(
                 );
                 head.put_u64(req.offset);
             }
-            Reply {
+            Some(Reply {
                 head,
                 data: Some(data),
-            }
+            })
         }
         Done::Data(data) => {
             put_simple_reply(&mut head, req.cookie, 0);
-            Reply {
+            Some(Reply {
                 head,
                 data: Some(data),
-            }
+            })
         }
         Done::Extents(extents) => {
             put_block_status_chunk(&mut head, req.cookie, BASE_ALLOCATION_ID, &extents);
-            Reply { head, data: None }
+            Some(Reply { head, data: None })
         }
         Done::Ok => {
             put_simple_reply(&mut head, req.cookie, 0);
-            Reply { head, data: None }
+            Some(Reply { head, data: None })
         }
     }
 }
@@ -559,6 +636,9 @@ async fn run(
     }
     // Held shared for the whole request so a mirror's final pass can pause I/O.
     let _gate = export.gate.read().await;
+    if export.is_fenced() {
+        return Done::Dropped;
+    }
     let e = export.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Done, ExportError> {
         Ok(match req.command {
@@ -592,7 +672,7 @@ async fn run(
                 };
                 Done::Extents(e.extents(offset, length, max)?)
             }
-            Command::Disc => Done::Ok,
+            Command::Disc | Command::Handover => Done::Ok,
         })
     })
     .await;
