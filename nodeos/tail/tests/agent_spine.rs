@@ -37,6 +37,7 @@ fn refused(r: Result<(), OrderFailure>) -> (ErrorCode, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_agent_serves_discs_the_brain_orders() {
+    logs();
     let (server, _events) = spine().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();

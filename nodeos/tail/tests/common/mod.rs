@@ -245,3 +245,14 @@ pub mod tail {
         }
     }
 }
+
+/// Sends the crate's logs to the test output (shown for failing tests).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "bigv_tail=debug,info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
