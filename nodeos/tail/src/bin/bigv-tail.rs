@@ -31,6 +31,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Compare our NBD server with qemu-nbd (and nbd-server) using
+    /// `qemu-img bench`; prints a table. Build with --release first.
+    Bench {
+        /// Directory for the test file (a real filesystem).
+        #[arg(long, default_value = "/var/tmp/bigv-bench")]
+        dir: PathBuf,
+        /// Test file size, MiB.
+        #[arg(long, default_value_t = 512)]
+        size_mib: u64,
+        /// Runs per cell (the best is kept).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Join the spine and serve the pools' discs (the tail agent).
     Run {
         /// A TOML file with every setting (see `bigv_tail::config`).
@@ -83,12 +96,27 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Cmd::Bench {
+        dir,
+        size_mib,
+        runs,
+    } = &cli.command
+    {
+        let cfg = bigv_tail::bench::BenchConfig {
+            dir: dir.clone(),
+            size_mib: *size_mib,
+            runs: *runs,
+            ours: std::env::current_exe().context("finding our own binary")?,
+        };
+        return bigv_tail::bench::run(&cfg);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
         match cli.command {
+            Cmd::Bench { .. } => unreachable!("handled before the runtime starts"),
             Cmd::Run {
                 config,
                 node_id,
