@@ -42,6 +42,8 @@ pub const WINDOW: usize = 8;
 pub const SMALL_DIRTY: u64 = 8 << 20;
 /// Copy passes over dirty blocks before pausing regardless.
 pub const MAX_PASSES: u32 = 10;
+/// Pass 0 is copied in segments this large, reporting between them.
+pub const SEGMENT: u64 = 1 << 30;
 /// How often progress is pushed to the brain while copying.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -217,7 +219,17 @@ async fn copy_phase(
     let allocated = export.allocated_bytes().map_err(MirrorError::Local)?;
     progress.update(|p| p.bytes_total = allocated);
     let mut last_report = Instant::now();
-    copy_range(export, &mut client, 0, size, progress).await?;
+    // Pass 0 in segments, so progress reaches the brain as it goes.
+    let mut at = 0;
+    while at < size {
+        let end = (at + SEGMENT).min(size);
+        copy_range(export, &mut client, at, end, progress).await?;
+        at = end;
+        if last_report.elapsed() > PROGRESS_EVERY {
+            last_report = Instant::now();
+            agent.notify_progress(disc).await;
+        }
+    }
     for pass in 1..=MAX_PASSES {
         let dirty = export.dirty_blocks() * crate::nbd::export::DIRTY_BLOCK;
         if dirty <= SMALL_DIRTY {
