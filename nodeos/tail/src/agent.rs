@@ -229,6 +229,7 @@ impl TailAgent {
                 .values()
                 .cloned()
                 .collect();
+            last.retain(|name, _| discs.iter().any(|d| &d.name == name));
             for disc in discs {
                 // A disc busy with an order reports when the order ends.
                 let Ok(state) = disc.state.try_lock() else {

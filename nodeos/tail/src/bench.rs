@@ -22,6 +22,8 @@ pub struct BenchConfig {
     pub runs: u32,
     /// Our binary (`bigv-tail`), to run `serve` in its own process.
     pub ours: PathBuf,
+    /// Only the mirror-versus-cp row.
+    pub mirror_only: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -249,6 +251,10 @@ pub struct Cell {
 
 /// Runs every workload against every available server and prints a table.
 pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
+    if cfg.mirror_only {
+        std::fs::create_dir_all(&cfg.dir)?;
+        return mirror_vs_cp(cfg);
+    }
     let file = prepare(cfg)?;
     let peers: Vec<Peer> = [Peer::Ours, Peer::QemuNbd, Peer::NbdServer]
         .into_iter()
@@ -283,6 +289,80 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
     }
     print!("{}", table(&peers, &results));
     let _ = std::fs::remove_file(&file);
+    mirror_vs_cp(cfg)?;
+    Ok(())
+}
+
+/// The mirror's copy (what a migration's first pass does, over NBD on
+/// loopback, fsync at the end) against `cp --sparse=always` + `sync` of the
+/// same half-sparse file.
+fn mirror_vs_cp(cfg: &BenchConfig) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let src = cfg.dir.join("mirror-src.raw");
+    let f = std::fs::File::create(&src)?;
+    let size = cfg.size_mib << 20;
+    f.set_len(size)?;
+    // Data in every other 4 MiB run: half allocated, half holes.
+    let run = vec![0x5au8; 4 << 20];
+    let mut off = 0;
+    while off < size {
+        f.write_all_at(&run, off)?;
+        off += 8 << 20;
+    }
+    f.sync_all()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut best_mirror = f64::MAX;
+    let mut best_cp = f64::MAX;
+    for _ in 0..cfg.runs.max(1) {
+        let dst = cfg.dir.join("mirror-dst.raw");
+        let _ = std::fs::remove_file(&dst);
+        std::fs::File::create(&dst)?.set_len(size)?;
+        let secs = runtime.block_on(async {
+            let export = std::sync::Arc::new(crate::nbd::Export::open("bench", &src, true)?);
+            let dest = std::sync::Arc::new(crate::nbd::Export::open("bench", &dst, false)?);
+            let server = crate::nbd::DiscServer::start(
+                dest,
+                "127.0.0.1:0".parse()?,
+                crate::acl::Acl::parse(&["127.0.0.1"])?,
+            )
+            .await?;
+            let started = Instant::now();
+            crate::mirror::copy_once(&export, server.local_addr()).await?;
+            let secs = started.elapsed().as_secs_f64();
+            server.stop().await;
+            anyhow::Ok(secs)
+        })?;
+        best_mirror = best_mirror.min(secs);
+        let _ = std::fs::remove_file(&dst);
+        let started = Instant::now();
+        let ok = Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&src)
+            .arg(&dst)
+            .status()?
+            .success()
+            && Command::new("sync").arg(&dst).status()?.success();
+        if !ok {
+            bail!("cp --sparse=always failed");
+        }
+        best_cp = best_cp.min(started.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(&dst);
+    }
+    let _ = std::fs::remove_file(&src);
+    let mib = cfg.size_mib as f64;
+    println!(
+        "{:<34} {:>14} {:>14} {:>14}",
+        "copy of a half-sparse file", "mirror", "cp --sparse", "vs cp"
+    );
+    println!(
+        "{:<34} {:>14} {:>14} {:>13.2}x",
+        format!("{} MiB, {} MiB data", cfg.size_mib, cfg.size_mib / 2),
+        format!("{:.0} MiB/s", mib / best_mirror),
+        format!("{:.0} MiB/s", mib / best_cp),
+        best_cp / best_mirror
+    );
     Ok(())
 }
 

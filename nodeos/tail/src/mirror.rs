@@ -274,41 +274,93 @@ async fn copy_range(
     if pos < end {
         pieces.push((pos, end - pos, false));
     }
-    for (off, len, is_data) in pieces {
-        let chunk = if is_data { CHUNK } else { 1 << 30 };
-        let mut at = off;
-        while at < off + len {
-            let n = (off + len - at).min(chunk);
-            while client.in_flight() >= WINDOW {
-                client.complete().await.map_err(MirrorError::Destination)?;
-            }
-            if is_data {
-                let e = export.clone();
-                let buf = tokio::task::spawn_blocking(move || {
+    // A reader thread reads ahead while this task sends: disc reads and
+    // network writes overlap.
+    let (tx, mut rx) = mpsc::channel::<Result<(u64, u64, Option<Vec<u8>>), std::io::Error>>(4);
+    let e = export.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        for (off, len, is_data) in pieces {
+            let chunk = if is_data { CHUNK } else { 1 << 30 };
+            let mut at = off;
+            while at < off + len {
+                let n = (off + len - at).min(chunk);
+                let item = if is_data {
                     let mut buf = vec![0u8; n as usize];
-                    e.read(at, &mut buf).map(|()| buf)
-                })
-                .await
-                .expect("read panicked")
-                .map_err(|e| MirrorError::Local(std::io::Error::other(e)))?;
+                    e.read(at, &mut buf)
+                        .map(|()| (at, n, Some(buf)))
+                        .map_err(std::io::Error::other)
+                } else {
+                    Ok((at, n, None))
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+                at += n;
+            }
+        }
+    });
+    while let Some(item) = rx.recv().await {
+        let (at, n, data) = item.map_err(MirrorError::Local)?;
+        while client.in_flight() >= WINDOW {
+            client.complete().await.map_err(MirrorError::Destination)?;
+        }
+        match data {
+            Some(buf) => {
                 client
                     .submit(Command::Write, 0, at, n as u32, Some(&buf))
                     .await
                     .map_err(MirrorError::Destination)?;
                 progress.update(|p| p.bytes_done += n);
-            } else {
+            }
+            None => {
                 client
                     .submit(Command::WriteZeroes, 0, at, n as u32, None)
                     .await
                     .map_err(MirrorError::Destination)?;
             }
-            at += n;
         }
     }
+    reader.await.expect("mirror reader panicked");
     while client.in_flight() > 0 {
         client.complete().await.map_err(MirrorError::Destination)?;
     }
     Ok(())
+}
+
+/// One full pass of the mirror's copy, from `export` to the NBD server at
+/// `dest` (as the migration's pass 0 does it); returns the bytes of data
+/// sent. For `bigv-tail bench`, to compare the mirror's rate with `cp`.
+pub async fn copy_once(export: &Arc<Export>, dest: SocketAddr) -> Result<u64, MirrorError> {
+    let mut client = NbdClient::connect(dest, None, export.name())
+        .await
+        .map_err(MirrorError::Destination)?;
+    let progress = Progress {
+        shared: Arc::new(Mutex::new(MigrationProgress {
+            to: dest.to_string(),
+            bytes_done: 0,
+            bytes_total: 0,
+            bytes_per_second: 0,
+            eta_seconds: None,
+            seq: 0,
+            state: MigrationState::Copying,
+            error: None,
+        })),
+        started: Instant::now(),
+    };
+    copy_range(export, &mut client, 0, export.size(), &progress).await?;
+    client
+        .submit(Command::Flush, 0, 0, 0, None)
+        .await
+        .map_err(MirrorError::Destination)?;
+    client.complete().await.map_err(MirrorError::Destination)?;
+    let _ = client.disconnect().await;
+    let done = progress
+        .shared
+        .lock()
+        .expect("progress poisoned")
+        .bytes_done;
+    Ok(done)
 }
 
 async fn final_phase(

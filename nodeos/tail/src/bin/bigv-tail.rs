@@ -43,6 +43,9 @@ enum Cmd {
         /// Runs per cell (the best is kept).
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// Only compare the mirror's copy with `cp --sparse=always`.
+        #[arg(long)]
+        mirror_only: bool,
     },
     /// Join the spine and serve the pools' discs (the tail agent).
     Run {
@@ -100,12 +103,14 @@ fn main() -> anyhow::Result<()> {
         dir,
         size_mib,
         runs,
+        mirror_only,
     } = &cli.command
     {
         let cfg = bigv_tail::bench::BenchConfig {
             dir: dir.clone(),
             size_mib: *size_mib,
             runs: *runs,
+            mirror_only: *mirror_only,
             ours: std::env::current_exe().context("finding our own binary")?,
         };
         return bigv_tail::bench::run(&cfg);

@@ -460,10 +460,7 @@ async fn write_replies(
 ) -> std::io::Result<()> {
     while let Some(mut reply) = rx.recv().await {
         loop {
-            out.write_all(&reply.head).await?;
-            if let Some(data) = &reply.data {
-                out.write_all(data).await?;
-            }
+            write_reply(&mut out, &reply).await?;
             match rx.try_recv() {
                 Ok(next) => reply = next,
                 Err(_) => break,
@@ -473,6 +470,38 @@ async fn write_replies(
     }
     let _ = out.shutdown().await;
     Ok(())
+}
+
+/// Small replies are batched in the buffer; a large one goes out as one
+/// vectored write (header and data together) after what is buffered.
+async fn write_reply(
+    out: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    match &reply.data {
+        Some(data) if data.len() >= 64 << 10 => {
+            out.flush().await?;
+            let inner = out.get_mut();
+            let (mut head, mut data): (&[u8], &[u8]) = (&reply.head, data);
+            while !head.is_empty() || !data.is_empty() {
+                let n = inner
+                    .write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(data)])
+                    .await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                let h = n.min(head.len());
+                head = &head[h..];
+                data = &data[n - h..];
+            }
+            Ok(())
+        }
+        Some(data) => {
+            out.write_all(&reply.head).await?;
+            out.write_all(data).await
+        }
+        None => out.write_all(&reply.head).await,
+    }
 }
 
 fn errno_of(e: &ExportError) -> NbdErrno {
