@@ -203,3 +203,49 @@ async fn tail_agent_serves_discs_the_brain_orders() {
 fn disc_of(h: &bigv_spine::NodeHandle) -> DiscSpec {
     disc(h, DISC).expect("disc reported")
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The budget: 100 idle exports in at most 50 MB. Measured on the
+/// whole test process (spine server included), so it is an upper bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_idle_discs_stay_small() {
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        dir.path().to_owned(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    let before = rss_kib();
+    for i in 1..=100u64 {
+        let s = spec(10_240, &["127.0.0.1"], &format!("127.0.4.{i}"));
+        h.create(Resource::disc("sata", i.to_string(), s), 1)
+            .await
+            .unwrap();
+    }
+    // Every one is really served.
+    for i in [1u64, 50, 100] {
+        let addr = format!("127.0.4.{i}:{port}").parse().unwrap();
+        let mut c = NbdClient::connect(addr, None, "").await.unwrap();
+        assert_eq!(c.size(), 10_240 * MIB);
+        c.disconnect().await.unwrap();
+    }
+    let after = rss_kib();
+    eprintln!("RSS {before} KiB before, {after} KiB with 100 discs");
+    assert!(after < 50 * 1024, "RSS {after} KiB with 100 idle discs");
+    t.stop().await;
+}

@@ -194,3 +194,48 @@ async fn a_malformed_request_closes_only_its_connection() {
     server.stop().await;
     other.stop().await;
 }
+
+#[tokio::test]
+async fn handover_is_only_accepted_where_a_mirror_is_expected() {
+    use bigv_tail::nbd::server::{HandoverRequest, ServeOptions};
+    use std::sync::Arc;
+
+    let (_dir, path) = sparse_file(MIB);
+    // A normal disc refuses the private command.
+    let server = serve(&path, &[HEAD_A], false).await;
+    let mut c = connect(server.local_addr(), HEAD_A).await.unwrap();
+    match c.handover().await {
+        Err(ClientError::Request { errno, .. }) => assert_eq!(errno, 22),
+        other => panic!("expected EINVAL, got {other:?}"),
+    }
+    c.write(0, b"still fine", true).await.unwrap();
+    c.disconnect().await.unwrap();
+    server.stop().await;
+
+    // A mirror destination passes it to the agent, which may refuse...
+    let export = Arc::new(bigv_tail::nbd::Export::open("disc.sata.1", &path, false).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoverRequest>(1);
+    let server = bigv_tail::nbd::DiscServer::start_with(
+        export,
+        "127.0.0.1:0".parse().unwrap(),
+        Acl::parse(&[HEAD_A]).unwrap(),
+        ServeOptions { handover: Some(tx) },
+    )
+    .await
+    .unwrap();
+    let agent = tokio::spawn(async move {
+        let first = rx.recv().await.unwrap();
+        first.reply.send(Err("not ready".into())).unwrap();
+        let second = rx.recv().await.unwrap();
+        second.reply.send(Ok(())).unwrap();
+    });
+    let mut c = connect(server.local_addr(), HEAD_A).await.unwrap();
+    match c.handover().await {
+        Err(ClientError::Request { errno, .. }) => assert_eq!(errno, 5),
+        other => panic!("expected EIO, got {other:?}"),
+    }
+    // ...or commit.
+    c.handover().await.unwrap();
+    agent.await.unwrap();
+    server.stop().await;
+}
