@@ -240,7 +240,7 @@ async fn a_hundred_idle_discs_stay_small() {
     // Every one is really served.
     for i in [1u64, 50, 100] {
         let addr = format!("127.0.4.{i}:{port}").parse().unwrap();
-        let mut c = NbdClient::connect(addr, None, "").await.unwrap();
+        let c = NbdClient::connect(addr, None, "").await.unwrap();
         assert_eq!(c.size(), 10_240 * MIB);
         c.disconnect().await.unwrap();
     }
