@@ -239,3 +239,25 @@ async fn handover_is_only_accepted_where_a_mirror_is_expected() {
     agent.await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pipelining_large_writes_past_the_buffer_budget_completes() {
+    use bigv_tail::nbd::protocol::Command;
+    // 8 × 32 MiB in flight is twice the per-connection buffer budget: the
+    // server must slow the client down, not stall or fail.
+    let (_dir, path) = sparse_file(256 * MIB);
+    let server = serve(&path, &[HEAD_A], false).await;
+    let mut c = connect(server.local_addr(), HEAD_A).await.unwrap();
+    let chunk = vec![0x3cu8; 32 << 20];
+    for i in 0..8u64 {
+        c.submit(Command::Write, 0, i * (32 << 20), 32 << 20, Some(&chunk))
+            .await
+            .unwrap();
+    }
+    for _ in 0..8 {
+        c.complete().await.unwrap();
+    }
+    assert_eq!(c.read(255 * MIB, 4).await.unwrap(), [0x3c; 4]);
+    c.disconnect().await.unwrap();
+    server.stop().await;
+}

@@ -36,6 +36,9 @@ pub const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests one connection may have in flight; more are read when some
 /// finish (back-pressure on the client).
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Data buffers (READ and WRITE) one connection may hold at once, KiB:
+/// 64 requests of 32 MiB would otherwise be 2 GiB per client.
+pub const BUFFER_BUDGET_KIB: u32 = 128 << 10;
 /// The most extents one BLOCK_STATUS reply carries.
 pub const MAX_EXTENTS: usize = 1024;
 
@@ -366,6 +369,8 @@ async fn connection(
 struct Reply {
     head: BytesMut,
     data: Option<Vec<u8>>,
+    /// The request's share of the buffer budget, returned once written.
+    budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 async fn transmission(
@@ -383,6 +388,7 @@ async fn transmission(
         rx,
     ));
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let budget = Arc::new(Semaphore::new(BUFFER_BUDGET_KIB as usize));
     let mut handlers = JoinSet::new();
 
     let result = loop {
@@ -409,6 +415,14 @@ async fn transmission(
         let request = match Request::parse(&header) {
             Ok(r) => r,
             Err(e) => break Err(ConnError::Protocol(e)),
+        };
+        let kib = match request.command {
+            Command::Read | Command::Write => request.length.min(MAX_PAYLOAD).div_ceil(1024).max(1),
+            _ => 0,
+        };
+        let buffers = tokio::select! {
+            p = budget.clone().acquire_many_owned(kib) => p.expect("semaphore never closed"),
+            _ = cancel.cancelled() => break Ok(()),
         };
         let payload = if request.command == Command::Write {
             let mut data = vec![0u8; request.length as usize];
@@ -438,7 +452,8 @@ async fn transmission(
             } else {
                 handle(&export, request, payload, negotiated).await
             };
-            if let Some(reply) = reply {
+            if let Some(mut reply) = reply {
+                reply.budget = Some(buffers);
                 let _ = tx.send(reply).await;
             }
             drop(permit);
@@ -538,13 +553,21 @@ async fn take_over(
             "BIGV_HANDOVER on a connection that is not a mirror"
         );
         put_simple_reply(&mut head, req.cookie, NbdErrno::Inval as u32);
-        return Reply { head, data: None };
+        return Reply {
+            head,
+            data: None,
+            budget: None,
+        };
     };
     let e = export.clone();
     let flushed = tokio::task::spawn_blocking(move || e.flush()).await;
     if !matches!(flushed, Ok(Ok(()))) {
         put_simple_reply(&mut head, req.cookie, NbdErrno::Io as u32);
-        return Reply { head, data: None };
+        return Reply {
+            head,
+            data: None,
+            budget: None,
+        };
     }
     let (reply, rx) = tokio::sync::oneshot::channel();
     let committed = match handover.send(HandoverRequest { reply }).await {
@@ -561,7 +584,11 @@ async fn take_over(
         }
     };
     put_simple_reply(&mut head, req.cookie, errno);
-    Reply { head, data: None }
+    Reply {
+        head,
+        data: None,
+        budget: None,
+    }
 }
 
 async fn handle(
@@ -589,11 +616,19 @@ async fn handle(
         Done::Dropped => None,
         Done::Err(errno, msg) if structured => {
             put_error_chunk(&mut head, req.cookie, errno, &msg);
-            Some(Reply { head, data: None })
+            Some(Reply {
+                head,
+                data: None,
+                budget: None,
+            })
         }
         Done::Err(errno, _) => {
             put_simple_reply(&mut head, req.cookie, errno as u32);
-            Some(Reply { head, data: None })
+            Some(Reply {
+                head,
+                data: None,
+                budget: None,
+            })
         }
         Done::Data(data) if structured => {
             if data.is_empty() {
@@ -611,6 +646,7 @@ async fn handle(
             Some(Reply {
                 head,
                 data: Some(data),
+                budget: None,
             })
         }
         Done::Data(data) => {
@@ -618,15 +654,24 @@ async fn handle(
             Some(Reply {
                 head,
                 data: Some(data),
+                budget: None,
             })
         }
         Done::Extents(extents) => {
             put_block_status_chunk(&mut head, req.cookie, BASE_ALLOCATION_ID, &extents);
-            Some(Reply { head, data: None })
+            Some(Reply {
+                head,
+                data: None,
+                budget: None,
+            })
         }
         Done::Ok => {
             put_simple_reply(&mut head, req.cookie, 0);
-            Some(Reply { head, data: None })
+            Some(Reply {
+                head,
+                data: None,
+                budget: None,
+            })
         }
     }
 }
