@@ -579,13 +579,24 @@ impl TailAgent {
                 migrate_seq: 0,
                 gone: false,
             };
-            if state.spec.incoming.is_some() {
-                self.listen_incoming(&name, &mut state).await?;
-            } else {
-                self.maybe_image(&name, &mut state).await?;
-                self.serve(&name, &mut state).await?;
+            let brought_up = async {
+                if state.spec.incoming.is_some() {
+                    self.listen_incoming(&name, &mut state).await?;
+                } else {
+                    self.maybe_image(&name, &mut state).await?;
+                    self.serve(&name, &mut state).await?;
+                }
+                self.persist(&path, &name, &state).await
             }
-            self.persist(&path, &name, &state).await?;
+            .await;
+            if let Err(e) = brought_up {
+                // Nothing may keep serving a file about to be deleted.
+                if let Some(s) = state.incoming.take() {
+                    s.stop().await;
+                }
+                let _ = self.unserve(&name, &mut state).await;
+                return Err(e);
+            }
             Ok(state)
         }
         .await;

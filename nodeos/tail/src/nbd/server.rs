@@ -39,6 +39,9 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// Data buffers (READ and WRITE) one connection may hold at once, KiB:
 /// 64 requests of 32 MiB would otherwise be 2 GiB per client.
 pub const BUFFER_BUDGET_KIB: u32 = 128 << 10;
+/// Reads up to this size are first tried from the page cache on the
+/// connection's own task (no thread hand-off when nothing would block).
+pub const CACHED_READ_MAX: u64 = 256 << 10;
 /// The most extents one BLOCK_STATUS reply carries.
 pub const MAX_EXTENTS: usize = 1024;
 
@@ -712,6 +715,14 @@ async fn run(
     let _gate = export.gate.read().await;
     if export.is_fenced() {
         return Done::Dropped;
+    }
+    if req.command == Command::Read && length <= CACHED_READ_MAX {
+        let mut buf = vec![0u8; length as usize];
+        match export.read_cached(offset, &mut buf) {
+            Ok(true) => return Done::Data(buf),
+            Ok(false) => {}
+            Err(e) => return Done::Err(errno_of(&e), e.to_string()),
+        }
     }
     let e = export.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Done, ExportError> {
