@@ -124,6 +124,9 @@ pub struct Export {
     /// queued are dropped unanswered (the client resends them to the new
     /// server after reconnecting) instead of landing here.
     fenced: std::sync::atomic::AtomicBool,
+    /// Cleared the first time the filesystem refuses `RWF_NOWAIT` writes
+    /// (ext4 does, for buffered writes), so they are not tried again.
+    nowait_writes: std::sync::atomic::AtomicBool,
     /// Requests hold it shared; the mirror holds it exclusively to pause
     /// I/O for its final pass.
     pub(crate) gate: tokio::sync::RwLock<()>,
@@ -142,6 +145,7 @@ impl Export {
             read_only,
             dirty: Mutex::new(None),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            nowait_writes: std::sync::atomic::AtomicBool::new(true),
             gate: tokio::sync::RwLock::new(()),
         })
     }
@@ -255,6 +259,41 @@ impl Export {
         // Short, EAGAIN (not cached), EOPNOTSUPP (old kernel or fs): the
         // caller reads the blocking way.
         Ok(n >= 0 && n as usize == buf.len())
+    }
+
+    /// Writes into the page cache only if that needs no waiting
+    /// (`pwritev2` with `RWF_NOWAIT`): `Ok(true)` if all of `data` was
+    /// written (and marked dirty for a mirror). Otherwise the caller does
+    /// a blocking [`Export::write`] of the whole range (rewriting any part
+    /// written here with the same bytes).
+    pub fn write_cached(&self, offset: u64, data: &[u8]) -> Result<bool, ExportError> {
+        use std::os::fd::AsRawFd;
+        self.check_writable("write")?;
+        self.check("write", offset, data.len() as u64)?;
+        let Ok(off) = i64::try_from(offset) else {
+            return Ok(false);
+        };
+        if !self.nowait_writes.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let iov = nix::libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: `iov` describes `data`, valid for reads of its whole
+        // length for the call (the kernel only reads from it); the
+        // descriptor is owned by `self.file`.
+        let n = unsafe {
+            nix::libc::pwritev2(self.file.as_raw_fd(), &iov, 1, off, nix::libc::RWF_NOWAIT)
+        };
+        if n >= 0 && n as usize == data.len() {
+            self.mark_dirty(offset, data.len() as u64);
+            return Ok(true);
+        }
+        if n < 0 && Errno::last() == Errno::EOPNOTSUPP {
+            self.nowait_writes.store(false, Ordering::Relaxed);
+        }
+        Ok(false)
     }
 
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {

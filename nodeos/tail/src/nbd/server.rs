@@ -39,8 +39,9 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// Data buffers (READ and WRITE) one connection may hold at once, KiB:
 /// 64 requests of 32 MiB would otherwise be 2 GiB per client.
 pub const BUFFER_BUDGET_KIB: u32 = 128 << 10;
-/// Reads up to this size are first tried from the page cache on the
-/// connection's own task (no thread hand-off when nothing would block).
+/// Reads (and non-FUA writes) up to this size are first tried against the
+/// page cache on the connection's own task, with `RWF_NOWAIT`: no thread
+/// hand-off when nothing would block.
 pub const CACHED_READ_MAX: u64 = 256 << 10;
 /// The most extents one BLOCK_STATUS reply carries.
 pub const MAX_EXTENTS: usize = 1024;
@@ -715,6 +716,13 @@ async fn run(
     let _gate = export.gate.read().await;
     if export.is_fenced() {
         return Done::Dropped;
+    }
+    if req.command == Command::Write && !fua && length <= CACHED_READ_MAX {
+        match export.write_cached(offset, payload.as_deref().unwrap_or_default()) {
+            Ok(true) => return Done::Ok,
+            Ok(false) => {}
+            Err(e) => return Done::Err(errno_of(&e), e.to_string()),
+        }
     }
     if req.command == Command::Read && length <= CACHED_READ_MAX {
         let mut buf = vec![0u8; length as usize];
