@@ -9,8 +9,9 @@ set -euo pipefail
 # tftp-hpa: the TFTP server is tested against its client.
 # qemu-system-x86, ipxe-qemu, ipxe, iproute2: the slow PXE end-to-end test
 # boots a VM with Debian's iPXE ROM in a network namespace.
+# qemu-utils (qemu-img, qemu-io, qemu-nbd): the tail's NBD tests.
 packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
-    qemu-system-x86 ipxe-qemu ipxe iproute2)
+    qemu-system-x86 ipxe-qemu ipxe iproute2 qemu-utils)
 
 missing=()
 for p in "${packages[@]}"; do

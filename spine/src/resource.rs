@@ -253,7 +253,27 @@ pub struct VmSpec {
     pub started_at: Option<u64>,
 }
 
+/// Where a tail → tail mirror stands, as the source reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    /// Copying allocated extents, then blocks written meanwhile.
+    #[default]
+    Copying,
+    /// I/O paused for the final pass and the handover.
+    Syncing,
+    /// Failed before the handover; the source still serves. `error` says why.
+    Failed,
+    /// The handover was sent but not confirmed (the connection broke). The
+    /// source does not serve: the brain must look at the destination and
+    /// either remove this disc (destination serves) or order it again
+    /// without `migrate_to` (destination never took over) to resume here.
+    Uncertain,
+}
+
 /// Progress of a tail → tail mirror, reported on the source's `disc.*`.
+/// A finished migration is not reported here: the source removes its copy
+/// (`destroyed`) and the destination reports the disc without `incoming`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationProgress {
@@ -264,6 +284,42 @@ pub struct MigrationProgress {
     pub bytes_per_second: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
+    /// The `migrate_to.seq` this progress belongs to.
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub state: MigrationState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Ordered on the source tail's `disc.*`: mirror this disc to another
+/// tail and hand it over. Each new `seq` is attempted once; a failed
+/// attempt is retried by ordering a higher `seq`. An order without
+/// `migrate_to` cancels a migration that has not yet handed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationOrder {
+    pub seq: u64,
+    /// The destination tail's node id (echoed in the progress).
+    pub to: String,
+    /// The destination's mirror endpoint, `[addr]:port`, as reported in
+    /// the destination's `incoming.endpoint`.
+    pub endpoint: String,
+}
+
+/// Ordered on the destination tail's `disc.*` (in the `create`): the disc
+/// arrives by mirror from another tail and is not served until the source
+/// hands it over. The destination then adds `address` and serves with
+/// `access_control_list`, and reports the disc without `incoming`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingMirror {
+    /// The source tail's storage address: the only peer admitted.
+    pub from: String,
+    /// Reported by the destination: where the source connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// An order to overwrite a disc with an OS template (reimage). The tail
@@ -298,6 +354,20 @@ pub struct DiscSpec {
     pub allocated: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationProgress>,
+    /// A `size` below the current one is refused unless this is set:
+    /// shrinking destroys whatever the guest kept past the new end.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_shrink: bool,
+    /// Source side of a migration; see [`MigrationOrder`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_to: Option<MigrationOrder>,
+    /// Destination side of a migration; see [`IncomingMirror`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<IncomingMirror>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `global.memory` on heads, MiB.
@@ -320,6 +390,9 @@ pub struct PoolFacts {
 }
 
 /// A resource value; which variant is allowed depends on the name.
+// `Disc` is the common case on tails and is matched by value all over the
+// brain; boxing it would cost every caller for a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResourceValue {
     Vm(Box<VmSpec>),

@@ -202,10 +202,10 @@ impl SimHandler {
                 ));
             }
             (false, None) => return Err(refuse(ErrorCode::NotFound, format!("no {name} here"))),
-            (false, Some(old)) if spec.size < old.size => {
+            (false, Some(old)) if spec.size < old.size && !spec.allow_shrink => {
                 return Err(refuse(
                     ErrorCode::Invalid,
-                    format!("{name}: shrinking refused"),
+                    format!("{name}: size: shrinking refused without allow_shrink"),
                 ));
             }
             _ => {}

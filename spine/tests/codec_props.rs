@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use bigv_spine::codec::{CodecError, FrameCodec, encode_frame};
 use bigv_spine::message::{ErrorCode, OrderError, Outcome, PowerAction};
 use bigv_spine::resource::{
-    DhcpConfig, DiscSpec, MemoryFacts, MigrationProgress, NetworkInterface, PoolFacts, SignalKind,
-    TemplateCopy, UserAuthentication, VmDisc, VmRunState, VmSignal, VmSpec,
+    DhcpConfig, DiscSpec, IncomingMirror, MemoryFacts, MigrationOrder, MigrationProgress,
+    MigrationState, NetworkInterface, PoolFacts, SignalKind, TemplateCopy, UserAuthentication,
+    VmDisc, VmRunState, VmSignal, VmSpec,
 };
 use bigv_spine::{Hello, Resource, ResourceName, Role, ToBrain, ToNode};
 use bytes::BytesMut;
@@ -134,16 +135,42 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
         any::<u64>(),
         any::<u64>(),
         prop::option::of(any::<u64>()),
+        (
+            any::<u64>(),
+            prop_oneof![
+                Just(MigrationState::Copying),
+                Just(MigrationState::Syncing),
+                Just(MigrationState::Failed),
+                Just(MigrationState::Uncertain),
+            ],
+            prop::option::of(text()),
+        ),
     )
         .prop_map(
-            |(to, bytes_done, bytes_total, bytes_per_second, eta_seconds)| MigrationProgress {
-                to,
-                bytes_done,
-                bytes_total,
-                bytes_per_second,
-                eta_seconds,
+            |(to, bytes_done, bytes_total, bytes_per_second, eta_seconds, (seq, state, error))| {
+                MigrationProgress {
+                    to,
+                    bytes_done,
+                    bytes_total,
+                    bytes_per_second,
+                    eta_seconds,
+                    seq,
+                    state,
+                    error,
+                }
             },
         );
+    let migrate_to = prop::option::of(
+        (any::<u64>(), segment(), text()).prop_map(|(seq, to, endpoint)| MigrationOrder {
+            seq,
+            to,
+            endpoint,
+        }),
+    );
+    let incoming = prop::option::of(
+        (text(), prop::option::of(text()))
+            .prop_map(|(from, endpoint)| IncomingMirror { from, endpoint }),
+    );
     let template = prop::option::of(
         (any::<u64>(), text()).prop_map(|(seq, image)| TemplateCopy { seq, image }),
     );
@@ -160,11 +187,13 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
             prop::option::of(any::<u64>()),
             prop::option::of(migration),
         ),
+        (any::<bool>(), migrate_to, incoming),
     )
         .prop_map(
             |(
                 (size, storage_pool, access_control_list, address),
                 (template, imaged_seq, allocated, migration),
+                (allow_shrink, migrate_to, incoming),
             )| DiscSpec {
                 size,
                 storage_pool,
@@ -174,6 +203,9 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
                 imaged_seq,
                 allocated,
                 migration,
+                allow_shrink,
+                migrate_to,
+                incoming,
             },
         )
 }
