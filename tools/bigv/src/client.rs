@@ -464,6 +464,10 @@ pub fn prompt_line(prompt: &str) -> Result<String> {
     let n = std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| CliError::usage(format!("cannot read the answer: {e}")))?;
+    if !std::io::stdin().is_terminal() {
+        // Nothing echoed the answer: end the prompt's line ourselves.
+        eprintln!();
+    }
     if n == 0 {
         return Err(CliError::new(
             Exit::Declined,
