@@ -894,6 +894,8 @@ pub struct AddUserArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminAdd {
+    /// Create a customer account (with its group `default`)
+    Account(NameArg),
     /// add ip range CIDR VLAN
     #[command(subcommand)]
     Ip(AddRangeNoun),

@@ -705,6 +705,11 @@ pub fn follow_reimage(ctx: &Ctx, vm_id: u64) -> Result<()> {
 fn admin_add(ctx: &Ctx, add: AdminAdd) -> Result<()> {
     let client = ctx.client()?;
     match add {
+        AdminAdd::Account(a) => {
+            let name = crate::names::account_name(&a.name)?;
+            client.post("/accounts", &json!({"name": name}), "the accounts")?;
+            note(format!("Created account {name} with its group default."));
+        }
         AdminAdd::Ip(AddRangeNoun::Range(r)) => {
             let reply = client.post(
                 "/admin/ip_ranges",

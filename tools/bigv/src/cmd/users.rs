@@ -92,21 +92,17 @@ fn keys_of(user: &User) -> Vec<String> {
         .collect()
 }
 
-/// `ssh-ed25519 AAAA…xyz comment`: a key short enough to read.
+/// `ssh-ed25519 AAAAC3Nz…lJ7lJxXk comment`: a key short enough to read.
 fn short_key(key: &str) -> String {
-    let words: Vec<&str> = key.split_whitespace().collect();
-    let blob_at = words
-        .iter()
-        .position(|w| w.len() > 40 && w.starts_with("AAAA"))
-        .unwrap_or(usize::MAX);
-    words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            if i == blob_at {
-                format!("{}…{}", &w[..8], &w[w.len() - 8..])
+    key.split_whitespace()
+        .map(|w| {
+            let chars: Vec<char> = w.chars().collect();
+            if chars.len() > 40 && w.starts_with("AAAA") {
+                let head: String = chars[..8].iter().collect();
+                let tail: String = chars[chars.len() - 8..].iter().collect();
+                format!("{head}…{tail}")
             } else {
-                (*w).to_owned()
+                w.to_owned()
             }
         })
         .collect::<Vec<_>>()

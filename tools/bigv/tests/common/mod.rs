@@ -216,8 +216,8 @@ impl Harness {
         self.su.get_or_init(|| self.token_for(SU_USER)).clone()
     }
 
-    /// A user with a password and one privilege.
-    pub fn user(&self, username: &str, password: &str, level: Level, target: Target) {
+    /// A user with a password and no privileges.
+    pub fn plain_user(&self, username: &str, password: &str) -> UserId {
         let (username, hash) = (username.to_owned(), bigv_brain::password::hash(password));
         self.write(move |tx| {
             let id = UserId(tx.new_id::<User>()?);
@@ -228,6 +228,14 @@ impl Harness {
                 authorized_keys: String::new(),
                 password_hash: Some(hash),
             })?;
+            Ok(id)
+        })
+    }
+
+    /// A user with a password and one privilege.
+    pub fn user(&self, username: &str, password: &str, level: Level, target: Target) {
+        let id = self.plain_user(username, password);
+        self.write(move |tx| {
             let pid = PrivilegeId(tx.new_id::<Privilege>()?);
             tx.put(Privilege {
                 id: pid,
