@@ -40,8 +40,9 @@ fn account_rows(accounts: &[Account]) -> Vec<Vec<String>> {
 const ACCOUNT_HEADERS: &[&str] = &["ID", "Name", "Suspended", "Groups", "Servers"];
 
 pub fn show_account(ctx: &Ctx, name: Option<&str>) -> Result<()> {
-    let default = ctx.default_account()?;
     let name = ctx.account_or_default(name)?;
+    // Only to say "your default account": not worth failing over.
+    let default = ctx.default_account().ok();
     let value = ctx.client()?.get_value(
         &format!(
             "/accounts/{}?view=overview&include_deleted=true",
@@ -55,7 +56,7 @@ pub fn show_account(ctx: &Ctx, name: Option<&str>) -> Result<()> {
         &value,
         ACCOUNT_HEADERS,
         || account_rows(&accounts),
-        || account_text(&accounts[0], accounts[0].name == default),
+        || account_text(&accounts[0], Some(&accounts[0].name) == default.as_ref()),
     );
     Ok(())
 }
