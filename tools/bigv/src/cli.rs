@@ -340,6 +340,28 @@ pub enum Add {
     /// Create an API key (add api key)
     #[command(subcommand)]
     Api(AddApiNoun),
+    /// Create a user (cluster admins); give them privileges with `grant privilege`
+    User(NewUserArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewUserArgs {
+    /// Letters and digits
+    pub username: String,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The password (else BIGV_NEW_PASS, else asked for on a terminal)
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateUserArgs {
+    /// Whose (default: yours)
+    pub username: Option<String>,
+    /// The new password (else BIGV_NEW_PASS, else asked for on a terminal)
+    #[arg(long)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -499,6 +521,8 @@ pub enum Update {
     Server(UpdateServerArgs),
     /// Resize a disc or move it to another server
     Disc(UpdateDiscArgs),
+    /// Change a user's password (yours by default)
+    User(UpdateUserArgs),
     /// Save settings in the profile: bigv update config --endpoint URL --user U --account A --group G
     Config(UpdateConfigArgs),
 }

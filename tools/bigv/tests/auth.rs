@@ -353,3 +353,47 @@ fn completions_and_the_manual_are_generated() {
         "{run:?}"
     );
 }
+
+#[test]
+fn users_are_created_and_change_their_passwords() {
+    let h = Harness::start();
+    h.login_su();
+    h.bigv(&[
+        "add",
+        "user",
+        "bob",
+        "--email",
+        "bob@example.com",
+        "--password",
+        "bobs-first-password",
+    ])
+    .ok();
+    let bob = h.get(&h.su(), "/users/bob");
+    assert_eq!(bob["email"], "bob@example.com");
+    let run = h.bigv(&["add", "user", "bob2"]).fails(7);
+    assert!(run.stderr.contains("BIGV_NEW_PASS"), "{run:?}");
+    let run = h
+        .bigv(&["add", "user", "bad name", "--password", "whatever-password"])
+        .fails(157);
+    assert!(
+        run.stderr
+            .contains("username: may contain only letters and digits"),
+        "{run:?}"
+    );
+
+    // bob logs in in his own profile and changes his password.
+    let bob_env = [("BIGV_USER", "bob"), ("BIGV_PASS", "bobs-first-password")];
+    h.bigv_env(&["--profile", "bob", "login"], &bob_env).ok();
+    h.bigv_env(
+        &["--profile", "bob", "update", "user"],
+        &[("BIGV_NEW_PASS", "bobs-second-password")],
+    )
+    .ok();
+    h.bigv_env(&["--profile", "bob", "login"], &bob_env)
+        .fails(54);
+    h.bigv_env(
+        &["--profile", "bob", "login"],
+        &[("BIGV_USER", "bob"), ("BIGV_PASS", "bobs-second-password")],
+    )
+    .ok();
+}

@@ -274,6 +274,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             cli::Add::Group(a) => accounts::add_group(c, &a.group),
             cli::Add::Key(a) => users::add_key(c, a),
             cli::Add::Api(cli::AddApiNoun::Key(a)) => users::add_api_key(c, a),
+            cli::Add::User(a) => users::add_user(c, a),
         },
         Command::Show(show) => match show {
             cli::Show::Server(a) => servers::show(c, &a.server),
@@ -310,6 +311,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 )
             }
             cli::Update::Config(a) => config::update(c, a),
+            cli::Update::User(a) => users::update_user(c, a),
         },
         Command::Delete(delete) => match delete {
             cli::Delete::Server(a) => servers::delete(c, &a.server, a.purge),

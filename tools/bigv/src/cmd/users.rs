@@ -3,7 +3,10 @@
 use serde_json::{Value, json};
 
 use super::{Ctx, read_file};
-use crate::cli::{AddApiKeyArgs, AddKeyArgs, DeleteApiKeyArgs, DeleteKeyArgs, LoginArgs};
+use crate::cli::{
+    AddApiKeyArgs, AddKeyArgs, DeleteApiKeyArgs, DeleteKeyArgs, LoginArgs, NewUserArgs,
+    UpdateUserArgs,
+};
 use crate::client::{prompt_line, prompt_password};
 use crate::config::set_current_profile;
 use crate::error::{CliError, Exit, Result};
@@ -383,5 +386,57 @@ pub fn delete_api_key(ctx: &Ctx, a: DeleteApiKeyArgs) -> Result<()> {
     ctx.client()?
         .delete(&format!("/api_keys/{id}"), &format!("API key {id}"))?;
     note(format!("Deleted API key {id}."));
+    Ok(())
+}
+
+/// A new password: the flag, `BIGV_NEW_PASS`, or asked twice on a terminal.
+pub fn new_password(flag: Option<&str>, username: &str) -> Result<String> {
+    if let Some(p) = flag.filter(|p| !p.is_empty()) {
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = std::env::var("BIGV_NEW_PASS")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        return Ok(p);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(CliError::usage(format!(
+            "give {username} a password: --password, or BIGV_NEW_PASS"
+        )));
+    }
+    let first = prompt_password(&format!("New password for {username}: "))?;
+    let again = prompt_password("Again: ")?;
+    if first != again {
+        return Err(CliError::usage(
+            "the two passwords differ; nothing was changed",
+        ));
+    }
+    Ok(first)
+}
+
+pub fn add_user(ctx: &Ctx, a: NewUserArgs) -> Result<()> {
+    let password = new_password(a.password.as_deref(), &a.username)?;
+    let mut body = json!({"username": a.username, "password": password});
+    if let Some(e) = &a.email {
+        body["email"] = json!(e);
+    }
+    ctx.client()?.post("/users", &body, "the users")?;
+    note(format!(
+        "Created user {}; give them privileges with `bigv grant privilege`.",
+        a.username
+    ));
+    Ok(())
+}
+
+pub fn update_user(ctx: &Ctx, a: UpdateUserArgs) -> Result<()> {
+    let (_, user) = fetch_user(ctx, a.username.as_deref())?;
+    let password = new_password(a.password.as_deref(), &user.username)?;
+    ctx.client()?.put(
+        &user_path(Some(&user.username)),
+        &json!({"password": password}),
+        &format!("user {}", user.username),
+    )?;
+    note(format!("Changed the password of {}.", user.username));
     Ok(())
 }
