@@ -157,6 +157,16 @@ impl Harness {
         }
     }
 
+    /// Runs a prepared command.
+    pub fn run(&self, cmd: Command) -> Run {
+        Self::output(cmd, None)
+    }
+
+    /// Runs a prepared command with `input` on stdin.
+    pub fn bigv_stdin_cmd(&self, cmd: Command, input: &str) -> Run {
+        Self::output(cmd, Some(input))
+    }
+
     /// Runs `bigv args` with the stored login (if any).
     pub fn bigv(&self, args: &[&str]) -> Run {
         Self::output(self.command(args), None)
