@@ -29,15 +29,16 @@ fn read<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> 
     })
 }
 
-/// GET an admin path; a 404 there usually means "not a cluster admin".
+/// GET one admin object; a 404 is about that object.
 fn get(ctx: &Ctx, path: &str, what: &str) -> Result<Value> {
+    ctx.client()?.get_value(path, what)
+}
+
+/// GET an admin list. Lists always exist, so a 404 means the caller is
+/// not an operator (the brain hides `/admin` from customers).
+fn get_list(ctx: &Ctx, path: &str, what: &str) -> Result<Value> {
     ctx.client()?.get_value(path, what).map_err(|e| {
-        if e.exit == Exit::NotFound
-            && !path.contains("/admin/heads/")
-            && !path.contains("/admin/tails/")
-            && !path.contains("/admin/storage_pools/")
-            && !path.contains("/admin/migration_jobs/")
-        {
+        if e.exit == Exit::NotFound {
             CliError::not_found(format!(
                 "{what} was not found: the admin commands need the cluster_admin privilege"
             ))
@@ -320,7 +321,7 @@ fn operation_line(o: &Operation) -> String {
 fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
     match s {
         AdminShow::Heads => {
-            let value = get(ctx, "/admin/heads", "the list of heads")?;
+            let value = get_list(ctx, "/admin/heads", "the list of heads")?;
             let heads: Vec<Head> = read(&value, "the heads")?;
             ctx.out.show(
                 &value,
@@ -361,7 +362,7 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
             );
         }
         AdminShow::Tails => {
-            let value = get(ctx, "/admin/tails", "the list of tails")?;
+            let value = get_list(ctx, "/admin/tails", "the list of tails")?;
             let tails: Vec<Tail> = read(&value, "the tails")?;
             ctx.out.show(
                 &value,
@@ -391,7 +392,7 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
             );
         }
         AdminShow::Storage(PoolsNoun::Pools) => {
-            let value = get(ctx, "/admin/storage_pools", "the list of storage pools")?;
+            let value = get_list(ctx, "/admin/storage_pools", "the list of storage pools")?;
             show_pools(ctx, value, true)?;
         }
         AdminShow::Storage(PoolsNoun::Pool(n)) => {
@@ -408,7 +409,7 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
             } else {
                 "/admin/migration_jobs?unfinished=1"
             };
-            let value = get(ctx, path, "the list of migrations")?;
+            let value = get_list(ctx, path, "the list of migrations")?;
             let ops: Vec<Operation> = read(&value, "the migrations")?;
             ctx.out.show(
                 &value,
@@ -438,7 +439,7 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
             );
         }
         AdminShow::Vlans => {
-            let value = get(ctx, "/admin/vlans", "the list of VLANs")?;
+            let value = get_list(ctx, "/admin/vlans", "the list of VLANs")?;
             let vlans: Vec<Vlan> = read(&value, "the VLANs")?;
             ctx.out.show(
                 &value,
@@ -475,7 +476,7 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
             );
         }
         AdminShow::Ip(RangesNoun::Ranges) => {
-            let value = get(ctx, "/admin/ip_ranges", "the list of IP ranges")?;
+            let value = get_list(ctx, "/admin/ip_ranges", "the list of IP ranges")?;
             let ranges: Vec<IpRange> = read(&value, "the IP ranges")?;
             ctx.out.show(
                 &value,
@@ -518,7 +519,7 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
             );
         }
         AdminShow::Images => {
-            let value = get(ctx, "/admin/images", "the list of images")?;
+            let value = get_list(ctx, "/admin/images", "the list of images")?;
             let images: Vec<Image> = read(&value, "the images")?;
             ctx.out.show(
                 &value,
