@@ -5,7 +5,12 @@
 set -euo pipefail
 
 # Packages: a C compiler for ring (TLS), pkg-config for -sys crates.
-packages=(gcc libc6-dev pkg-config ca-certificates curl)
+# cpio: the initramfs tests check our archives with GNU cpio.
+# tftp-hpa: the TFTP server is tested against its client.
+# qemu-system-x86, ipxe-qemu, ipxe, iproute2: the slow PXE end-to-end test
+# boots a VM with Debian's iPXE ROM in a network namespace.
+packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
+    qemu-system-x86 ipxe-qemu ipxe iproute2)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -12,3 +12,5 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== slow tier (BIGV_SLOW_TESTS=1)"
+BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-pxe --test ipxe_e2e

@@ -5,6 +5,8 @@ pub mod api;
 pub mod clock;
 pub mod model;
 pub mod password;
+pub mod purge;
+pub mod reconciler;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

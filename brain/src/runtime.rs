@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::model::{Db, Level, Privilege, PrivilegeId, Settings, Target, User, UserId};
+use crate::reconciler::Reconciler;
 
 #[derive(Clone)]
 pub struct BrainConfig {
@@ -74,7 +75,7 @@ impl Brain {
             tls: Some(identity.server_config()?),
             ..ServerConfig::default()
         };
-        let (spine, _events) = SpineServer::bind(config.spine_addr, spine_config)
+        let (spine, events) = SpineServer::bind(config.spine_addr, spine_config)
             .await
             .with_context(|| format!("listening for the spine on {}", config.spine_addr))?;
         let spine = Arc::new(spine);
@@ -92,6 +93,15 @@ impl Brain {
             .with_context(|| format!("listening for the API on {}", config.api_addr))?;
         let api_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let reconciler = Reconciler::new(
+            db.clone(),
+            spine.clone(),
+            config.clock.clone(),
+            reconcile.clone(),
+            events,
+            shutdown.child_token(),
+        )
+        .spawn();
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, api::router(state))
@@ -111,7 +121,7 @@ impl Brain {
             clock: config.clock,
             reconcile,
             shutdown,
-            tasks: vec![http],
+            tasks: vec![http, reconciler],
         })
     }
 

@@ -4,17 +4,23 @@
 //! check capacity up front and the reconciler can place with the same
 //! rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bigv_spine::SpineServer;
 use bigv_spine::resource::{GlobalKind, ResourceName, ResourceValue};
 
-use crate::model::{Admission, AffinityPolicy, Model, Role, Vm, VmId};
+use crate::model::{Admission, AffinityPolicy, Disc, Model, Role, Vm, VmId};
 
 /// The spine name of a VM's resource: ids, not names, so renames and
 /// moves between groups never change it.
 pub fn vm_resource(id: VmId) -> ResourceName {
     ResourceName::vm(id.0.to_string())
+}
+
+/// The spine name of a disc's resource: `disc.<grade>.<id>`, by id so
+/// relabelling never changes it.
+pub fn disc_resource(disc: &Disc) -> ResourceName {
+    ResourceName::disc(disc.storage_grade.clone(), disc.id.0.to_string())
 }
 
 /// The VM id a spine resource name stands for, if it is one of ours.
@@ -89,6 +95,20 @@ impl Facts {
             reserve_heads: model.settings.reserve_heads,
             ..Facts::default()
         };
+        // Indexed once: scanning every VM and disc per node would cost
+        // nodes × records on a large cluster.
+        let mut placed_on: HashMap<&str, Vec<&Vm>> = HashMap::new();
+        for vm in model.vms.values().filter(|v| wants_to_run(v)) {
+            if let Some(head) = vm.head.as_deref() {
+                placed_on.entry(head).or_default().push(vm);
+            }
+        }
+        let mut allocated_in: HashMap<&str, u64> = HashMap::new();
+        for disc in model.discs.values() {
+            if let Some(pool) = disc.storage_pool.as_deref() {
+                *allocated_in.entry(pool).or_default() += disc.size;
+            }
+        }
         for node in model.nodes.values() {
             let handle = spine.node(&node.node_id);
             let ready = handle.as_ref().is_some_and(|h| h.is_ready());
@@ -102,11 +122,10 @@ impl Facts {
                         Some((ResourceValue::Memory(m), _)) => m.total,
                         _ => 0,
                     };
-                    let placed: Vec<&Vm> = model
-                        .vms
-                        .values()
-                        .filter(|v| v.head.as_deref() == Some(&node.node_id) && wants_to_run(v))
-                        .collect();
+                    let placed: Vec<&Vm> = placed_on
+                        .get(node.node_id.as_str())
+                        .cloned()
+                        .unwrap_or_default();
                     // VMs the head runs that the model does not place there
                     // (rogues being removed, migrations) still use memory.
                     let unplaced: u64 = resources
@@ -141,12 +160,7 @@ impl Facts {
                             _ => BTreeMap::new(),
                         };
                     for pool in model.pools_of(&node.node_id) {
-                        let allocated = model
-                            .discs
-                            .values()
-                            .filter(|d| d.storage_pool.as_deref() == Some(&pool.label))
-                            .map(|d| d.size)
-                            .sum();
+                        let allocated = allocated_in.get(pool.label.as_str()).copied().unwrap_or(0);
                         let size = reported.get(&pool.name).map_or(0, |p| p.size);
                         facts.pools.insert(
                             pool.label.clone(),

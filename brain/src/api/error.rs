@@ -12,6 +12,9 @@ use crate::model::DbError;
 pub enum ApiError {
     /// 400 with `{"field": ["specific message", ...]}`.
     Invalid(BTreeMap<String, Vec<String>>),
+    /// 400 with a body already shaped, for errors that nest (vm_create's
+    /// per-disc `{"discs":[{},{"size":["..."]}]}`).
+    InvalidShaped(serde_json::Map<String, serde_json::Value>),
     /// 400 with a plain-text reason (a refused action, e.g. a failed DELETE).
     Refused(String),
     /// 401; the text is what the clients match on.
@@ -69,6 +72,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Invalid(fields) => {
                 (StatusCode::BAD_REQUEST, axum::Json(fields)).into_response()
+            }
+            ApiError::InvalidShaped(body) => {
+                (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
             }
             ApiError::Refused(reason) => text(StatusCode::BAD_REQUEST, reason),
             ApiError::Unauthenticated(message) => {

@@ -10,16 +10,26 @@
 //! - `time.rs`: timestamps.
 
 pub mod access;
+pub mod accounts;
+pub mod addresses;
 pub mod admin;
 pub mod api_keys;
 pub mod definitions;
+pub mod discs;
 pub mod error;
 pub mod fields;
+pub mod groups;
 pub mod lookup;
+pub mod names;
+pub mod nics;
+pub mod power;
 pub mod privileges;
 pub mod session;
 pub mod time;
 pub mod users;
+pub mod views;
+pub mod vm_create;
+pub mod vms;
 
 use std::sync::Arc;
 
@@ -54,6 +64,13 @@ pub fn router(state: AppState) -> Router {
         .merge(privileges::routes())
         .merge(api_keys::routes())
         .merge(admin::router())
+        .merge(accounts::routes())
+        .merge(groups::routes())
+        .merge(vms::routes())
+        .merge(vm_create::routes())
+        .merge(power::routes())
+        .merge(discs::routes())
+        .merge(nics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(fields::MAX_BODY))
         .with_state(state)
 }
