@@ -428,11 +428,11 @@ pub fn update(ctx: &Ctx, a: UpdateServerArgs) -> Result<()> {
     };
     let vm: Vm = serde_json::from_value(value.clone()).unwrap_or(cur.clone());
     if cur.power_on && !needs_restart.is_empty() {
+        let now = super::vm_ref_of(&vm).unwrap_or(r);
         note(format!(
-            "{} takes effect when {} next restarts (bigv restart server {}).",
+            "{} takes effect when {} next restarts (bigv restart server {now}).",
             needs_restart.join(", "),
             vm.name,
-            vm.short_name()
         ));
     }
     prints_vm(ctx, &value, &vm);
