@@ -32,10 +32,21 @@ fn customer() -> Harness {
             size: 2048,
         })
     });
-    h.login_su();
-    h.bigv(&["admin", "add", "vlan", "1"]).ok();
-    h.bigv(&["admin", "add", "ip", "range", "192.0.2.0/24", "1"])
-        .ok();
+    h.bigv_env(
+        &["--profile", "ops", "login"],
+        &[
+            ("BIGV_USER", common::SU_USER),
+            ("BIGV_PASS", common::SU_PASSWORD),
+        ],
+    )
+    .ok();
+    let ops = |args: &[&str]| {
+        let mut all = vec!["--profile", "ops"];
+        all.extend_from_slice(args);
+        h.bigv(&all).ok();
+    };
+    ops(&["admin", "add", "vlan", "1"]);
+    ops(&["admin", "add", "ip", "range", "192.0.2.0/24", "1"]);
     h.bigv_env(
         &["login"],
         &[("BIGV_USER", "alice"), ("BIGV_PASS", "alices-password")],
@@ -266,9 +277,21 @@ fn discs_are_added_grown_moved_and_deleted() {
         .fails(157);
     assert!(run.stderr.contains("stop it"), "{run:?}");
     h.bigv(&["stop", "server", "web1"]).ok();
-    h.bigv(&["delete", "disc", "web1", "disc-2", "--force"])
+    // Move it to another server (both off), then delete it there.
+    h.bigv(&["add", "server", "web2", "--no-image", "--stopped"])
+        .ok();
+    h.bigv(&["update", "disc", "web1", "disc-2", "--new-server", "web2"])
         .ok();
     assert_eq!(vm(&h, "web1")["discs"].as_array().unwrap().len(), 1);
+    let moved = vm(&h, "web2")["discs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["label"] == "disc-2" && d["size"] == 20480);
+    assert!(moved, "{}", vm(&h, "web2"));
+    h.bigv(&["delete", "disc", "web2", "disc-2", "--force"])
+        .ok();
+    assert_eq!(vm(&h, "web2")["discs"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -510,4 +533,99 @@ fn extra_ips_are_added() {
         assert!(extra.contains_key(ip), "{ip} not in {extra:?}");
     }
     h.bigv(&["add", "ips", "web1", "--ips", "9"]).fails(7);
+}
+
+/// The brain records migrations; no engine carries them out yet, so this
+/// starts one without waiting, sees it listed, and cancels it.
+#[test]
+fn operators_start_list_and_cancel_a_migration() {
+    let h = customer();
+    create_web1(&h);
+    let from = running_on(&h, "web1");
+    let target = if from.node_id() == "sim-head-0000" {
+        "head2"
+    } else {
+        "head1"
+    };
+    let ops = ["--profile", "ops", "--no-wait", "admin"];
+    let with = |more: &[&str]| -> Vec<String> {
+        ops.iter().chain(more).map(|s| (*s).to_owned()).collect()
+    };
+    let args = with(&["migrate", "server", "web1.default.alice", target]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = h.bigv(&args).ok();
+    assert!(run.stderr.contains("Started operation"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("migrate web1.default.alice to {target}")),
+        "{run:?}"
+    );
+    let args = with(&["show", "migrations"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = h.bigv(&args).ok();
+    assert!(run.stdout.contains("running"), "{run:?}");
+    // A second one is refused while the first runs.
+    let args = with(&["migrate", "server", "web1.default.alice"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = h.bigv(&args).fails(157);
+    assert!(run.stderr.contains("already has operation"), "{run:?}");
+    let args = with(&["cancel", "migration", "server", "web1.default.alice"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = h.bigv(&args).ok();
+    assert!(run.stderr.contains("Cancelled operation"), "{run:?}");
+    let jobs = h.get(&h.su(), "/admin/migration_jobs");
+    let migration = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "migrate_vm")
+        .cloned()
+        .expect("the migration is listed");
+    assert_eq!(migration["state"], "cancelled");
+    // Nothing left to cancel; and customers cannot migrate at all.
+    h.bigv(&args).fails(157);
+    h.bigv(&["admin", "migrate", "server", "web1", "head1"])
+        .fails(156);
+}
+
+#[test]
+fn reimaging_asks_first_and_operators_follow_it() {
+    let h = customer();
+    create_web1(&h);
+    running_on(&h, "web1");
+    // It must be off first: the brain says so.
+    let run = h
+        .bigv(&[
+            "reimage", "server", "web1", "--image", "bookworm", "--force",
+        ])
+        .fails(157);
+    assert!(run.stderr.contains("powered off"), "{run:?}");
+    h.bigv(&["stop", "server", "web1"]).ok();
+    h.bigv(&["reimage", "server", "web1", "--image", "bookworm"])
+        .fails(5);
+    h.bigv(&["reimage", "server", "web1"]).fails(7);
+    let run = h
+        .bigv(&[
+            "--profile",
+            "ops",
+            "reimage",
+            "server",
+            "web1.default.alice",
+            "--image",
+            "bookworm",
+            "--root-password",
+            "another-password",
+            "--force",
+        ])
+        .ok();
+    assert!(
+        run.stderr
+            .contains("Done: reimage web1.default.alice with bookworm"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("Root password: another-password"),
+        "{run:?}"
+    );
+    assert_eq!(vm(&h, "web1")["power_on"], true);
 }
