@@ -629,3 +629,67 @@ fn reimaging_asks_first_and_operators_follow_it() {
     );
     assert_eq!(vm(&h, "web1")["power_on"], true);
 }
+
+#[test]
+fn servers_move_between_groups_and_swap_addresses() {
+    let h = customer();
+    create_web1(&h);
+    h.bigv(&[
+        "add",
+        "server",
+        "db1",
+        "--no-image",
+        "--stopped",
+        "--zone",
+        "york",
+    ])
+    .ok();
+    // The zone shows in the human layout, capitalised.
+    let run = h.bigv(&["show", "server", "db1"]).ok();
+    assert!(
+        run.stdout
+            .starts_with(" ▸ db1.default (powered off) in York\n"),
+        "{run:?}"
+    );
+    let ip1 = vm(&h, "web1")["network_interfaces"][0]["ips"][0].clone();
+    let ip2 = vm(&h, "db1")["network_interfaces"][0]["ips"][0].clone();
+    h.bigv(&["update", "server", "web1", "--swap-ips-with", "db1"])
+        .ok();
+    assert_eq!(vm(&h, "web1")["network_interfaces"][0]["ips"][0], ip2);
+    assert_eq!(vm(&h, "db1")["network_interfaces"][0]["ips"][0], ip1);
+
+    h.bigv(&["add", "group", "prod"]).ok();
+    h.bigv(&["update", "server", "db1", "--new-name", "db2.prod"])
+        .ok();
+    h.get(&h.su(), "/accounts/alice/groups/prod/virtual_machines/db2");
+    let run = h.bigv(&["show", "group", "prod"]).ok();
+    assert_eq!(
+        run.stdout,
+        "Group prod.alice - 1 server\n  ▸ db2.prod (powered off) in York\n"
+    );
+    let run = h.bigv(&["show", "groups", "--table"]).ok();
+    assert!(run.stdout.contains("prod"), "{run:?}");
+    let run = h.bigv(&["show", "overview"]).ok();
+    assert!(run.stdout.contains("You can see 1 account."), "{run:?}");
+    assert!(
+        run.stdout.contains("▸ db2.prod (powered off) in York"),
+        "{run:?}"
+    );
+    let run = h
+        .bigv(&["show", "privileges", "--on-account", "alice"])
+        .ok();
+    assert_eq!(run.stdout, "• alice: account_admin on alice\n");
+}
+
+#[test]
+fn debug_sends_raw_requests() {
+    let h = customer();
+    let run = h.bigv(&["debug", "GET", "/definitions", "--no-auth"]).ok();
+    assert!(run.json().is_array(), "{run:?}");
+    let run = h.bigv(&["debug", "GET", "/accounts/alice"]).ok();
+    assert_eq!(run.json()["name"], "alice");
+    h.bigv(&["debug", "GET", "/accounts/nobody"]).fails(156);
+    h.bigv(&["debug", "PUT", "/accounts/alice", "{not json"])
+        .fails(7);
+    h.bigv(&["debug", "FETCH", "/"]).fails(7);
+}
