@@ -693,3 +693,70 @@ fn debug_sends_raw_requests() {
         .fails(7);
     h.bigv(&["debug", "FETCH", "/"]).fails(7);
 }
+
+#[test]
+fn operators_move_discs_and_empty_heads_without_waiting() {
+    let h = customer();
+    create_web1(&h);
+    running_on(&h, "web1");
+    let ops = |args: &[&str]| {
+        let mut all = vec!["--profile", "ops", "--no-wait"];
+        all.extend_from_slice(args);
+        h.bigv(&all)
+    };
+    // Only one ssd pool: there is nowhere to move disc-1 to.
+    let run = ops(&["admin", "migrate", "disc", "web1.default.alice", "disc-1"]).fails(157);
+    assert!(
+        run.stderr.contains("new_pool_spec: no other pool"),
+        "{run:?}"
+    );
+    h.bigv(&["add", "discs", "web1", "data:sata:10G"]).ok();
+    let disc = h.eventually("the new disc to be placed", 20, || {
+        let v = vm(&h, "web1");
+        let d = v["discs"]
+            .as_array()?
+            .iter()
+            .find(|d| d["label"] == "data")?
+            .clone();
+        (!d["storage_pool"].is_null()).then_some(d)
+    });
+    assert_eq!(disc["storage_pool"], "tail1-sata1");
+    let run = ops(&[
+        "admin",
+        "migrate",
+        "disc",
+        "web1.default.alice",
+        "data",
+        "tail1-ssd1",
+    ])
+    .fails(157);
+    assert!(
+        run.stderr.contains("a migration keeps the grade"),
+        "{run:?}"
+    );
+    let run = ops(&["admin", "empty", "head", "head1"]).ok();
+    assert!(run.stderr.contains("empty head1"), "{run:?}");
+    assert_eq!(
+        h.get(&h.su(), "/admin/heads/head1")["usage_strategy"],
+        "empty"
+    );
+    // Back to normal use cancels the evacuation.
+    ops(&[
+        "admin",
+        "update",
+        "head",
+        "head1",
+        "--usage-strategy",
+        "default",
+    ])
+    .ok();
+    let jobs = h.get(&h.su(), "/admin/migration_jobs");
+    let empty = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "empty_head")
+        .cloned()
+        .unwrap();
+    assert_eq!(empty["state"], "cancelled");
+}
