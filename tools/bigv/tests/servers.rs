@@ -59,6 +59,12 @@ fn vm(h: &Harness, name: &str) -> Value {
     h.get(&h.su(), &format!("{VM}/{name}?include_deleted=true"))
 }
 
+/// The simulated node running alice's `name`, once it runs.
+fn running_on(h: &Harness, name: &str) -> std::sync::Arc<bigv_spine::sim::SimNode> {
+    let id = VmId(vm(h, name)["id"].as_u64().unwrap());
+    h.running_on(id)
+}
+
 fn create_web1(h: &Harness) {
     h.bigv(&[
         "add",
@@ -74,6 +80,9 @@ fn create_web1(h: &Harness) {
         "hunter2hunter2",
     ])
     .ok();
+    // Imaging done and running: the reconciler powers a server on when
+    // its image is in place, which would undo a `stop` sent before then.
+    running_on(h, "web1");
 }
 
 #[test]
@@ -333,21 +342,16 @@ fn power_commands_set_what_the_brain_should_do() {
         (v["power_on"].as_bool(), v["autoreboot_on"].as_bool()),
         (Some(true), Some(true))
     );
+    // Once it runs again, a reset reaches its head.
+    let head = running_on(&h, "web1");
     h.bigv(&["reset", "server", "web1"]).ok();
-    let id = VmId(v["id"].as_u64().unwrap());
-    let signal = h.brain().db.read().vm(id).unwrap().signal.clone().unwrap();
-    assert_eq!(format!("{:?}", signal.kind), "Reset");
-}
-
-/// The simulated node running `name`, once the reconciler has started it.
-fn running_on(h: &Harness, name: &str) -> std::sync::Arc<bigv_spine::sim::SimNode> {
-    let id = VmId(vm(h, name)["id"].as_u64().unwrap());
-    h.eventually("the server to run on a simulated head", 20, || {
-        let head = h.brain().db.read().vm(id)?.head.clone()?;
-        let node = h.fleet.as_ref()?.node(&head)?.clone();
-        let names = [id.0.to_string(), format!("vm.{}", id.0)];
-        node.vms().keys().any(|k| names.contains(k)).then_some(node)
-    })
+    let id = v["id"].as_u64().unwrap().to_string();
+    h.eventually("the head to get the reset", 20, || {
+        let vms = head.vms();
+        let spec = vms.get(&id).or_else(|| vms.get(&format!("vm.{id}")))?;
+        let kind = spec.signal.as_ref()?.kind;
+        (format!("{kind:?}") == "Reset").then_some(())
+    });
 }
 
 #[test]

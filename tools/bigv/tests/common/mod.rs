@@ -12,7 +12,7 @@ use std::time::Duration;
 use bigv_brain::clock::Clock;
 use bigv_brain::model::{
     Account, AccountId, Admission, DbError, Group, GroupId, Level, Node, Pool, Privilege,
-    PrivilegeId, Role, Session, Settings, Target, User, UserId,
+    PrivilegeId, Role, Session, Settings, Target, User, UserId, VmId,
 };
 use bigv_brain::{Brain, BrainConfig};
 use bigv_spine::Keepalive;
@@ -393,6 +393,17 @@ impl Harness {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The simulated head running VM `id`, once the reconciler has
+    /// started it there.
+    pub fn running_on(&self, id: VmId) -> std::sync::Arc<bigv_spine::sim::SimNode> {
+        self.eventually("the server to run on a simulated head", 20, || {
+            let head = self.brain().db.read().vm(id)?.head.clone()?;
+            let node = self.fleet.as_ref()?.node(&head)?.clone();
+            let names = [id.0.to_string(), format!("vm.{}", id.0)];
+            node.vms().keys().any(|k| names.contains(k)).then_some(node)
+        })
     }
 
     pub fn profile_file(&self, variable: &str) -> PathBuf {
