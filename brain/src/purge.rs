@@ -4,7 +4,7 @@
 //! reconciler then removes whatever nodes still hold (purged discs are
 //! strays on their tails). Time is `state.clock`, so tests move it.
 
-use crate::model::{DbError, Model, Target, Tx, Vm, VmId};
+use crate::model::{DbError, Disc, IpRecord, Model, Nic, Privilege, Target, Tx, Vm, VmId};
 
 fn is_due(vm: &Vm, model: &Model, now: u64) -> bool {
     vm.deleted
@@ -26,51 +26,58 @@ pub fn due(model: &Model, now: u64) -> Vec<VmId> {
 /// Purges those of `ids` still due (one may have been restored since the
 /// caller looked). Returns how many went.
 pub fn purge(tx: &mut Tx<'_>, ids: &[VmId], now: u64) -> Result<usize, DbError> {
+    let due: Vec<VmId> = ids
+        .iter()
+        .copied()
+        .filter(|id| {
+            tx.model()
+                .vm(*id)
+                .is_some_and(|vm| is_due(vm, tx.model(), now))
+        })
+        .collect();
+    for id in &due {
+        tracing::info!(vm = id.0, "purging a VM deleted long enough ago");
+        purge_vm(tx, *id)?;
+    }
+    Ok(due.len())
+}
+
+/// Removes a VM for good: its discs, NICs, the privileges on it, and its
+/// addresses (NIC and management) return to their ranges. The one place
+/// a VM is purged, for the API's `?purge=true` and the timer alike.
+pub fn purge_vm(tx: &mut Tx<'_>, id: VmId) -> Result<(), DbError> {
     let model = tx.model();
-    let mut vms = vec![];
-    let mut discs = vec![];
-    let mut nics = vec![];
-    let mut ips = vec![];
-    let mut privileges = vec![];
-    for id in ids {
-        let Some(vm) = model.vm(*id).filter(|vm| is_due(vm, model, now)) else {
-            continue;
-        };
-        vms.push(vm.id.0);
-        discs.extend(model.discs_of(vm.id).map(|d| d.id.0));
-        let vm_nics: Vec<_> = model.nics_of(vm.id).map(|n| n.id).collect();
-        ips.extend(
-            model
-                .ips
-                .values()
-                .filter(|ip| ip.nic_id.is_some_and(|n| vm_nics.contains(&n)))
-                .map(|ip| ip.address.clone()),
-        );
-        nics.extend(vm_nics.into_iter().map(|n| n.0));
-        privileges.extend(
-            model
-                .privileges
-                .values()
-                .filter(|p| p.target == Target::Vm(vm.id))
-                .map(|p| p.id.0),
-        );
-        tracing::info!(vm = vm.id.0, name = %vm.name, "purging a VM deleted long enough ago");
-    }
-    let purged = vms.len();
+    let Some(vm) = model.vm(id) else {
+        return Ok(());
+    };
+    let discs: Vec<u64> = model.discs_of(id).map(|d| d.id.0).collect();
+    let nics: Vec<u64> = model.nics_of(id).map(|n| n.id.0).collect();
+    let addresses: Vec<String> = model
+        .ips
+        .values()
+        .filter(|r| {
+            r.nic_id.is_some_and(|n| nics.contains(&n.0))
+                || vm.management_address.as_deref() == Some(r.address.as_str())
+        })
+        .map(|r| r.address.clone())
+        .collect();
+    let privileges: Vec<u64> = model
+        .privileges
+        .values()
+        .filter(|p| p.target == Target::Vm(id))
+        .map(|p| p.id.0)
+        .collect();
     for key in discs {
-        tx.delete::<crate::model::Disc>(key)?;
-    }
-    for key in ips {
-        tx.delete::<crate::model::IpRecord>(key)?;
+        tx.delete::<Disc>(key)?;
     }
     for key in nics {
-        tx.delete::<crate::model::Nic>(key)?;
+        tx.delete::<Nic>(key)?;
+    }
+    for key in addresses {
+        tx.delete::<IpRecord>(key)?;
     }
     for key in privileges {
-        tx.delete::<crate::model::Privilege>(key)?;
+        tx.delete::<Privilege>(key)?;
     }
-    for key in vms {
-        tx.delete::<Vm>(key)?;
-    }
-    Ok(purged)
+    tx.delete::<Vm>(id.0)
 }

@@ -121,11 +121,6 @@ pub fn vm(model: &Model, v: &Vm) -> Value {
     })
 }
 
-/// The spine name of a disc's resource.
-pub fn disc_resource(d: &Disc) -> String {
-    format!("disc.{}.{}", d.storage_grade, d.id)
-}
-
 pub fn disc(d: &Disc) -> Value {
     json!({
         "id": d.id,
@@ -135,7 +130,7 @@ pub fn disc(d: &Disc) -> Value {
         "storage_pool": d.storage_pool,
         "virtual_machine_id": d.vm_id,
         "iops_limit": d.iops_limit,
-        "resource_name": disc_resource(d),
+        "resource_name": crate::scheduler::disc_resource(d).to_string(),
         "new_storage_grade": null,
         "new_storage_pool": null,
         "migration_progress": null,

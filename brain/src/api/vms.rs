@@ -18,7 +18,7 @@ use super::power::{Planner, no_capacity, wants_to_run};
 use super::views::{self, Flags};
 use super::vm_create::{self, MAX_CORES, MAX_MEMORY, MIN_CORES, MIN_MEMORY};
 use super::{AppState, lookup};
-use crate::model::{GroupId, Level, Model, Target, Tx, Vm, VmId};
+use crate::model::{GroupId, Level, Model, Target, Tx, Vm};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -247,7 +247,7 @@ async fn remove(
             if flags.purge {
                 let id = found.id;
                 tracing::info!(vm = %id, name = %found.name, by = %caller.username, "purging a server");
-                purge(tx, id)
+                Ok(crate::purge::purge_vm(tx, id)?)
             } else if found.deleted {
                 Err(ApiError::refused(format!(
                     "{} is already deleted; to remove it for good, DELETE it with ?purge=true",
@@ -267,44 +267,4 @@ async fn remove(
         .await?;
     state.reconcile.notify_one();
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes a VM for good: its record, discs, NICs, privileges on it, and
-/// its addresses (which become free again).
-pub fn purge(tx: &mut Tx<'_>, id: VmId) -> Result<(), ApiError> {
-    let model = tx.model();
-    let Some(vm) = model.vm(id) else {
-        return Ok(());
-    };
-    let discs: Vec<u64> = model.discs_of(id).map(|d| d.id.0).collect();
-    let nics: Vec<u64> = model.nics_of(id).map(|n| n.id.0).collect();
-    let addresses: Vec<String> = model
-        .ips
-        .values()
-        .filter(|r| {
-            r.nic_id.is_some_and(|n| nics.contains(&n.0))
-                || vm.management_address.as_deref() == Some(r.address.as_str())
-        })
-        .map(|r| r.address.clone())
-        .collect();
-    let privileges: Vec<u64> = model
-        .privileges
-        .values()
-        .filter(|p| p.target == Target::Vm(id))
-        .map(|p| p.id.0)
-        .collect();
-    for d in discs {
-        tx.delete::<crate::model::Disc>(d)?;
-    }
-    for n in nics {
-        tx.delete::<crate::model::Nic>(n)?;
-    }
-    for a in addresses {
-        tx.delete::<crate::model::IpRecord>(a)?;
-    }
-    for p in privileges {
-        tx.delete::<crate::model::Privilege>(p)?;
-    }
-    tx.delete::<Vm>(id.0)?;
-    Ok(())
 }

@@ -126,9 +126,12 @@ async fn create_vlan(
     let num = required_u64_in(&mut f, "num", 1, 4094);
     let usage_type = f.required_string("usage_type");
     if let Some(kind) = &usage_type
-        && !matches!(kind.as_str(), "public" | "private")
+        && !matches!(kind.as_str(), "public" | "private" | "management")
     {
-        f.error("usage_type", "must be \"public\" or \"private\"");
+        f.error(
+            "usage_type",
+            "must be \"public\", \"private\" or \"management\" (consoles)",
+        );
     }
     let vlan = state
         .db
