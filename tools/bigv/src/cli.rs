@@ -892,7 +892,7 @@ pub enum AddRangeNoun {
 #[derive(Debug, Args)]
 pub struct AddVlanArgs {
     pub num: u64,
-    /// public or private
+    /// public (customers' addresses), private, or management (consoles)
     #[arg(long, default_value = "public")]
     pub usage_type: String,
 }

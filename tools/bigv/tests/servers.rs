@@ -47,6 +47,9 @@ fn customer() -> Harness {
     };
     ops(&["admin", "add", "vlan", "1"]);
     ops(&["admin", "add", "ip", "range", "192.0.2.0/24", "1"]);
+    // Console addresses come from a management VLAN.
+    ops(&["admin", "add", "vlan", "2", "--usage-type", "management"]);
+    ops(&["admin", "add", "ip", "range", "198.51.100.0/24", "2"]);
     h.bigv_env(
         &["login"],
         &[("BIGV_USER", "alice"), ("BIGV_PASS", "alices-password")],
@@ -404,12 +407,11 @@ fn shutdown_gives_up_on_a_server_that_does_not_stop() {
 fn the_console_execs_ssh_to_the_management_address() {
     let h = customer();
     create_web1(&h);
-    let id = VmId(vm(&h, "web1")["id"].as_u64().unwrap());
-    h.write(move |tx| {
-        let mut v = tx.model().vm(id).cloned().unwrap();
-        v.management_address = Some("198.51.100.7".into());
-        tx.put(v)
-    });
+    let address = vm(&h, "web1")["management_address"]
+        .as_str()
+        .expect("a console address from the management VLAN")
+        .to_owned();
+    assert!(address.starts_with("198.51.100."), "{address}");
     // A fake ssh that records its arguments.
     let bin = tempfile::tempdir().unwrap();
     let record = bin.path().join("args");
@@ -432,16 +434,16 @@ fn the_console_execs_ssh_to_the_management_address() {
     // bigv became ssh: its exit code is ssh's.
     assert_eq!(run.code, 3, "{run:?}");
     let args = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(args, "-i\n/tmp/key\nalice@198.51.100.7\n");
+    assert_eq!(args, format!("-i\n/tmp/key\nalice@{address}\n"));
 
     let run = h.bigv(&["console", "web1", "--vnc"]).ok();
     assert!(
         run.stdout
-            .contains("ssh -N -L 9999:198.51.100.7:5900 alice@198.51.100.7"),
+            .contains(&format!("ssh -N -L 9999:{address}:5900 alice@{address}")),
         "{run:?}"
     );
     let run = h.bigv(&["console", "web1", "--no-connect"]).ok();
-    assert_eq!(run.stdout, "ssh alice@198.51.100.7\n");
+    assert_eq!(run.stdout, format!("ssh alice@{address}\n"));
     // No ssh at all: exit 8.
     let empty = tempfile::tempdir().unwrap();
     h.bigv_env(

@@ -61,6 +61,8 @@ fn the_worked_session_in_the_docs_is_real() {
         ]),
         step(&["admin", "add", "vlan", "1"]),
         step(&["admin", "add", "ip", "range", "192.0.2.0/24", "1"]),
+        step(&["admin", "add", "vlan", "2", "--usage-type", "management"]),
+        step(&["admin", "add", "ip", "range", "198.51.100.0/24", "2"]),
         Step {
             env: &[("BIGV_NEW_PASS", "alices-password")],
             args: &["add", "user", "alice", "--email", "alice@example.com"],
@@ -101,6 +103,7 @@ fn the_worked_session_in_the_docs_is_real() {
         step(&["update", "disc", "web1", "disc-2", "20G"]),
         step(&["update", "server", "web1", "--memory", "4G"]),
         step(&["show", "servers", "--table"]),
+        step(&["console", "web1", "--vnc"]),
         step(&[
             "add", "server", "web2", "--image", "bookworm", "--disc", "gold:10G",
         ]),
