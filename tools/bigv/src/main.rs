@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(bigv_cli::run(std::env::args_os()));
+}
