@@ -214,6 +214,40 @@ fn vm_short_name(model: &Model, vm: &Vm) -> String {
 
 /// A VM as the admin lists show it (a subset of the customer shape, with
 /// the same field types so the Go client decodes it).
+/// Discs placed in any of `pools` (labels), as admin JSON.
+fn discs_in_pools(model: &Model, pools: &[&str]) -> Value {
+    let inside = |d: &Disc| {
+        d.storage_pool
+            .as_deref()
+            .is_some_and(|p| pools.contains(&p))
+    };
+    Value::Array(
+        model
+            .discs
+            .values()
+            .filter(|d| inside(d))
+            .map(|d| disc_view(model, d))
+            .collect(),
+    )
+}
+
+/// VMs with at least one disc in any of `pools` (labels), as admin JSON.
+fn vms_in_pools(model: &Model, pools: &[&str]) -> Value {
+    let inside = |d: &Disc| {
+        d.storage_pool
+            .as_deref()
+            .is_some_and(|p| pools.contains(&p))
+    };
+    Value::Array(
+        model
+            .vms
+            .values()
+            .filter(|v| model.discs_of(v.id).any(inside))
+            .map(|v| vm_view(model, v))
+            .collect(),
+    )
+}
+
 fn vm_view(model: &Model, vm: &Vm) -> Value {
     json!({
         "id": vm.id,

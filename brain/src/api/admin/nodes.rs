@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{
-    admin, body, cnc_address, disc_view, node_number, refuse_history, usage_strategy,
-    vm_short_name, vm_view,
+    admin, body, cnc_address, discs_in_pools, node_number, refuse_history, usage_strategy,
+    vm_short_name, vm_view, vms_in_pools,
 };
 use crate::api::AppState;
 use crate::api::access::Caller;
@@ -209,13 +209,8 @@ async fn tail_discs(
     let model = state.db.read();
     let node = find_node(&model, Role::Tail, &id)?;
     let pools = tail_pool_labels(&model, node);
-    let discs = model
-        .discs
-        .values()
-        .filter(|d| d.storage_pool.as_ref().is_some_and(|p| pools.contains(p)))
-        .map(|d| disc_view(&model, d))
-        .collect();
-    Ok(Json(Value::Array(discs)))
+    let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
+    Ok(Json(discs_in_pools(&model, &pools)))
 }
 
 async fn tail_vms(
@@ -229,17 +224,8 @@ async fn tail_vms(
     let model = state.db.read();
     let node = find_node(&model, Role::Tail, &id)?;
     let pools = tail_pool_labels(&model, node);
-    let vms = model
-        .vms
-        .values()
-        .filter(|v| {
-            model
-                .discs_of(v.id)
-                .any(|d| d.storage_pool.as_ref().is_some_and(|p| pools.contains(p)))
-        })
-        .map(|v| vm_view(&model, v))
-        .collect();
-    Ok(Json(Value::Array(vms)))
+    let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
+    Ok(Json(vms_in_pools(&model, &pools)))
 }
 
 async fn update_head(

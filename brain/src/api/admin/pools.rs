@@ -12,7 +12,8 @@ use bigv_spine::resource::{GlobalKind, ResourceName, ResourceValue};
 use serde_json::{Value, json};
 
 use super::{
-    admin, body, disc_view, overcommit_ratio, ratio_json, refuse_history, usage_strategy, vm_view,
+    admin, body, discs_in_pools, overcommit_ratio, ratio_json, refuse_history, usage_strategy,
+    vms_in_pools,
 };
 use crate::api::AppState;
 use crate::api::access::Caller;
@@ -118,13 +119,7 @@ async fn pool_discs(
     refuse_history(&query)?;
     let model = state.db.read();
     let pool = find_pool(&model, &label)?;
-    let discs = model
-        .discs
-        .values()
-        .filter(|d| d.storage_pool.as_deref() == Some(&pool.label))
-        .map(|d| disc_view(&model, d))
-        .collect();
-    Ok(Json(Value::Array(discs)))
+    Ok(Json(discs_in_pools(&model, &[pool.label.as_str()])))
 }
 
 async fn pool_vms(
@@ -137,17 +132,7 @@ async fn pool_vms(
     refuse_history(&query)?;
     let model = state.db.read();
     let pool = find_pool(&model, &label)?;
-    let vms = model
-        .vms
-        .values()
-        .filter(|v| {
-            model
-                .discs_of(v.id)
-                .any(|d| d.storage_pool.as_deref() == Some(&pool.label))
-        })
-        .map(|v| vm_view(&model, v))
-        .collect();
-    Ok(Json(Value::Array(vms)))
+    Ok(Json(vms_in_pools(&model, &[pool.label.as_str()])))
 }
 
 async fn update_pool(
