@@ -11,7 +11,13 @@ set -euo pipefail
 # boots a VM with Debian's iPXE ROM in a network namespace.
 # qemu-utils (qemu-img, qemu-io, qemu-nbd): the tail's NBD tests.
 packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
-    qemu-system-x86 ipxe-qemu ipxe iproute2 qemu-utils)
+    qemu-system-x86 ipxe-qemu ipxe iproute2 qemu-utils
+    # the kernel package is unpacked and its modules indexed (fetch-kernel.sh)
+    kmod
+    # the test guest's bootable disc: a FAT filesystem with extlinux
+    syslinux syslinux-common mtools dosfstools
+    # real clients in tests: DHCP (udhcpc), SSH console
+    busybox-static openssh-client)
 
 missing=()
 for p in "${packages[@]}"; do

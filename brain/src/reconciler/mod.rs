@@ -325,6 +325,15 @@ impl Reconciler {
         recall
             .ledger
             .finished(&done.node, &done.name, ok, Instant::now());
+        // A head that acknowledged a start runs the VM from now on, even if
+        // it stops again before any pass sees it: that stop is then still
+        // told apart from "never started" (autoreboot decides, not a retry).
+        if let (Verb::Create, Ok(()), Some(vm)) =
+            (done.verb, &done.result, vm_of_resource(&done.name))
+        {
+            recall.seen_running.insert(vm, done.node.clone());
+            recall.refused.remove(&vm);
+        }
         if let Err(e) = &done.result {
             if ok {
                 tracing::debug!(node = %done.node, resource = %done.name, verb = %done.verb, error = %e, "order was already satisfied");
