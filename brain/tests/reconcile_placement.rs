@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bigv_brain::clock::Clock;
 use bigv_brain::model::{
-    Admission, DbError, Operation, OperationId, OperationKind, OperationState, Role,
+    Admission, DbError, DiscId, Operation, OperationId, OperationKind, OperationState, Role, VmId,
 };
 use bigv_spine::resource::TemplateCopy;
 use common::*;
@@ -217,18 +217,42 @@ async fn reimage_copies_the_template_then_finishes_and_starts_the_vm() {
     .await;
     assert!(sim_heads_running(&fleet, id).is_empty());
 
-    // What the API's reimage writes.
+    let op = order_reimage(&tb, id, disc.id).await;
+
+    let head = wait_running(&tb, &fleet, id, 10).await;
+    let (_, on_tail) = disc_on_tails(&fleet, &disc).unwrap();
+    assert_eq!(on_tail.imaged_seq, Some(1));
+    assert_eq!(
+        on_tail.template.map(|t| t.image).as_deref(),
+        Some("bigv-test")
+    );
+    assert_eq!(on_tail.access_control_list, [node_address(&head)]);
+    let model = tb.brain.db.read();
+    let op = &model.operations[&op.0];
+    assert_eq!(op.state, OperationState::Done, "{op:?}");
+    assert_eq!(op.done, op.total);
+    let vm = model.vm(id).unwrap();
+    assert!(vm.power_on);
+    assert_eq!(vm.last_imaged_with.as_deref(), Some("bigv-test"));
+}
+
+/// What the API's reimage writes: a template copy onto the first disc, a
+/// running operation, and the VM powered on to boot once it is done.
+async fn order_reimage(tb: &TestBrain, id: VmId, disc: DiscId) -> OperationId {
     let now = tb.clock.now();
     let op = tb
         .brain
         .db
         .write(move |tx| {
-            let mut d = tx.model().disc(disc.id).unwrap().clone();
+            let mut d = tx.model().disc(disc).unwrap().clone();
             d.template = Some(TemplateCopy {
                 seq: 1,
                 image: "bigv-test".into(),
             });
             tx.put(d)?;
+            let mut vm = tx.model().vm(id).unwrap().clone();
+            vm.power_on = true;
+            tx.put(vm)?;
             let op = OperationId(tx.new_id::<Operation>()?);
             tx.put(Operation {
                 id: op,
@@ -249,22 +273,51 @@ async fn reimage_copies_the_template_then_finishes_and_starts_the_vm() {
         .await
         .unwrap();
     tb.brain.reconcile.notify_one();
+    op
+}
 
-    let head = wait_running(&tb, &fleet, id, 10).await;
+#[tokio::test]
+async fn a_stop_while_imaging_is_kept_when_the_imaging_finishes() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(
+        &tb,
+        NewVm {
+            power_on: false,
+            autoreboot_on: false,
+            ..NewVm::running("web1")
+        },
+    )
+    .await;
+    let disc = discs(&tb, id).remove(0);
+    eventually("the disc on its tail", 10, || {
+        let there = disc_on_tails(&fleet, &disc).is_some();
+        async move { there.then_some(()) }
+    })
+    .await;
+
+    // The tail is away, so the copy cannot finish before the customer
+    // changes their mind and stops the server.
+    sim(&fleet, &tail(0)).stay_away(Duration::from_secs(2));
+    let op = order_reimage(&tb, id, disc.id).await;
+    update_vm(&tb, id, |vm| {
+        vm.power_on = false;
+        vm.autoreboot_on = false;
+    })
+    .await;
+
+    eventually("the reimage to finish once the tail is back", 20, || {
+        let state = tb.brain.db.read().operations[&op.0].state;
+        async move { (state == OperationState::Done).then_some(()) }
+    })
+    .await;
     let (_, on_tail) = disc_on_tails(&fleet, &disc).unwrap();
     assert_eq!(on_tail.imaged_seq, Some(1));
-    assert_eq!(
-        on_tail.template.map(|t| t.image).as_deref(),
-        Some("bigv-test")
-    );
-    assert_eq!(on_tail.access_control_list, [node_address(&head)]);
-    let model = tb.brain.db.read();
-    let op = &model.operations[&op.0];
-    assert_eq!(op.state, OperationState::Done, "{op:?}");
-    assert_eq!(op.done, op.total);
-    let vm = model.vm(id).unwrap();
-    assert!(vm.power_on);
-    assert_eq!(vm.last_imaged_with.as_deref(), Some("bigv-test"));
+    always("the server stays off", Duration::from_secs(2), || {
+        sim_heads_running(&fleet, id).is_empty() && !vm(&tb, id).power_on
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -2,9 +2,11 @@
 //! orders a template copy onto the VM's first disc (`Disc.template`) and
 //! records a running `Reimage` operation; the disc plan forwards the copy
 //! while the VM is stopped; once the tail reports `imaged_seq` at least
-//! the ordered seq, the operation is done and the VM is powered on
-//! (bigv-api.md §5.6: "after it the VM is powered on"). Other kinds are
-//! left to their own engine, untouched.
+//! the ordered seq, the operation is done. The VM starts then because the
+//! API set `power_on` when it ordered the reimage (bigv-api.md §5.6: "after
+//! it the VM is powered on") and placement waits for the copy; finishing
+//! does not touch `power_on`, so a stop ordered meanwhile is kept. Other
+//! kinds are left to their own engine, untouched.
 
 use crate::model::{Operation, OperationKind, OperationState};
 
@@ -41,11 +43,9 @@ pub(super) fn plan(p: &mut Pass<'_>) {
             .and_then(|s| s.imaged_seq)
             .is_some_and(|done| done >= template.seq);
         if imaged {
-            tracing::info!(vm = vm_id.0, image = %distribution, "reimage finished: powering the VM on");
+            tracing::info!(vm = vm_id.0, image = %distribution, "reimage finished");
             finish(p, op, Ok(()));
-            let vm = p.vm_mut(vm_id);
-            vm.power_on = true;
-            vm.last_imaged_with = Some(distribution.clone());
+            p.vm_mut(vm_id).last_imaged_with = Some(distribution.clone());
         } else if op.phase != "imaging" {
             let mut op = op.clone();
             op.phase = "imaging".into();
