@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bigv_spine::resource::{ResourceValue, VmRunState};
 use serde_json::{Value, json};
 
 use super::{
@@ -60,6 +61,19 @@ fn online(state: &AppState, node: &Node) -> bool {
         .is_some_and(|h| h.is_ready())
 }
 
+/// How many VMs the head itself reports running (the spine's view; the
+/// model's placement is `virtual_machines_count`).
+fn running_vms(state: &AppState, node: &Node) -> usize {
+    state.spine.node(&node.node_id).map_or(0, |h| {
+        h.resources()
+            .values()
+            .filter(|(value, _)| {
+                matches!(value, ResourceValue::Vm(vm) if vm.state == Some(VmRunState::Running))
+            })
+            .count()
+    })
+}
+
 fn admission(node: &Node) -> &'static str {
     match node.admission {
         Admission::Pending => "pending",
@@ -95,6 +109,7 @@ fn head_view(state: &AppState, model: &Model, facts: &Facts, node: &Node) -> Val
         "image_version": node.image_version,
         "used_cores": vms.iter().map(|v| u64::from(v.cores)).sum::<u64>(),
         "virtual_machines_count": vms.len(),
+        "running_virtual_machines_count": running_vms(state, node),
         "virtual_machines": vms.iter().map(|v| vm_short_name(model, v)).collect::<Vec<_>>(),
     })
 }
