@@ -84,6 +84,15 @@ fn desired_acl<'p>(p: &'p Pass<'_>, disc: &Disc) -> Option<Option<&'p str>> {
     }
 }
 
+/// The desired ACL as a list (nobody when the head's address is unknown).
+pub(super) fn desired_acl_list(p: &Pass<'_>, disc: &Disc) -> Vec<String> {
+    desired_acl(p, disc)
+        .flatten()
+        .map(str::to_owned)
+        .into_iter()
+        .collect()
+}
+
 fn acl_is(acl: &[String], wanted: Option<&str>) -> bool {
     match wanted {
         None => acl.is_empty(),
@@ -184,7 +193,14 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     };
     let acl_ok = acl.is_none_or(|wanted| acl_is(&spec.access_control_list, wanted));
     let grow = disc.size > spec.size;
-    if (!grow && acl_ok && template == spec.template.as_ref()) || !p.may_order(tail, &found.name) {
+    // A migration in progress rides on every order (without it, the tail
+    // would cancel the copy); one that ended is taken off.
+    let migrate_to = p.disc_moves.get(&id);
+    let steady = !grow
+        && acl_ok
+        && template == spec.template.as_ref()
+        && migrate_to == spec.migrate_to.as_ref();
+    if steady || !p.may_order(tail, &found.name) {
         return None;
     }
     let acl = match acl {
@@ -197,6 +213,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         access_control_list: acl,
         address: address.to_owned(),
         template: template.cloned(),
+        migrate_to: migrate_to.cloned(),
         ..DiscSpec::default()
     };
     tracing::info!(disc = id.0, %tail, size_mib = wanted.size, acl = ?wanted.access_control_list, template = ?wanted.template.as_ref().map(|t| t.seq), "updating disc");

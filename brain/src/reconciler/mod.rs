@@ -27,6 +27,7 @@
 
 mod discs;
 mod fencing;
+mod migrations;
 mod nodes;
 mod operations;
 mod orders;

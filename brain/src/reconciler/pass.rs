@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bigv_spine::ResourceName;
+use bigv_spine::resource::MigrationOrder;
 
 use tokio::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::scheduler::Facts;
 use super::fencing::{Absences, Liveness};
 use super::orders::{Action, Ledger, Order};
 use super::snapshot::Snapshot;
-use super::{discs, nodes, operations, vms};
+use super::{discs, migrations, nodes, operations, vms};
 
 /// What the reconciler remembers between passes. None of it is needed for
 /// safety after a restart: it only avoids repeating orders, spinning on
@@ -117,6 +118,9 @@ pub(crate) struct Pass<'a> {
     /// Each node's storage address (see `node_address`).
     addresses: HashMap<&'a str, String>,
     nics_by_vm: Option<HashMap<VmId, Vec<NicId>>>,
+    /// Discs migrating between tails: the `migrate_to` their source's
+    /// orders carry (see `migrations`).
+    pub disc_moves: HashMap<DiscId, MigrationOrder>,
     users_by_target: Option<HashMap<TargetKey, Vec<UserId>>>,
 }
 
@@ -226,6 +230,7 @@ impl<'a> Pass<'a> {
             pools_by_label,
             addresses,
             nics_by_vm: None,
+            disc_moves: HashMap::new(),
             users_by_target: None,
         }
     }
@@ -241,6 +246,7 @@ impl<'a> Pass<'a> {
         nodes::sync(self);
         discs::place(self);
         vms::plan(self);
+        migrations::plan(self);
         discs::plan(self);
         vms::remove_rogues(self);
         discs::remove_strays(self);

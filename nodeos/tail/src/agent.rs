@@ -563,8 +563,14 @@ impl TailAgent {
                 }
                 _ => failed(&name, "creating its file", &e),
             })?;
-        // Reported fields are ours to fill, never the brain's.
-        spec.imaged_seq = None;
+        // Reported fields are ours to fill, never the brain's. A mirror
+        // destination receives the source's content, template copy
+        // included: the template it is created with counts as copied.
+        spec.imaged_seq = spec
+            .incoming
+            .as_ref()
+            .and(spec.template.as_ref())
+            .map(|t| t.seq);
         spec.allocated = None;
         spec.migration = None;
         let result = async {

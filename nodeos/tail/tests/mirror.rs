@@ -326,3 +326,84 @@ async fn failed_migrations_leave_the_source_serving() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imaged_disc_keeps_its_content_after_moving_and_is_not_imaged_again() {
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, ha, hb, port) = two_tails(&server, dir.path()).await;
+    // The same template on both tails, as every tail holds the images.
+    for t in ["a", "b"] {
+        std::fs::write(
+            dir.path().join(t).join("images/tiny.raw"),
+            vec![0x11u8; 1 << 20],
+        )
+        .unwrap();
+    }
+    let template = Some(bigv_spine::resource::TemplateCopy {
+        seq: 1,
+        image: "tiny".into(),
+    });
+    let imaged = DiscSpec {
+        template: template.clone(),
+        ..spec()
+    };
+    ha.create(Resource::disc("sata", "9", imaged.clone()), 1)
+        .await
+        .unwrap();
+    wait_disc(&server, "tail-a", DISC, "the template copy", |d| {
+        d.is_some_and(|d| d.imaged_seq == Some(1))
+    })
+    .await;
+    // The customer's data over the template.
+    qemu_io_opts(port, &["write -P 0x77 0 64k".to_string()]).await;
+
+    // The brain creates the destination with the disc's template order.
+    let mut dest = imaged.clone();
+    dest.incoming = Some(IncomingMirror {
+        from: TAIL_A.into(),
+        endpoint: None,
+    });
+    hb.create(Resource::disc("sata", "9", dest), 1)
+        .await
+        .unwrap();
+    let d = wait_disc(&server, "tail-b", DISC, "an incoming endpoint", |d| {
+        d.is_some_and(|d| d.incoming.as_ref().is_some_and(|i| i.endpoint.is_some()))
+    })
+    .await
+    .unwrap();
+    let mut order = imaged.clone();
+    order.migrate_to = Some(MigrationOrder {
+        seq: 1,
+        to: "tail-b".into(),
+        endpoint: d.incoming.unwrap().endpoint.unwrap(),
+    });
+    ha.update(Resource::disc("sata", "9", order), 2)
+        .await
+        .unwrap();
+    let d = wait_disc(&server, "tail-b", DISC, "the destination to serve", |d| {
+        d.is_some_and(|d| d.incoming.is_none())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        d.imaged_seq,
+        Some(1),
+        "the mirror brought the imaged content"
+    );
+
+    // The brain's next order carries the same template: nothing is copied.
+    hb.update(Resource::disc("sata", "9", imaged), 3)
+        .await
+        .unwrap();
+    let path = dir.path().join("b/sata1/9.raw");
+    assert_eq!(read_at(&path, 0, 4), [0x77; 4], "the customer's data");
+    assert_eq!(
+        read_at(&path, 1 << 16, 4),
+        [0x11; 4],
+        "the template beneath"
+    );
+    a.stop().await;
+    b.stop().await;
+}

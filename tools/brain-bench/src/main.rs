@@ -85,7 +85,10 @@ async fn main() -> Result<()> {
         .args(["--heads", &args.heads.to_string()])
         .args(["--tails", &args.tails.to_string()])
         // Twice what the VMs need, so placement never runs out.
-        .args(["--head-memory", &(2 * vms_per_head * VM_MEMORY_MIB).to_string()])
+        .args([
+            "--head-memory",
+            &(2 * vms_per_head * VM_MEMORY_MIB).to_string(),
+        ])
         .args(["--pool-size", &(2 * discs_per_tail * DISC_MIB).to_string()])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -127,7 +130,11 @@ async fn main() -> Result<()> {
     );
 
     let gets = client
-        .get_load(args.vms, args.get_clients, Duration::from_secs(args.get_seconds))
+        .get_load(
+            args.vms,
+            args.get_clients,
+            Duration::from_secs(args.get_seconds),
+        )
         .await?;
     let p99 = pct(&gets, 99);
     table.row(
@@ -154,9 +161,11 @@ async fn main() -> Result<()> {
     }
     let client = Api::login(api).await?;
     client
-        .wait_for("the fleet to reconnect and every VM to be reported", phase, |c| {
-            c.nodes == args.heads + args.tails && c.running == args.vms
-        })
+        .wait_for(
+            "the fleet to reconnect and every VM to be reported",
+            phase,
+            |c| c.nodes == args.heads + args.tails && c.running == args.vms,
+        )
         .await?;
     let took = began.elapsed();
     table.row(
@@ -292,7 +301,12 @@ impl Api {
         Ok(Api { http, base, token })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -300,7 +314,10 @@ impl Api {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
         let text = resp.text().await?;
         if !status.is_success() {
@@ -310,8 +327,12 @@ impl Api {
     }
 
     async fn census(&self) -> Result<Census> {
-        let heads = self.call(reqwest::Method::GET, "/admin/heads", None).await?;
-        let tails = self.call(reqwest::Method::GET, "/admin/tails", None).await?;
+        let heads = self
+            .call(reqwest::Method::GET, "/admin/heads", None)
+            .await?;
+        let tails = self
+            .call(reqwest::Method::GET, "/admin/tails", None)
+            .await?;
         let online = |v: &Value| {
             v.as_array()
                 .map_or(0, |a| a.iter().filter(|n| n["online"] == true).count())
@@ -490,8 +511,18 @@ impl Table {
             "\nbrain benchmark: {} heads, {} tails, {} VMs (simulated nodes, real brain process)\n",
             args.heads, args.tails, args.vms
         );
-        let w0 = self.rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
-        let w1 = self.rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+        let w0 = self
+            .rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(0);
+        let w1 = self
+            .rows
+            .iter()
+            .map(|r| r.1.chars().count())
+            .max()
+            .unwrap_or(0);
         println!("{:<w0$}  {:>w1$}  target", "measure", "value");
         for (what, value, target) in &self.rows {
             println!("{what:<w0$}  {value:>w1$}  {target}");

@@ -5,8 +5,11 @@
 //! benchmark use them; they never stand in for tests of the real agents.
 //! One process can run thousands: a node is a few tasks and a socket.
 
+mod mirror;
+
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
@@ -44,12 +47,22 @@ impl SimHardware {
 struct SimState {
     vms: BTreeMap<String, VmSpec>,
     discs: BTreeMap<ResourceName, DiscSpec>,
+    /// Mirrors running from this tail: their `migrate_to.seq` and task.
+    mirrors: BTreeMap<ResourceName, (u64, tokio::task::AbortHandle)>,
+    /// The highest `migrate_to.seq` attempted per disc (each runs once).
+    migrate_seq: BTreeMap<ResourceName, u64>,
 }
 
 struct SimHandler {
     hardware: SimHardware,
     state: Mutex<SimState>,
     notifier: OnceLock<Notifier>,
+    /// Itself, for the tasks its orders start.
+    me: OnceLock<Weak<SimHandler>>,
+    /// Test knob: mirrors from this tail fail instead of handing over.
+    fail_mirrors: AtomicBool,
+    /// Test knob: how long a mirror from this tail copies, ms.
+    mirror_ms: std::sync::atomic::AtomicU64,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> OrderError {
@@ -216,9 +229,61 @@ impl SimHandler {
             Some(t) => Some(t.seq),
             None => old.and_then(|d| d.imaged_seq),
         };
+        match old {
+            None => {
+                if let Some(incoming) = spec.incoming.as_mut() {
+                    let me = self.me.get().and_then(Weak::upgrade);
+                    incoming.endpoint = me.map(|me| mirror::listen(&me, name));
+                }
+            }
+            Some(old) => {
+                if spec.incoming.is_some() != old.incoming.is_some() {
+                    return Err(refuse(
+                        ErrorCode::Invalid,
+                        format!(
+                            "{name}: incoming: only a create sets it, only the handover ends it"
+                        ),
+                    ));
+                }
+                spec.incoming = old.incoming.clone();
+                spec.migration = old.migration.clone();
+            }
+        }
+        self.steer_mirror(&mut state, name, &mut spec);
         state.discs.insert(name.clone(), spec.clone());
         Resource::new(name.clone(), ResourceValue::Disc(spec))
             .map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))
+    }
+
+    /// Starts the mirror a new `migrate_to.seq` asks for, or cancels the
+    /// running one when the order no longer carries it.
+    fn steer_mirror(&self, state: &mut SimState, name: &ResourceName, spec: &mut DiscSpec) {
+        let running = state.mirrors.get(name).map(|(seq, _)| *seq);
+        let wanted = spec.migrate_to.as_ref().map(|o| o.seq);
+        if running.is_some() && running != wanted {
+            if let Some((_, task)) = state.mirrors.remove(name) {
+                task.abort();
+            }
+            if let Some(m) = spec.migration.as_mut() {
+                m.state = crate::resource::MigrationState::Failed;
+                m.error = Some("cancelled".into());
+            }
+        }
+        let Some(order) = spec.migrate_to.clone() else {
+            return;
+        };
+        let last = state.migrate_seq.get(name).copied().unwrap_or(0);
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if order.seq > last && spec.incoming.is_none() {
+            state.migrate_seq.insert(name.clone(), order.seq);
+            spec.migration = Some(mirror::started(&order, spec.size));
+            let task = tokio::spawn(mirror::run(me, name.clone(), order.clone()));
+            state
+                .mirrors
+                .insert(name.clone(), (order.seq, task.abort_handle()));
+        }
     }
 
     async fn put(&self, resource: Resource, create: bool) -> Result<(), OrderError> {
@@ -276,7 +341,19 @@ impl NodeHandler for SimHandler {
             let mut state = self.state();
             match &name {
                 ResourceName::Vm(vm) => state.vms.remove(vm).is_some(),
-                ResourceName::Disc { .. } => state.discs.remove(&name).is_some(),
+                ResourceName::Disc { .. } => {
+                    if let Some((_, task)) = state.mirrors.remove(&name) {
+                        task.abort();
+                    }
+                    let gone = state.discs.remove(&name);
+                    if let Some(endpoint) = gone
+                        .as_ref()
+                        .and_then(|d| d.incoming.as_ref()?.endpoint.clone())
+                    {
+                        mirror::forget(&endpoint);
+                    }
+                    gone.is_some()
+                }
                 ResourceName::Global(_) => false,
             }
         };
@@ -307,7 +384,11 @@ impl SimNode {
             hardware,
             state: Mutex::default(),
             notifier: OnceLock::new(),
+            me: OnceLock::new(),
+            fail_mirrors: AtomicBool::new(false),
+            mirror_ms: mirror::DEFAULT_COPY_MS.into(),
         });
+        let _ = handler.me.set(Arc::downgrade(&handler));
         let agent = NodeAgent::new(config, handler.clone());
         let _ = handler.notifier.set(agent.notifier());
         Arc::new(SimNode {
@@ -424,6 +505,21 @@ impl SimNode {
         spec.started_at.get_or_insert_with(now_unix);
         self.handler.state().vms.insert(name.to_owned(), spec);
         self.drop_connection();
+    }
+
+    /// Makes disc mirrors from this tail fail (or succeed again).
+    pub fn fail_mirrors(&self, fail: bool) {
+        self.handler
+            .fail_mirrors
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes disc mirrors from this tail take `copy` (default 300 ms).
+    pub fn mirror_time(&self, copy: Duration) {
+        self.handler.mirror_ms.store(
+            copy.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn is_powered_off(&self) -> bool {

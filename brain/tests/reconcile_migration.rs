@@ -1,0 +1,169 @@
+//! Disc migration between tails as an operator orders it (`POST
+//! /admin/discs/{id}/migrate`): the disc moves to another tail under its
+//! running VM, a failed copy leaves it where it was, and a cancelled one
+//! leaves no half-made copy behind.
+
+mod common;
+mod reconcile_support;
+
+use std::time::Duration;
+
+use bigv_spine::resource::MigrationState;
+use common::*;
+use reconcile_support::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Every simulated tail holding the disc.
+fn holders(fleet: &bigv_spine::sim::SimFleet, disc: &bigv_brain::model::Disc) -> Vec<String> {
+    let name = bigv_brain::scheduler::disc_resource(disc);
+    fleet
+        .nodes
+        .iter()
+        .filter(|n| n.discs().contains_key(&name))
+        .map(|n| n.node_id().to_owned())
+        .collect()
+}
+
+async fn migrate(tb: &TestBrain, disc: u64) -> u64 {
+    let su = tb.su().await;
+    let (status, op) = tb
+        .post(&su, &format!("/admin/discs/{disc}/migrate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    op["id"].as_u64().expect("an operation id")
+}
+
+async fn job_ends(tb: &TestBrain, op: u64, secs: u64) -> Value {
+    let su = tb.su().await;
+    eventually("the migration to end", secs, || {
+        let (tb, su) = (&tb, su.clone());
+        async move {
+            let (_, job) = tb.get(&su, &format!("/admin/migration_jobs/{op}")).await;
+            (job["state"] != "running").then_some(job)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_disc_moves_to_another_tail_under_its_running_vm() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 2);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    let head = wait_running(&tb, &fleet, id, 10).await;
+    let (_, vm_generation) = reported_vm(&tb, &head, id).unwrap();
+    let disc = discs(&tb, id).remove(0);
+    let (from, before) = disc_on_tails(&fleet, &disc).unwrap();
+
+    let op = migrate(&tb, disc.id.0).await;
+    let job = job_ends(&tb, op, 20).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["done"], job["total"], "{job}");
+
+    let (to, after) = disc_on_tails(&fleet, &disc).unwrap();
+    assert_ne!(to, from, "the disc is on the other tail");
+    assert_eq!(holders(&fleet, &disc), [to.as_str()], "one copy only");
+    assert_eq!(after.address, before.address, "the address moved with it");
+    assert_eq!(after.access_control_list, [node_address(&head)]);
+    assert!(after.incoming.is_none());
+    let pool = discs(&tb, id).remove(0).storage_pool.unwrap();
+    let pool_tail = tb
+        .brain
+        .db
+        .read()
+        .pools
+        .values()
+        .find(|p| p.label == pool)
+        .map(|p| p.node_id.clone());
+    assert_eq!(pool_tail, Some(to.clone()), "the record follows: {pool}");
+    // The VM was never restarted for it.
+    assert_eq!(sim_heads_running(&fleet, id), [head.as_str()]);
+    assert_eq!(reported_vm(&tb, &head, id).unwrap().1, vm_generation);
+    always("the disc stays put", Duration::from_secs(1), || {
+        holders(&fleet, &disc) == [to.clone()]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_copy_leaves_the_disc_serving_where_it_was() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 2);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    wait_running(&tb, &fleet, id, 10).await;
+    let disc = discs(&tb, id).remove(0);
+    let (from, _) = disc_on_tails(&fleet, &disc).unwrap();
+    sim(&fleet, &from).fail_mirrors(true);
+
+    let op = migrate(&tb, disc.id.0).await;
+    let job = job_ends(&tb, op, 20).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("simulated failure"),
+        "{job}"
+    );
+    eventually(
+        "the half-made copy to go and the source to drop the order",
+        10,
+        || {
+            let only_source = holders(&fleet, &disc) == [from.clone()];
+            let order_gone =
+                disc_on_tails(&fleet, &disc).is_some_and(|(_, d)| d.migrate_to.is_none());
+            async move { (only_source && order_gone).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        discs(&tb, id).remove(0).storage_pool,
+        disc.storage_pool,
+        "the record did not move"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_migration_leaves_no_copy_behind() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 2);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    wait_running(&tb, &fleet, id, 10).await;
+    let disc = discs(&tb, id).remove(0);
+    let (from, _) = disc_on_tails(&fleet, &disc).unwrap();
+    sim(&fleet, &from).mirror_time(Duration::from_secs(60));
+
+    let op = migrate(&tb, disc.id.0).await;
+    let su = tb.su().await;
+    eventually("the copy to start", 10, || {
+        let copying = disc_on_tails(&fleet, &disc).is_some_and(|(node, d)| {
+            node == from
+                && d.migration
+                    .is_some_and(|m| m.state == MigrationState::Copying)
+        });
+        async move { copying.then_some(()) }
+    })
+    .await;
+    let (status, body) = tb
+        .post(
+            &su,
+            &format!("/admin/discs/{}/cancel_migration", disc.id.0),
+            json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{status}: {body}");
+
+    eventually("the destination removed and the source alone", 10, || {
+        let alone = holders(&fleet, &disc) == [from.clone()];
+        let stopped = disc_on_tails(&fleet, &disc).is_some_and(|(_, d)| {
+            d.migrate_to.is_none()
+                && d.migration
+                    .is_some_and(|m| m.state == MigrationState::Failed)
+        });
+        async move { (alone && stopped).then_some(()) }
+    })
+    .await;
+    let (_, job) = tb.get(&su, &format!("/admin/migration_jobs/{op}")).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+}
