@@ -167,3 +167,59 @@ async fn a_cancelled_migration_leaves_no_copy_behind() {
     let (_, job) = tb.get(&su, &format!("/admin/migration_jobs/{op}")).await;
     assert_eq!(job["state"], "cancelled", "{job}");
 }
+
+#[tokio::test]
+async fn emptying_a_pool_moves_every_disc_to_another_tail() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 2);
+    joined(&tb, &fleet).await;
+    let mut ids = vec![];
+    for name in ["web1", "web2", "web3"] {
+        ids.push(create_vm(&tb, NewVm::running(name)).await);
+    }
+    for id in &ids {
+        wait_running(&tb, &fleet, *id, 10).await;
+    }
+    let all: Vec<_> = ids.iter().flat_map(|id| discs(&tb, *id)).collect();
+    let label = all[0].storage_pool.clone().unwrap();
+    let on_it: Vec<_> = all
+        .iter()
+        .filter(|d| d.storage_pool.as_deref() == Some(&label))
+        .collect();
+    assert!(!on_it.is_empty());
+    let (from, _) = disc_on_tails(&fleet, on_it[0]).unwrap();
+
+    let su = tb.su().await;
+    let (status, op) = tb
+        .post(
+            &su,
+            &format!("/admin/storage_pools/{label}/empty"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let job = job_ends(&tb, op["id"].as_u64().unwrap(), 30).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["done"], on_it.len(), "{job}");
+
+    for disc in &on_it {
+        let (now_on, _) = disc_on_tails(&fleet, disc).unwrap();
+        assert_ne!(
+            now_on, from,
+            "disc {} left the emptied pool's tail",
+            disc.id.0
+        );
+        assert_eq!(holders(&fleet, disc).len(), 1);
+    }
+    let model = tb.brain.db.read();
+    assert!(
+        model
+            .discs
+            .values()
+            .all(|d| d.storage_pool.as_deref() != Some(&label)),
+        "no disc is recorded in {label} any more"
+    );
+    for id in &ids {
+        assert_eq!(sim_heads_running(&fleet, *id).len(), 1, "still running");
+    }
+}

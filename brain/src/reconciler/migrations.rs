@@ -41,8 +41,12 @@ pub(super) fn plan(p: &mut Pass<'_>) {
         if op.state != OperationState::Running {
             continue;
         }
-        if let OperationKind::MigrateDisc { disc_id, to_pool } = &op.kind {
-            step(p, op, *disc_id, to_pool.as_deref());
+        match &op.kind {
+            OperationKind::MigrateDisc { disc_id, to_pool } => {
+                step(p, op, *disc_id, to_pool.as_deref());
+            }
+            OperationKind::EmptyPool { pool } => empty_pool(p, op, pool),
+            _ => {}
         }
     }
     adopt_and_clean(p);
@@ -181,6 +185,80 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, disc_id: DiscId, to_pool: Option<&
     follow_acl(p, &disc, &dest_tail, at_dest);
     let done = progress.map(|m| (m.bytes_done / MIB, m.bytes_total.div_ceil(MIB)));
     set_phase(p, op, "copying", done);
+}
+
+/// Emptying a pool: its discs move to other tails, as many at once as the
+/// pool's `migration_concurrency`, each as its own `MigrateDisc` operation
+/// (visible and cancellable one by one). One that fails fails the whole.
+fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
+    let Some(pool) = p.pool(label) else {
+        return finish(p, op, Err(format!("pool {label} no longer exists")));
+    };
+    let model = p.model;
+    let remaining: Vec<DiscId> = model
+        .discs
+        .keys()
+        .map(|id| DiscId(*id))
+        .filter(|id| {
+            p.disc(*id)
+                .is_some_and(|d| d.storage_pool.as_deref() == Some(label))
+        })
+        .collect();
+    let total = op.total.max(remaining.len() as u64);
+    if remaining.is_empty() {
+        tracing::info!(pool = %label, "pool emptied");
+        return finish(p, op, Ok(()));
+    }
+    let mut moving = 0;
+    let mut busy: HashMap<DiscId, ()> = HashMap::new();
+    for other in model.operations.values() {
+        let OperationKind::MigrateDisc { disc_id, .. } = other.kind else {
+            continue;
+        };
+        if !remaining.contains(&disc_id) {
+            continue;
+        }
+        match other.state {
+            OperationState::Running => {
+                moving += 1;
+                busy.insert(disc_id, ());
+            }
+            // Started for this emptying (ids grow) and failed.
+            OperationState::Failed if other.id.0 > op.id.0 => {
+                let why = other.error.clone().unwrap_or_default();
+                return finish(
+                    p,
+                    op,
+                    Err(format!("disc {} could not move: {why}", disc_id.0)),
+                );
+            }
+            _ => {}
+        }
+    }
+    let room = (pool.migration_concurrency.max(1) as usize).saturating_sub(moving);
+    for disc_id in remaining
+        .iter()
+        .filter(|id| !busy.contains_key(id))
+        .take(room)
+    {
+        tracing::info!(pool = %label, disc = disc_id.0, "emptying: moving a disc off the pool");
+        p.new_operations.push(Operation {
+            id: op.id,
+            kind: OperationKind::MigrateDisc {
+                disc_id: *disc_id,
+                to_pool: None,
+            },
+            state: OperationState::Running,
+            phase: "queued".into(),
+            done: 0,
+            total: p.disc(*disc_id).map_or(1, |d| d.size),
+            error: None,
+            created_at: p.now,
+            updated_at: p.now,
+        });
+    }
+    let done = total - remaining.len() as u64;
+    set_phase(p, op, "moving discs", Some((done, total)));
 }
 
 /// The emptiest pool of the disc's grade on another tail.

@@ -11,7 +11,8 @@ use bigv_spine::resource::MigrationOrder;
 use tokio::time::Instant;
 
 use crate::model::{
-    DbError, Disc, DiscId, Model, NicId, Node, Operation, Pool, Target, Tx, UserId, Vm, VmId,
+    DbError, Disc, DiscId, Model, NicId, Node, Operation, OperationId, Pool, Target, Tx, UserId,
+    Vm, VmId,
 };
 use crate::scheduler::Facts;
 
@@ -106,6 +107,8 @@ pub(crate) struct Pass<'a> {
     pub nodes: Vec<Node>,
     pub pools: Vec<Pool>,
     pub operations: Vec<Operation>,
+    /// Operations to create (their ids are given when they are stored).
+    pub new_operations: Vec<Operation>,
     pub orders: Vec<Order>,
     /// Nodes each resource was ordered to by this pass: never twice in one.
     ordered: HashMap<ResourceName, Vec<String>>,
@@ -132,6 +135,7 @@ pub(crate) struct Changes {
     pub nodes: Vec<Node>,
     pub pools: Vec<Pool>,
     pub operations: Vec<Operation>,
+    pub new_operations: Vec<Operation>,
     pub orders: Vec<Order>,
 }
 
@@ -142,6 +146,7 @@ impl Changes {
             + self.nodes.len()
             + self.pools.len()
             + self.operations.len()
+            + self.new_operations.len()
     }
 
     /// Stages every changed record in the store write.
@@ -160,6 +165,10 @@ impl Changes {
         }
         for op in &self.operations {
             tx.put(op.clone())?;
+        }
+        for op in &self.new_operations {
+            let id = OperationId(tx.new_id::<Operation>()?);
+            tx.put(Operation { id, ..op.clone() })?;
         }
         Ok(())
     }
@@ -223,6 +232,7 @@ impl<'a> Pass<'a> {
             nodes: vec![],
             pools: vec![],
             operations: vec![],
+            new_operations: vec![],
             orders: vec![],
             ordered: HashMap::new(),
             discs_by_vm,
@@ -260,6 +270,7 @@ impl<'a> Pass<'a> {
             nodes: self.nodes,
             pools: self.pools,
             operations: self.operations,
+            new_operations: self.new_operations,
             orders: self.orders,
         }
     }
