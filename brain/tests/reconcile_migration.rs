@@ -223,3 +223,126 @@ async fn emptying_a_pool_moves_every_disc_to_another_tail() {
         assert_eq!(sim_heads_running(&fleet, *id).len(), 1, "still running");
     }
 }
+
+/// The VM's discs as their tails hold them.
+fn acls(
+    fleet: &bigv_spine::sim::SimFleet,
+    tb: &TestBrain,
+    id: bigv_brain::model::VmId,
+) -> Vec<Vec<String>> {
+    discs(tb, id)
+        .iter()
+        .filter_map(|d| disc_on_tails(fleet, d).map(|(_, s)| s.access_control_list))
+        .collect()
+}
+
+async fn migrate_vm(tb: &TestBrain, id: bigv_brain::model::VmId) -> u64 {
+    let su = tb.su().await;
+    let (status, op) = tb
+        .post(&su, &format!("/admin/vms/{}/migrate", id.0), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    op["id"].as_u64().expect("an operation id")
+}
+
+#[tokio::test]
+async fn a_running_vm_moves_to_another_head_as_the_same_guest() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 2, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    let from = wait_running(&tb, &fleet, id, 10).await;
+    let started = sim(&fleet, &from).vms()[&id.0.to_string()].started_at;
+    sim(&fleet, &from).mirror_time(Duration::from_secs(2));
+
+    let op = migrate_vm(&tb, id).await;
+    // During the handover both heads may open the disc, and no other time.
+    eventually("the disc open to both heads", 10, || {
+        let both = acls(&fleet, &tb, id).iter().all(|acl| acl.len() == 2);
+        async move { both.then_some(()) }
+    })
+    .await;
+    let job = job_ends(&tb, op, 20).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    let to = wait_running(&tb, &fleet, id, 10).await;
+    assert_ne!(to, from);
+    let moved = &sim(&fleet, &to).vms()[&id.0.to_string()];
+    assert_eq!(moved.started_at, started, "the same guest, not a new boot");
+    assert!(moved.incoming.is_none());
+    eventually("the disc closed to the old head", 10, || {
+        let only_new = acls(&fleet, &tb, id)
+            .iter()
+            .all(|acl| *acl == [node_address(&to)]);
+        async move { only_new.then_some(()) }
+    })
+    .await;
+    always(
+        "it stays on its new head, once",
+        Duration::from_secs(1),
+        || sim_heads_running(&fleet, id) == [to.as_str()],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_vm_migration_leaves_the_guest_running_where_it_was() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 2, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    let from = wait_running(&tb, &fleet, id, 10).await;
+    let started = sim(&fleet, &from).vms()[&id.0.to_string()].started_at;
+    sim(&fleet, &from).fail_mirrors(true);
+
+    let op = migrate_vm(&tb, id).await;
+    let job = job_ends(&tb, op, 20).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    eventually(
+        "the waiting destination removed, the disc closed to it",
+        10,
+        || {
+            let alone = sim_heads_running(&fleet, id) == [from.as_str()];
+            let acl_back = acls(&fleet, &tb, id)
+                .iter()
+                .all(|acl| *acl == [node_address(&from)]);
+            async move { (alone && acl_back).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        sim(&fleet, &from).vms()[&id.0.to_string()].started_at,
+        started,
+        "never restarted"
+    );
+    assert_eq!(vm(&tb, id).head.as_deref(), Some(from.as_str()));
+}
+
+#[tokio::test]
+async fn emptying_a_head_migrates_every_vm_off_it() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 2, 1);
+    joined(&tb, &fleet).await;
+    let mut ids = vec![];
+    for name in ["web1", "web2", "web3"] {
+        ids.push(create_vm(&tb, NewVm::running(name)).await);
+    }
+    let mut heads = vec![];
+    for id in &ids {
+        heads.push(wait_running(&tb, &fleet, *id, 10).await);
+    }
+    let emptied = heads[0].clone();
+    let su = tb.su().await;
+    let (status, op) = tb
+        .post(&su, &format!("/admin/heads/{emptied}/empty"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let job = job_ends(&tb, op["id"].as_u64().unwrap(), 30).await;
+    assert_eq!(job["state"], "done", "{job}");
+    for id in &ids {
+        let now = sim_heads_running(&fleet, *id);
+        assert_eq!(now.len(), 1);
+        assert_ne!(now[0], emptied);
+    }
+    assert!(sim(&fleet, &emptied).vms().is_empty());
+}

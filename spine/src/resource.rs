@@ -251,6 +251,77 @@ pub struct VmSpec {
     /// Unix seconds when qemu started; reported by the head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
+    /// Destination side of a live migration; see [`VmIncoming`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<VmIncoming>,
+    /// Source side of a live migration; see [`VmMigrationOrder`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_to: Option<VmMigrationOrder>,
+    /// Progress of the live migration ordered by `migrate_to`; reported by
+    /// the source head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<VmMigrationProgress>,
+}
+
+/// Ordered in the `create` of a VM on the destination head of a live
+/// migration: start qemu waiting for the migration stream (`-incoming`)
+/// instead of booting, and report where it listens. The guest runs here
+/// once the stream ends; the head then reports the VM without `incoming`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmIncoming {
+    /// The source head's node id.
+    pub from: String,
+    /// Reported by the destination: `host:port` the source migrates to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Ordered on the source head's `vm.*`: migrate the running guest to the
+/// destination's endpoint. Each new `seq` is attempted once; an order
+/// without `migrate_to` cancels a migration still in progress. On success
+/// the source's qemu ends and the head reports the VM `destroyed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmMigrationOrder {
+    pub seq: u64,
+    /// The destination head's node id (echoed in the progress).
+    pub to: String,
+    /// The destination's `incoming.endpoint`.
+    pub endpoint: String,
+    /// Bytes per second; absent: the head's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
+    /// Longest acceptable pause at the switch-over, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_downtime_ms: Option<u64>,
+}
+
+/// Where a live migration stands, as the source head reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmMigrationProgress {
+    /// The `migrate_to.seq` this belongs to.
+    pub seq: u64,
+    pub to: String,
+    pub state: VmMigrationState,
+    pub ram_done: u64,
+    pub ram_total: u64,
+    /// The pause at the switch-over, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmMigrationState {
+    /// RAM is being copied; the guest runs on the source.
+    #[default]
+    Active,
+    /// Failed or cancelled; the guest still runs on the source.
+    Failed,
 }
 
 /// Where a tail → tail mirror stands, as the source reports it.

@@ -10,7 +10,7 @@ use bigv_spine::message::{ErrorCode, OrderError, Outcome, PowerAction};
 use bigv_spine::resource::{
     DhcpConfig, DiscSpec, IncomingMirror, MemoryFacts, MigrationOrder, MigrationProgress,
     MigrationState, NetworkInterface, PoolFacts, SignalKind, TemplateCopy, UserAuthentication,
-    VmDisc, VmRunState, VmSignal, VmSpec,
+    VmDisc, VmIncoming, VmMigrationOrder, VmRunState, VmSignal, VmSpec,
 };
 use bigv_spine::{Hello, Resource, ResourceName, Role, ToBrain, ToNode};
 use bytes::BytesMut;
@@ -85,6 +85,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
             users,
         ),
         (state, prop::option::of(any::<u64>()), signal()),
+        live_migration(),
     )
         .prop_map(
             |(
@@ -92,6 +93,7 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                 (display_name, keymap, nics, discs),
                 (mgmt, keys, users),
                 (state, started_at, signal),
+                (incoming, migrate_to),
             )| VmSpec {
                 memory,
                 cores,
@@ -109,8 +111,33 @@ fn vm_spec() -> impl Strategy<Value = VmSpec> {
                 signal,
                 state,
                 started_at,
+                incoming,
+                migrate_to,
+                migration: None,
             },
         )
+}
+
+fn live_migration() -> impl Strategy<Value = (Option<VmIncoming>, Option<VmMigrationOrder>)> {
+    let incoming = (text(), prop::option::of(text()))
+        .prop_map(|(from, endpoint)| VmIncoming { from, endpoint });
+    let order = (
+        any::<u64>(),
+        text(),
+        text(),
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(seq, to, endpoint, max_bandwidth, max_downtime_ms)| VmMigrationOrder {
+                seq,
+                to,
+                endpoint,
+                max_bandwidth,
+                max_downtime_ms,
+            },
+        );
+    (prop::option::of(incoming), prop::option::of(order))
 }
 
 fn signal() -> impl Strategy<Value = Option<VmSignal>> {

@@ -74,23 +74,29 @@ pub(super) fn place(p: &mut Pass<'_>) {
 }
 
 /// The ACL a disc should have: the storage address of the head its VM is
-/// placed on (`Some(Some(address))`), or nobody (`Some(None)`). `None`
-/// when that head's address is not known (a head that never declared one
-/// and is not connected): then the ACL is left as it is.
-fn desired_acl<'p>(p: &'p Pass<'_>, disc: &Disc) -> Option<Option<&'p str>> {
-    match p.vm(disc.vm_id).and_then(|v| v.head.as_deref()) {
-        None => Some(None),
-        Some(head) => p.node_address(head).map(Some),
+/// placed on, or nobody (empty); during a live migration's handover, the
+/// destination head's as well. `None` when a head's address is not known
+/// (a head that never declared one and is not connected): then the ACL is
+/// left as it is.
+fn desired_acl(p: &Pass<'_>, disc: &Disc) -> Option<Vec<String>> {
+    let Some(head) = p.vm(disc.vm_id).and_then(|v| v.head.as_deref()) else {
+        return Some(vec![]);
+    };
+    let mut acl = vec![p.node_address(head)?.to_owned()];
+    if let Some(dest) = p.vm_handover.get(&disc.vm_id) {
+        acl.push(p.node_address(dest)?.to_owned());
     }
+    Some(acl)
 }
 
-/// The desired ACL as a list (nobody when the head's address is unknown).
+/// The desired ACL (nobody when a head's address is unknown).
 pub(super) fn desired_acl_list(p: &Pass<'_>, disc: &Disc) -> Vec<String> {
-    desired_acl(p, disc)
-        .flatten()
-        .map(str::to_owned)
-        .into_iter()
-        .collect()
+    desired_acl(p, disc).unwrap_or_default()
+}
+
+/// Whether two ACLs list the same addresses.
+fn same_acl(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 fn acl_is(acl: &[String], wanted: Option<&str>) -> bool {
@@ -173,7 +179,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         let spec = DiscSpec {
             size: disc.size,
             storage_pool: pool.name.clone(),
-            access_control_list: acl.map(str::to_owned).into_iter().collect(),
+            access_control_list: acl,
             address: address.to_owned(),
             template: disc.template.clone().filter(|_| !vm_running),
             ..DiscSpec::default()
@@ -191,7 +197,9 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         (Some(t), false) => Some(t),
         _ => spec.template.as_ref(),
     };
-    let acl_ok = acl.is_none_or(|wanted| acl_is(&spec.access_control_list, wanted));
+    let acl_ok = acl
+        .as_ref()
+        .is_none_or(|wanted| same_acl(&spec.access_control_list, wanted));
     let grow = disc.size > spec.size;
     // A migration in progress rides on every order (without it, the tail
     // would cancel the copy); one that ended is taken off.
@@ -203,10 +211,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     if steady || !p.may_order(tail, &found.name) {
         return None;
     }
-    let acl = match acl {
-        Some(wanted) => wanted.map(str::to_owned).into_iter().collect(),
-        None => spec.access_control_list.clone(),
-    };
+    let acl = acl.unwrap_or_else(|| spec.access_control_list.clone());
     let wanted = DiscSpec {
         size: disc.size.max(spec.size),
         storage_pool: pool.name.clone(),

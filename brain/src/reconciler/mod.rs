@@ -25,9 +25,9 @@
 //! - `orders.rs`: orders, in-flight tracking and retry backoff.
 //! - `scale.rs` (tests): passes at benchmark size.
 
+mod disc_migrations;
 mod discs;
 mod fencing;
-mod migrations;
 mod nodes;
 mod operations;
 mod orders;
@@ -35,6 +35,7 @@ mod pass;
 #[cfg(test)]
 mod scale;
 mod snapshot;
+mod vm_migrations;
 mod vms;
 
 use std::collections::{HashMap, HashSet};

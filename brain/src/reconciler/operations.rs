@@ -27,16 +27,16 @@ pub(super) fn plan(p: &mut Pass<'_>) {
             continue;
         };
         let Some(vm) = p.vm(*vm_id).filter(|v| !v.deleted) else {
-            finish(p, op, Err("the server was deleted"));
+            finish(p, op, Err("the server was deleted".into()));
             continue;
         };
         let vm_id = vm.id;
         let Some(disc) = p.discs_of(vm_id).next().and_then(|d| p.disc(d)) else {
-            finish(p, op, Err("the server has no disc to image"));
+            finish(p, op, Err("the server has no disc to image".into()));
             continue;
         };
         let Some(template) = disc.template.as_ref() else {
-            finish(p, op, Err("no image was ordered onto the disc"));
+            finish(p, op, Err("no image was ordered onto the disc".into()));
             continue;
         };
         let imaged = discs::reported_spec(p, disc)
@@ -55,7 +55,28 @@ pub(super) fn plan(p: &mut Pass<'_>) {
     }
 }
 
-fn finish(p: &mut Pass<'_>, op: &Operation, outcome: Result<(), &str>) {
+/// Records a phase and progress when they changed (nothing is written
+/// when nothing moved, so a quiet cluster's passes write nothing).
+pub(super) fn set_phase(
+    p: &mut Pass<'_>,
+    op: &Operation,
+    phase: &str,
+    progress: Option<(u64, u64)>,
+) {
+    let (done, total) = progress.unwrap_or((op.done, op.total));
+    if op.phase == phase && op.done == done && op.total == total {
+        return;
+    }
+    let mut op = op.clone();
+    op.phase = phase.into();
+    op.done = done;
+    op.total = total.max(1);
+    op.updated_at = p.now;
+    p.operations.push(op);
+}
+
+/// Ends an operation, done or failed with the reason.
+pub(super) fn finish(p: &mut Pass<'_>, op: &Operation, outcome: Result<(), String>) {
     let mut op = op.clone();
     op.total = op.total.max(1);
     op.updated_at = p.now;
@@ -66,10 +87,10 @@ fn finish(p: &mut Pass<'_>, op: &Operation, outcome: Result<(), &str>) {
             op.done = op.total;
         }
         Err(why) => {
-            tracing::warn!(operation = op.id.0, why, "reimage failed");
+            tracing::warn!(operation = op.id.0, kind = ?op.kind, %why, "operation failed");
             op.state = OperationState::Failed;
             op.phase = "failed".into();
-            op.error = Some(why.into());
+            op.error = Some(why);
         }
     }
     p.operations.push(op);

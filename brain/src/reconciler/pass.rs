@@ -3,7 +3,7 @@
 //! write that persists its decisions, so API writes cannot interleave with
 //! it and a pass over the whole cluster is one transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bigv_spine::ResourceName;
 use bigv_spine::resource::MigrationOrder;
@@ -11,15 +11,15 @@ use bigv_spine::resource::MigrationOrder;
 use tokio::time::Instant;
 
 use crate::model::{
-    DbError, Disc, DiscId, Model, NicId, Node, Operation, OperationId, Pool, Target, Tx, UserId,
-    Vm, VmId,
+    DbError, Disc, DiscId, Model, NicId, Node, Operation, OperationId, OperationKind,
+    OperationState, Pool, Target, Tx, UserId, Vm, VmId,
 };
 use crate::scheduler::Facts;
 
 use super::fencing::{Absences, Liveness};
 use super::orders::{Action, Ledger, Order};
 use super::snapshot::Snapshot;
-use super::{discs, migrations, nodes, operations, vms};
+use super::{disc_migrations, discs, nodes, operations, vm_migrations, vms};
 
 /// What the reconciler remembers between passes. None of it is needed for
 /// safety after a restart: it only avoids repeating orders, spinning on
@@ -122,8 +122,14 @@ pub(crate) struct Pass<'a> {
     addresses: HashMap<&'a str, String>,
     nics_by_vm: Option<HashMap<VmId, Vec<NicId>>>,
     /// Discs migrating between tails: the `migrate_to` their source's
-    /// orders carry (see `migrations`).
+    /// orders carry (see `disc_migrations`).
     pub disc_moves: HashMap<DiscId, MigrationOrder>,
+    /// VMs in a live migration's handover, and their destination head:
+    /// their discs open to both heads (see `vm_migrations`).
+    pub vm_handover: HashMap<VmId, String>,
+    /// VMs a running migration operation moves: the ordinary VM plan
+    /// leaves them to it.
+    pub migrating_vms: HashSet<VmId>,
     users_by_target: Option<HashMap<TargetKey, Vec<UserId>>>,
 }
 
@@ -198,6 +204,23 @@ impl<'a> Pass<'a> {
                     });
             }
         }
+        // Only while the guest runs where the model places it: one that has
+        // not started yet, or has stopped, is the ordinary plan's.
+        let migrating_vms = model
+            .operations
+            .values()
+            .filter(|op| op.state == OperationState::Running)
+            .filter_map(|op| match op.kind {
+                OperationKind::MigrateVm { vm_id, .. } => Some(vm_id),
+                _ => None,
+            })
+            .filter(|id| {
+                model
+                    .vm(*id)
+                    .and_then(|vm| snap.nodes.get(vm.head.as_deref()?))
+                    .is_some_and(|node| node.vms.contains_key(id))
+            })
+            .collect();
         let pools_by_label = model
             .pools
             .values()
@@ -241,6 +264,8 @@ impl<'a> Pass<'a> {
             addresses,
             nics_by_vm: None,
             disc_moves: HashMap::new(),
+            vm_handover: HashMap::new(),
+            migrating_vms,
             users_by_target: None,
         }
     }
@@ -256,7 +281,8 @@ impl<'a> Pass<'a> {
         nodes::sync(self);
         discs::place(self);
         vms::plan(self);
-        migrations::plan(self);
+        vm_migrations::plan(self);
+        disc_migrations::plan(self);
         discs::plan(self);
         vms::remove_rogues(self);
         discs::remove_strays(self);

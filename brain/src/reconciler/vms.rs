@@ -39,6 +39,10 @@ pub(super) fn plan(p: &mut Pass<'_>) {
 
 fn plan_vm<'a>(p: &mut Pass<'a>, vm: &'a Vm) {
     let id = vm.id;
+    if p.migrating_vms.contains(&id) {
+        // Its migration decides where it runs until it ends.
+        return;
+    }
     let wants_run = !vm.deleted && vm.power_on;
     let reboot = !vm.deleted && !vm.power_on && vm.autoreboot_on;
     let Some(head) = vm.head.as_deref() else {
@@ -236,6 +240,7 @@ pub(super) fn remove_rogues(p: &mut Pass<'_>) {
         for (id, (_, generation)) in &node.vms {
             if p.vm(*id)
                 .is_some_and(|v| v.head.as_deref() == Some(node_id))
+                || p.vm_handover.get(id).map(String::as_str) == Some(node_id)
             {
                 continue;
             }
@@ -333,6 +338,9 @@ pub(super) fn vm_spec(p: &mut Pass<'_>, vm: &Vm) -> VmSpec {
         signal: None,
         state: None,
         started_at: None,
+        incoming: None,
+        migrate_to: None,
+        migration: None,
     }
 }
 

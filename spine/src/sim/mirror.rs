@@ -1,4 +1,5 @@
-//! Simulated tail → tail disc migration, with the real tail's protocol
+//! Simulated tail → tail disc migration (and the endpoint registry live
+//! VM migration shares), with the real tail's protocol
 //! (`incoming` on the destination's create, `migrate_to` on the source's
 //! update, `migration` progress, handover): the destination registers an
 //! endpoint, and the source's "mirror" hands the disc to whichever
@@ -42,6 +43,15 @@ pub(super) fn listen(handler: &Arc<SimHandler>, name: &ResourceName) -> String {
     endpoint
 }
 
+/// Who listens at `endpoint`, and for which resource.
+pub(super) fn destination(endpoint: &str) -> Option<(Arc<SimHandler>, ResourceName)> {
+    destinations()
+        .lock()
+        .expect("mirror registry poisoned")
+        .get(endpoint)
+        .and_then(|(handler, name)| Some((handler.upgrade()?, name.clone())))
+}
+
 pub(super) fn forget(endpoint: &str) {
     destinations()
         .lock()
@@ -77,11 +87,7 @@ pub(super) async fn run(source: Arc<SimHandler>, name: ResourceName, order: Migr
         source.announce(&name, spec).await;
     }
     tokio::time::sleep(half).await;
-    let destination = destinations()
-        .lock()
-        .expect("mirror registry poisoned")
-        .get(&order.endpoint)
-        .and_then(|(handler, dest_name)| Some((handler.upgrade()?, dest_name.clone())));
+    let destination = destination(&order.endpoint);
     let (destination, dest_name) = match destination {
         Some(found) if !fail && found.1 == name => found,
         _ => {

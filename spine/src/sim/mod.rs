@@ -5,6 +5,7 @@
 //! benchmark use them; they never stand in for tests of the real agents.
 //! One process can run thousands: a node is a few tasks and a socket.
 
+mod live;
 mod mirror;
 
 use std::collections::BTreeMap;
@@ -192,8 +193,30 @@ impl SimHandler {
             state.vms.remove(name);
             return Ok(None);
         }
-        spec.state = Some(VmRunState::Running);
-        spec.started_at = Some(old.and_then(|v| v.started_at).unwrap_or_else(now_unix));
+        let resource = ResourceName::vm(name);
+        match old {
+            None if spec.incoming.is_some() => {
+                // Waiting for the migration stream: no guest runs here yet.
+                let me = self.me.get().and_then(Weak::upgrade);
+                if let Some(incoming) = spec.incoming.as_mut() {
+                    incoming.endpoint = me.map(|me| mirror::listen(&me, &resource));
+                }
+                spec.state = Some(VmRunState::Migrating);
+                spec.started_at = None;
+            }
+            Some(old) if old.incoming.is_some() => {
+                spec.incoming = old.incoming.clone();
+                spec.state = old.state;
+                spec.started_at = old.started_at;
+            }
+            _ => {
+                spec.incoming = None;
+                spec.state = Some(VmRunState::Running);
+                spec.started_at = Some(old.and_then(|v| v.started_at).unwrap_or_else(now_unix));
+                spec.migration = old.and_then(|v| v.migration.clone());
+            }
+        }
+        self.steer_migration(&mut state, name, &mut spec);
         state.vms.insert(name.to_owned(), spec.clone());
         Ok(Some(Resource::vm(name, spec)))
     }
@@ -286,6 +309,36 @@ impl SimHandler {
         }
     }
 
+    /// Starts the live migration a new `migrate_to.seq` asks for, or
+    /// cancels the running one when the order no longer carries it.
+    fn steer_migration(&self, state: &mut SimState, vm: &str, spec: &mut VmSpec) {
+        let name = ResourceName::vm(vm);
+        let running = state.mirrors.get(&name).map(|(seq, _)| *seq);
+        let wanted = spec.migrate_to.as_ref().map(|o| o.seq);
+        if running.is_some() && running != wanted {
+            if let Some((_, task)) = state.mirrors.remove(&name) {
+                task.abort();
+            }
+            if let Some(m) = spec.migration.as_mut() {
+                m.state = crate::resource::VmMigrationState::Failed;
+                m.error = Some("cancelled".into());
+            }
+        }
+        let Some(order) = spec.migrate_to.clone() else {
+            return;
+        };
+        let last = state.migrate_seq.get(&name).copied().unwrap_or(0);
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if order.seq > last && spec.incoming.is_none() {
+            state.migrate_seq.insert(name.clone(), order.seq);
+            spec.migration = Some(live::started(&order, spec.memory));
+            let task = tokio::spawn(live::run(me, vm.to_owned(), order.clone()));
+            state.mirrors.insert(name, (order.seq, task.abort_handle()));
+        }
+    }
+
     async fn put(&self, resource: Resource, create: bool) -> Result<(), OrderError> {
         let (name, value) = resource.into_parts();
         let applied = match (&name, value) {
@@ -340,7 +393,19 @@ impl NodeHandler for SimHandler {
         let existed = {
             let mut state = self.state();
             match &name {
-                ResourceName::Vm(vm) => state.vms.remove(vm).is_some(),
+                ResourceName::Vm(vm) => {
+                    if let Some((_, task)) = state.mirrors.remove(&name) {
+                        task.abort();
+                    }
+                    let gone = state.vms.remove(vm);
+                    if let Some(endpoint) = gone
+                        .as_ref()
+                        .and_then(|v| v.incoming.as_ref()?.endpoint.clone())
+                    {
+                        mirror::forget(&endpoint);
+                    }
+                    gone.is_some()
+                }
                 ResourceName::Disc { .. } => {
                     if let Some((_, task)) = state.mirrors.remove(&name) {
                         task.abort();

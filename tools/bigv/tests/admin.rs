@@ -5,7 +5,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bigv_brain::model::{Admission, Level, Operation, OperationState, Target};
+use bigv_brain::model::{
+    Admission, Disc, DiscId, Level, Operation, OperationState, Target, Vm, VmId,
+};
 use common::{Harness, golden, mask_json, normalise};
 
 fn operator(heads: usize, tails: usize, admission: Admission) -> Harness {
@@ -208,7 +210,49 @@ fn only_operation(h: &Harness) -> Operation {
 
 #[test]
 fn emptying_a_pool_is_followed_until_it_ends() {
-    let h = operator(0, 1, Admission::Accepted);
+    let h = operator(0, 2, Admission::Accepted);
+    // A stopped server's disc in tail1-sata1: emptying it means a copy to
+    // tail2, which the simulated tails make slow.
+    let (_, group_id) = h.account("alice");
+    h.write(move |tx| {
+        let vm_id = VmId(tx.new_id::<Vm>()?);
+        tx.put(Vm {
+            id: vm_id,
+            group_id,
+            name: "web1".into(),
+            cores: 1,
+            memory: 1024,
+            power_on: false,
+            autoreboot_on: false,
+            cdrom_url: None,
+            hardware_profile: "virtio2013".into(),
+            hardware_profile_locked: false,
+            keymap: None,
+            zone_name: None,
+            deleted: false,
+            deleted_at: None,
+            management_address: None,
+            head: None,
+            generation: 0,
+            signal: None,
+            anti_affinity_group: None,
+            last_imaged_with: None,
+            created_at: 0,
+        })?;
+        let id = DiscId(tx.new_id::<Disc>()?);
+        tx.put(Disc {
+            id,
+            vm_id,
+            label: "disc-1".into(),
+            size: 1024,
+            storage_grade: "sata".into(),
+            storage_pool: Some("tail1-sata1".into()),
+            address: None,
+            generation: 0,
+            iops_limit: None,
+            template: None,
+        })
+    });
     // --no-wait returns at once, naming the operation.
     let run = h
         .bigv(&[

@@ -342,6 +342,11 @@ impl Harness {
                 c.keepalive = keepalive();
             },
         );
+        // The brain carries out migrations; slow simulated copies keep
+        // them running while a CLI test looks at them.
+        for node in &fleet.nodes {
+            node.mirror_time(Duration::from_secs(600));
+        }
         self.fleet = Some(fleet);
         let want = heads + tails;
         self.eventually("the simulated nodes to join", 20, || {

@@ -27,6 +27,7 @@ use bigv_spine::resource::{DiscSpec, IncomingMirror, MigrationOrder, MigrationSt
 use crate::model::{Disc, DiscId, Operation, OperationKind, OperationState};
 use crate::scheduler::disc_resource;
 
+use super::operations::{finish, set_phase};
 use super::orders::Action;
 use super::pass::Pass;
 use super::snapshot::{ReportedDisc, Snapshot};
@@ -388,38 +389,4 @@ fn remove(p: &mut Pass<'_>, node: &str, copy: &ReportedDisc) {
     if p.may_order(node, &copy.name) {
         p.order(node, Action::Remove(copy.name.clone()), copy.generation + 1);
     }
-}
-
-/// Records a phase and progress (MiB) when they changed.
-fn set_phase(p: &mut Pass<'_>, op: &Operation, phase: &str, progress: Option<(u64, u64)>) {
-    let (done, total) = progress.unwrap_or((op.done, op.total));
-    if op.phase == phase && op.done == done && op.total == total {
-        return;
-    }
-    let mut op = op.clone();
-    op.phase = phase.into();
-    op.done = done;
-    op.total = total.max(1);
-    op.updated_at = p.now;
-    p.operations.push(op);
-}
-
-fn finish(p: &mut Pass<'_>, op: &Operation, outcome: Result<(), String>) {
-    let mut op = op.clone();
-    op.total = op.total.max(1);
-    op.updated_at = p.now;
-    match outcome {
-        Ok(()) => {
-            op.state = OperationState::Done;
-            op.phase = "done".into();
-            op.done = op.total;
-        }
-        Err(why) => {
-            tracing::warn!(operation = op.id.0, %why, "disc migration failed");
-            op.state = OperationState::Failed;
-            op.phase = "failed".into();
-            op.error = Some(why);
-        }
-    }
-    p.operations.push(op);
 }
