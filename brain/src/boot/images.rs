@@ -353,3 +353,120 @@ impl NodeImageStore {
         self.lock().get(version).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image folder with the three files and a manifest vouching for them.
+    pub fn make_image(dir: &Path, version: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut files = serde_json::Map::new();
+        for (name, data) in [
+            ("vmlinuz", &b"kernel"[..]),
+            ("initrd", b"base"),
+            ("initrd-head", b"qemu"),
+        ] {
+            std::fs::write(dir.join(name), data).unwrap();
+            files.insert(
+                name.into(),
+                serde_json::json!({"sha256": hex::encode(Sha256::digest(data)), "size": data.len()}),
+            );
+        }
+        let m =
+            serde_json::json!({"version": version, "kernel_version": "6.1.0-test", "files": files});
+        std::fs::write(dir.join(MANIFEST), m.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_good_image_is_stored_and_found() {
+        let (src, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        make_image(src.path(), "v1");
+        let added = add(data.path(), src.path()).unwrap();
+        assert_eq!(added.version, "v1");
+        assert_eq!(added.files["initrd"].size, 4);
+        let stored = data.path().join(DIR).join("v1");
+        assert_eq!(std::fs::read(stored.join("vmlinuz")).unwrap(), b"kernel");
+        let store = NodeImageStore::new(data.path());
+        assert!(store.rescan());
+        assert_eq!(store.get("v1").unwrap().files, added.files);
+        assert_eq!(
+            store.get("v1").unwrap().kernel_version.as_deref(),
+            Some("6.1.0-test")
+        );
+        assert!(!store.rescan(), "nothing new");
+        // Adding the same version again is refused.
+        assert!(matches!(
+            add(data.path(), src.path()),
+            Err(ImageError::Exists { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_or_incomplete_images_are_refused_and_leave_nothing() {
+        let data = tempfile::tempdir().unwrap();
+        type Break = fn(&Path);
+        let cases: Vec<(Break, &str)> = vec![
+            (
+                |d| std::fs::write(d.join("initrd"), b"evil").unwrap(),
+                "has sha256",
+            ),
+            (
+                |d| std::fs::remove_file(d.join("initrd-head")).unwrap(),
+                "initrd-head is missing",
+            ),
+            (
+                |d| std::fs::remove_file(d.join(MANIFEST)).unwrap(),
+                "manifest.json is missing",
+            ),
+            (
+                |d| {
+                    let m = std::fs::read_to_string(d.join(MANIFEST)).unwrap();
+                    let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
+                    v["files"].as_object_mut().unwrap().remove("vmlinuz");
+                    std::fs::write(d.join(MANIFEST), v.to_string()).unwrap();
+                },
+                "does not list vmlinuz",
+            ),
+            (
+                |d| {
+                    let m = std::fs::read_to_string(d.join(MANIFEST)).unwrap();
+                    let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
+                    v["files"]["initrd"]["size"] = 5.into();
+                    std::fs::write(d.join(MANIFEST), v.to_string()).unwrap();
+                },
+                "the manifest says 5",
+            ),
+            (
+                |d| std::fs::write(d.join(MANIFEST), b"{").unwrap(),
+                "bad manifest",
+            ),
+        ];
+        for (i, (breaks, says)) in cases.into_iter().enumerate() {
+            let src = tempfile::tempdir().unwrap();
+            make_image(src.path(), &format!("v{i}"));
+            breaks(src.path());
+            let e = add(data.path(), src.path()).unwrap_err();
+            let text = bigv_pxe::ErrorChain(&e).to_string();
+            assert!(text.contains(says), "case {i}: {text:?} lacks {says:?}");
+        }
+        let store = NodeImageStore::new(data.path());
+        store.rescan();
+        assert!(store.list().is_empty());
+        let left: Vec<_> = std::fs::read_dir(data.path().join(DIR))
+            .map(|d| d.collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "leftovers: {left:?}");
+    }
+
+    #[test]
+    fn a_folder_tampered_with_after_adding_is_not_served() {
+        let (src, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        make_image(src.path(), "v1");
+        add(data.path(), src.path()).unwrap();
+        std::fs::write(data.path().join(DIR).join("v1").join("vmlinuz"), b"evil").unwrap();
+        let store = NodeImageStore::new(data.path());
+        store.rescan();
+        assert!(store.get("v1").is_none());
+    }
+}

@@ -220,3 +220,164 @@ impl BootPolicy for BrainPolicy {
         self.send(BootEvent::Lease(change.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::images::ImageFile;
+    use crate::model::{Admission as NodeAdmission, Machine, Node};
+    use std::collections::BTreeMap;
+
+    fn image() -> NodeImage {
+        let f = ImageFile {
+            sha256: "00".repeat(32),
+            size: 1,
+        };
+        NodeImage {
+            version: "v2".into(),
+            kernel_version: None,
+            files: BTreeMap::from([
+                ("vmlinuz".into(), f.clone()),
+                ("initrd".into(), f.clone()),
+                ("initrd-head".into(), f),
+            ]),
+            added_at: 0,
+        }
+    }
+
+    fn params() -> BootParams {
+        BootParams {
+            spine: "10.0.0.1:4430".parse().unwrap(),
+            cert_sha256: [7; 32],
+            extra_args: vec!["quiet".into()],
+        }
+    }
+
+    const NODE: &str = "52:54:00:00:00:01";
+    const REGISTERED: &str = "52:54:00:00:00:02";
+    const SEEN: &str = "52:54:00:00:00:03";
+    const STRANGER: &str = "52:54:00:00:00:04";
+
+    fn model(enrollment: &str) -> Model {
+        let mut m = Model::default();
+        m.settings.enrollment = enrollment.into();
+        m.settings.enrollment_role = Role::Head;
+        m.nodes.insert(
+            NODE.into(),
+            Node {
+                node_id: NODE.into(),
+                role: Role::Tail,
+                label: "tail1".into(),
+                admission: NodeAdmission::Pending,
+                zone: None,
+                usage_strategy: None,
+                image_version: Some("v1".into()),
+                addresses: vec![],
+                first_seen: 0,
+            },
+        );
+        let machine = |mac: &str, role, registered, address: Option<&str>| Machine {
+            mac: mac.into(),
+            role,
+            boot_address: address.map(str::to_string),
+            registered,
+            lease: None,
+            booted_version: None,
+            first_seen: None,
+            last_boot_at: None,
+        };
+        m.machines.insert(
+            REGISTERED.into(),
+            machine(REGISTERED, Role::Tail, true, Some("10.0.0.12")),
+        );
+        m.machines
+            .insert(SEEN.into(), machine(SEEN, Role::Head, false, None));
+        m
+    }
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn known_enrolling_and_ignored() {
+        let open = BootView::build(&model("open"), Some(image()), params());
+        assert_eq!(open.admit(mac(NODE)), Admission::Known { address: None });
+        assert_eq!(
+            open.admit(mac(REGISTERED)),
+            Admission::Known {
+                address: Some("10.0.0.12".parse().unwrap())
+            }
+        );
+        assert_eq!(open.admit(mac(SEEN)), Admission::Enrolling);
+        assert_eq!(open.admit(mac(STRANGER)), Admission::Enrolling);
+
+        let closed = BootView::build(&model("closed"), Some(image()), params());
+        assert_eq!(closed.admit(mac(NODE)), Admission::Known { address: None });
+        assert!(matches!(
+            closed.admit(mac(REGISTERED)),
+            Admission::Known { .. }
+        ));
+        assert_eq!(closed.admit(mac(SEEN)), Admission::Ignore);
+        assert_eq!(closed.admit(mac(STRANGER)), Admission::Ignore);
+        assert_eq!(closed.node_boot(mac(STRANGER)), None);
+        assert_eq!(closed.node_boot(mac(SEEN)), None);
+    }
+
+    #[test]
+    fn roles_come_from_the_node_then_the_machine_then_the_setting() {
+        let v = BootView::build(&model("open"), Some(image()), params());
+        let b = v.node_boot(mac(NODE)).unwrap();
+        assert_eq!(b.role, "tail");
+        assert_eq!(b.initrds, ["initrd"], "tails get no head initrd");
+        assert_eq!(b.image_version, "v2");
+        assert_eq!(b.spine, params().spine);
+        assert_eq!(b.cert_sha256, [7; 32]);
+        assert_eq!(b.extra_args, ["quiet"]);
+        assert_eq!(v.node_boot(mac(REGISTERED)).unwrap().role, "tail");
+        let stranger = v.node_boot(mac(STRANGER)).unwrap();
+        assert_eq!(stranger.role, "head");
+        assert_eq!(stranger.initrds, ["initrd", "initrd-head"]);
+    }
+
+    #[test]
+    fn no_image_no_script() {
+        let v = BootView::build(&model("open"), None, params());
+        assert_eq!(v.node_boot(mac(NODE)), None);
+        // DHCP still answers: the node retries its script until there is one.
+        assert!(matches!(v.admit(mac(NODE)), Admission::Known { .. }));
+    }
+
+    #[test]
+    fn the_policy_reports_enrolling_machines_and_served_scripts() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let p = BrainPolicy::new(BootView::build(&model("open"), Some(image()), params()), tx);
+        let client = |m: &str| ClientInfo {
+            mac: mac(m),
+            arch: Some(0),
+            ipxe: true,
+            vendor_class: None,
+        };
+        assert_eq!(p.admit(&client(STRANGER)), Admission::Enrolling);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            BootEvent::Enrolling {
+                mac: mac(STRANGER),
+                role: Role::Head
+            }
+        );
+        // Already recorded: nothing more to persist.
+        p.admit(&client(SEEN));
+        p.admit(&client(NODE));
+        assert!(rx.try_recv().is_err());
+        p.node_boot(mac(NODE)).unwrap();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            BootEvent::ScriptServed {
+                mac: mac(NODE),
+                role: Role::Tail,
+                version: "v2".into()
+            }
+        );
+    }
+}
