@@ -761,8 +761,12 @@ pub enum AdminShow {
     /// IP ranges: ip ranges
     #[command(subcommand)]
     Ip(RangesNoun),
-    /// The registered images
+    /// The registered images (customer OS templates)
     Images,
+    /// The node images heads and tails network-boot
+    NodeImages,
+    /// The machines on the boot LAN (registered, enrolling, joined)
+    Machines,
 }
 
 #[derive(Debug, Subcommand)]
@@ -907,6 +911,17 @@ pub struct AddImageArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AddMachineArgs {
+    /// The MAC it network-boots from, e.g. 52:54:00:12:34:56
+    pub mac: String,
+    /// head or tail
+    pub role: String,
+    /// A fixed IPv4 address on the boot LAN
+    #[arg(long)]
+    pub boot_address: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct AddUserArgs {
     pub username: String,
     /// cluster_admin or cluster_su
@@ -929,11 +944,13 @@ pub enum AdminAdd {
     Image(AddImageArgs),
     /// Create a cluster user
     User(AddUserArgs),
+    /// Register a machine on the boot LAN so it boots with a role
+    Machine(AddMachineArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Admin {
-    /// Show heads, tails, storage pools, migrations, VLANs, IP ranges, images
+    /// Show heads, tails, storage pools, migrations, VLANs, IP ranges, images, node images, machines
     #[command(subcommand)]
     Show(AdminShow),
     /// Accept a pending head or tail
@@ -951,7 +968,7 @@ pub enum Admin {
     /// Change a head, tail or storage pool
     #[command(subcommand)]
     Update(AdminUpdate),
-    /// Add an IP range, VLAN, image or cluster user
+    /// Add an IP range, VLAN, image, cluster user or boot LAN machine
     #[command(subcommand)]
     Add(AdminAdd),
 }

@@ -281,3 +281,36 @@ fn emptying_a_pool_is_followed_until_it_ends() {
         }
     }
 }
+
+#[test]
+fn machines_on_the_boot_lan_are_registered_and_listed() {
+    let h = operator(0, 0, Admission::Accepted);
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(run.stdout, "No machines on the boot LAN.\n");
+    let run = h
+        .bigv(&[
+            "admin",
+            "add",
+            "machine",
+            "52:54:00:AA:00:01",
+            "tail",
+            "--boot-address",
+            "10.0.0.31",
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("Registered 52:54:00:AA:00:01"),
+        "{run:?}"
+    );
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(
+        run.stdout,
+        "▸ 52:54:00:aa:00:01 tail (registered), 10.0.0.31\n"
+    );
+    let run = h
+        .bigv(&["admin", "add", "machine", "52:54:00:aa:00:02", "brain"])
+        .fails(157);
+    assert!(run.stderr.contains("role"), "{run:?}");
+    let run = h.bigv(&["admin", "show", "node-images"]).ok();
+    assert!(run.stdout.starts_with("No node images"), "{run:?}");
+}
