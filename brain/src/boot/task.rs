@@ -198,3 +198,91 @@ impl BootTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn record(db: &Db, e: BootEvent, now: u64) {
+        db.mutate(|tx| apply_event(tx, e, now)).unwrap();
+    }
+
+    #[test]
+    fn events_are_persisted_and_leases_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path()).unwrap();
+            let a = mac("52:54:00:00:00:01");
+            record(
+                &db,
+                BootEvent::Enrolling {
+                    mac: a,
+                    role: Role::Tail,
+                },
+                10,
+            );
+            let lease = Lease {
+                mac: a,
+                address: "10.0.0.100".parse().unwrap(),
+                expires: 5000,
+            };
+            record(&db, BootEvent::Lease(LeaseChange::Bound(lease)), 11);
+            record(
+                &db,
+                BootEvent::ScriptServed {
+                    mac: a,
+                    role: Role::Tail,
+                    version: "v1".into(),
+                },
+                12,
+            );
+            // A release on one machine, a decline, and a second enrolment
+            // of the same machine change nothing else.
+            let b = mac("52:54:00:00:00:02");
+            let other = Lease {
+                mac: b,
+                address: "10.0.0.101".parse().unwrap(),
+                expires: 6000,
+            };
+            record(&db, BootEvent::Lease(LeaseChange::Bound(other)), 13);
+            record(&db, BootEvent::Lease(LeaseChange::Released(other)), 14);
+            record(
+                &db,
+                BootEvent::Lease(LeaseChange::Declined {
+                    mac: b,
+                    address: "10.0.0.102".parse().unwrap(),
+                }),
+                15,
+            );
+            record(
+                &db,
+                BootEvent::Enrolling {
+                    mac: a,
+                    role: Role::Head,
+                },
+                16,
+            );
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let model = db.read();
+        let m = &model.machines["52:54:00:00:00:01"];
+        assert_eq!(m.role, Role::Tail);
+        assert!(!m.registered);
+        assert_eq!(m.first_seen, Some(10));
+        assert_eq!(m.booted_version.as_deref(), Some("v1"));
+        assert_eq!(m.last_boot_at, Some(12));
+        assert!(model.machines["52:54:00:00:00:02"].lease.is_none());
+        assert_eq!(
+            stored_leases(&model),
+            [Lease {
+                mac: mac("52:54:00:00:00:01"),
+                address: "10.0.0.100".parse().unwrap(),
+                expires: 5000,
+            }]
+        );
+    }
+}

@@ -255,3 +255,81 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     brain.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(args: &[&str]) -> anyhow::Result<Option<BootServicesConfig>> {
+        let cli = Cli::try_parse_from(["bigv-brain"].iter().chain(args))?;
+        cli.serve.boot.config()
+    }
+
+    #[test]
+    fn no_boot_flags_no_boot_services() {
+        assert_eq!(boot(&[]).unwrap(), None);
+        assert!(boot(&["--boot-address", "10.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn boot_flags_make_the_config() {
+        let c = boot(&["--boot-interface", "br0", "--boot-address", "10.0.0.1"])
+            .unwrap()
+            .unwrap();
+        let lan = c.lan.as_ref().unwrap();
+        assert_eq!(lan.interface, "br0");
+        assert_eq!(lan.subnet.to_string(), "10.0.0.0/24");
+        assert_eq!(lan.pool.0.to_string(), "10.0.0.128");
+        assert_eq!(lan.pool.1.to_string(), "10.0.0.254");
+        assert_eq!(lan.tftp, TftpFiles::default());
+        assert_eq!(c.http_listen.to_string(), "10.0.0.1:80");
+        assert_eq!(c.spine, None);
+
+        let c = boot(&[
+            "--boot-interface",
+            "eth1",
+            "--boot-address",
+            "192.168.5.2",
+            "--boot-subnet",
+            "192.168.4.0/23",
+            "--boot-pool",
+            "192.168.5.10-192.168.5.20",
+            "--boot-http-listen",
+            "0.0.0.0:8081",
+            "--boot-tftp-dir",
+            "/srv/tftp",
+            "--boot-spine",
+            "192.168.5.2:4430",
+            "--boot-kernel-arg",
+            "quiet",
+            "--boot-kernel-arg",
+            "bigv.debug=1",
+        ])
+        .unwrap()
+        .unwrap();
+        let lan = c.lan.as_ref().unwrap();
+        assert_eq!(lan.subnet.to_string(), "192.168.4.0/23");
+        assert_eq!(lan.pool.0.to_string(), "192.168.5.10");
+        assert_eq!(lan.tftp, TftpFiles::Dir("/srv/tftp".into()));
+        assert_eq!(c.http_listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(c.spine.unwrap().to_string(), "192.168.5.2:4430");
+        assert_eq!(c.extra_args, ["quiet", "bigv.debug=1"]);
+
+        let c = boot(&["--boot-http-only", "--boot-address", "10.0.0.1"])
+            .unwrap()
+            .unwrap();
+        assert!(c.lan.is_none());
+        assert!(boot(&["--boot-interface", "br0"]).is_err(), "no address");
+        assert!(
+            boot(&[
+                "--boot-interface",
+                "br0",
+                "--boot-address",
+                "10.0.0.1",
+                "--boot-pool",
+                "10.0.0.9-10.0.0.2"
+            ])
+            .is_err()
+        );
+    }
+}
