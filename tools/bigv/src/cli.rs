@@ -767,6 +767,8 @@ pub enum AdminShow {
     NodeImages,
     /// The machines on the boot LAN (registered, enrolling, joined)
     Machines,
+    /// The cluster settings
+    Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -865,6 +867,25 @@ pub enum UpdatePoolNoun {
     Pool(UpdatePoolArgs),
 }
 
+#[derive(Debug, Args)]
+pub struct UpdateSettingsArgs {
+    /// open (unknown machines on the boot LAN may boot and enroll) or closed
+    #[arg(long)]
+    pub enrollment: Option<String>,
+    /// What an enrolling machine boots as: head or tail
+    #[arg(long)]
+    pub enrollment_role: Option<String>,
+    /// auto (accept new nodes) or manual (leave them pending)
+    #[arg(long)]
+    pub admission: Option<String>,
+    /// The node image machines network-boot (see `admin show node-images`)
+    #[arg(long)]
+    pub node_image_version: Option<String>,
+    /// Heads kept empty for emergencies
+    #[arg(long)]
+    pub reserve_heads: Option<u64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AdminUpdate {
     /// Change a head
@@ -874,6 +895,8 @@ pub enum AdminUpdate {
     /// Change a storage pool: update storage pool NAME
     #[command(subcommand)]
     Storage(UpdatePoolNoun),
+    /// Change cluster settings (enrollment, admission, node image…)
+    Settings(UpdateSettingsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -965,7 +988,7 @@ pub enum Admin {
     /// Evacuate a head or storage pool
     #[command(subcommand)]
     Empty(EmptyNoun),
-    /// Change a head, tail or storage pool
+    /// Change a head, tail, storage pool or the cluster settings
     #[command(subcommand)]
     Update(AdminUpdate),
     /// Add an IP range, VLAN, image, cluster user or boot LAN machine

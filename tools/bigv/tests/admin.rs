@@ -313,4 +313,27 @@ fn machines_on_the_boot_lan_are_registered_and_listed() {
     assert!(run.stderr.contains("role"), "{run:?}");
     let run = h.bigv(&["admin", "show", "node-images"]).ok();
     assert!(run.stdout.starts_with("No node images"), "{run:?}");
+
+    let run = h.bigv(&["admin", "show", "settings"]).ok();
+    assert!(run.stdout.contains("enrollment: open\n"), "{run:?}");
+    assert!(run.stdout.contains("node_image_version: -\n"), "{run:?}");
+    h.bigv(&[
+        "admin",
+        "update",
+        "settings",
+        "--enrollment",
+        "closed",
+        "--enrollment-role",
+        "tail",
+    ])
+    .ok();
+    let s = h.get(&h.su(), "/admin/settings");
+    assert_eq!(
+        (s["enrollment"].as_str(), s["enrollment_role"].as_str()),
+        (Some("closed"), Some("tail"))
+    );
+    let run = h
+        .bigv(&["admin", "update", "settings", "--node-image-version", "v9"])
+        .fails(157);
+    assert!(run.stderr.contains("node_image_version"), "{run:?}");
 }

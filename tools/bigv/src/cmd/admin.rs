@@ -126,6 +126,33 @@ pub fn dispatch(ctx: &Ctx, a: Admin) -> Result<()> {
             note(format!("Updated storage pool {}.", u.name));
             show_pools(ctx, reply, false)
         }
+        Admin::Update(AdminUpdate::Settings(u)) => {
+            let mut body = Map::new();
+            for (k, v) in [
+                ("enrollment", &u.enrollment),
+                ("enrollment_role", &u.enrollment_role),
+                ("admission", &u.admission),
+                ("node_image_version", &u.node_image_version),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            if let Some(n) = u.reserve_heads {
+                body.insert("reserve_heads".into(), json!(n));
+            }
+            if body.is_empty() {
+                return Err(CliError::usage(
+                    "nothing to change: give --enrollment, --enrollment-role, --admission, --node-image-version or --reserve-heads",
+                ));
+            }
+            let reply =
+                ctx.client()?
+                    .put("/admin/settings", &Value::Object(body), "the settings")?;
+            note("Updated the cluster settings.");
+            show_settings(ctx, &reply);
+            Ok(())
+        }
         Admin::Add(add) => admin_add(ctx, add),
     }
 }
@@ -341,8 +368,41 @@ fn operation_line(o: &Operation) -> String {
     )
 }
 
+/// Settings as `key: value` lines (JSON values, strings unquoted).
+fn show_settings(ctx: &Ctx, value: &Value) {
+    let rows: Vec<(String, String)> = value
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Null => "-".into(),
+                        v => v.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ctx.out.show(
+        value,
+        &["Setting", "Value"],
+        || {
+            rows.iter()
+                .map(|(k, v)| vec![k.clone(), v.clone()])
+                .collect()
+        },
+        || rows.iter().map(|(k, v)| format!("{k}: {v}\n")).collect(),
+    );
+}
+
 fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
     match s {
+        AdminShow::Settings => {
+            let value = get_list(ctx, "/admin/settings", "the settings")?;
+            show_settings(ctx, &value);
+        }
         AdminShow::Heads => {
             let value = get_list(ctx, "/admin/heads", "the list of heads")?;
             let heads: Vec<Head> = read(&value, "the heads")?;
