@@ -344,3 +344,72 @@ fn image_add_refuses_a_bad_image_with_a_clear_error() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("v1\t3 files"));
 }
+
+#[tokio::test]
+async fn an_enrolling_machine_joins_pending_and_is_accepted_with_the_role_it_booted_as() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    make_image(src.path(), "v1");
+    images::add(dir.path(), src.path()).unwrap();
+    let settings = bigv_brain::model::Settings {
+        admission: "manual".into(),
+        enrollment_role: bigv_brain::model::Role::Tail,
+        ..test_settings()
+    };
+    let tb = TestBrain::start_boot(dir, settings, Clock::system(), Some(http_only())).await;
+    let su = tb.su().await;
+    const MAC: &str = "52:54:00:00:00:41";
+
+    // It network-boots: the script makes it a tail running v1.
+    let body = script_when(&tb, MAC, StatusCode::OK).await;
+    assert!(
+        body.contains("bigv.role=tail") && body.contains("bigv.version=v1"),
+        "{body}"
+    );
+    eventually("the machine to show as enrolling", 10, || async {
+        let (_, m) = tb.get(&su, &format!("/admin/machines/{MAC}")).await;
+        (m["state"] == "enrolling").then_some(())
+    })
+    .await;
+
+    // Its init joins the spine with what the script said (a simulated
+    // tail stands in for it here).
+    let mut config = SimNode::config(&tb.brain.spine_addr.to_string(), MAC, "v1");
+    config.tls_pin = Some(tb.brain.fingerprint);
+    config.keepalive = fast_keepalive();
+    let node = SimNode::new(
+        config,
+        SimHardware::Tail {
+            pools: [("sata1".to_string(), ("sata".to_string(), 1 << 20))].into(),
+        },
+    );
+    let task = tokio::spawn(node.clone().run());
+    let (_, tail) = eventually("the tail to show as pending", 20, || async {
+        let (s, t) = tb.get(&su, &format!("/admin/tails/{MAC}")).await;
+        (s == StatusCode::OK && t["online"] == true).then_some((s, t))
+    })
+    .await;
+    assert_eq!(tail["admission"], "pending");
+    assert_eq!(tail["image_version"], "v1");
+    assert_eq!(tail["image_expected"], "v1");
+    assert_eq!(tail["image_mismatch"], false);
+    let (_, m) = tb.get(&su, &format!("/admin/machines/{MAC}")).await;
+    assert_eq!(
+        (m["state"].as_str(), m["label"].as_str()),
+        (Some("pending"), Some("tail1"))
+    );
+
+    let (status, tail) = tb.post(&su, "/admin/tails/tail1/accept", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{tail}");
+    assert_eq!(tail["admission"], "accepted");
+    let (_, m) = tb.get(&su, &format!("/admin/machines/{MAC}")).await;
+    assert_eq!(m["state"], "accepted");
+    // Known now: it boots as its node's role even with enrollment closed.
+    tb.put(&su, "/admin/settings", json!({"enrollment": "closed"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = script(&tb, MAC).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("bigv.role=tail"), "{body}");
+    task.abort();
+}
