@@ -18,9 +18,11 @@
 //! and `/admin/machines` must show the machine as enrolling, with its
 //! lease and the image version it was given.
 //!
-//! Slow (a kernel boot under TCG, ~15-30 s): only with BIGV_SLOW_TESTS=1.
-//! Needs root, `ip`, qemu-system-x86, ipxe-qemu, busybox-static and the
-//! kernel from tools/fetch-kernel.sh.
+//! Once with SeaBIOS, once with UEFI (OVMF).
+//!
+//! Slow (kernel boots under TCG: ~12 s BIOS, ~25 s UEFI): only with
+//! BIGV_SLOW_TESTS=1. Needs root, `ip`, qemu-system-x86, ipxe-qemu, ovmf,
+//! busybox-static and the kernel from tools/fetch-kernel.sh.
 
 mod common;
 
@@ -61,8 +63,8 @@ fn sh(args: &[&str]) {
 struct Netns(String);
 
 impl Netns {
-    fn create() -> Netns {
-        let name = format!("bigv-boot-e2e-{}", std::process::id());
+    fn create(tag: &str) -> Netns {
+        let name = format!("bigv-boot-{tag}-{}", std::process::id());
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns(name);
         let n = ns.0.as_str();
@@ -188,7 +190,7 @@ struct Outcome {
 /// Starts the brain inside the namespace (sockets belong to the namespace
 /// of the thread that creates them), boots the VM, and reads the admin
 /// API once the VM has powered off.
-fn run_in_netns(ns: &str, data: PathBuf) -> Outcome {
+fn run_in_netns(ns: &str, data: PathBuf, firmware: Firmware) -> Outcome {
     let ns = ns.to_string();
     let handle = std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
@@ -202,12 +204,21 @@ fn run_in_netns(ns: &str, data: PathBuf) -> Outcome {
             .unwrap();
         // Runtime worker threads are spawned from this thread, so they
         // are in the namespace too.
-        rt.block_on(brain_and_vm(ns, data))
+        rt.block_on(brain_and_vm(ns, data, firmware))
     });
     handle.join().expect("the brain thread panicked")
 }
 
-async fn brain_and_vm(ns: String, data: PathBuf) -> Outcome {
+/// What the VM boots with: SeaBIOS, or OVMF (UEFI; Debian's `ovmf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+async fn brain_and_vm(ns: String, data: PathBuf, firmware: Firmware) -> Outcome {
     let mut config = BrainConfig::new(&data);
     config.bootstrap = Some(("admin".into(), "correct-horse-battery".into()));
     config.spine_addr = "0.0.0.0:0".parse().unwrap();
@@ -223,10 +234,13 @@ async fn brain_and_vm(ns: String, data: PathBuf) -> Outcome {
     let fingerprint = brain.fingerprint.to_string();
 
     let t0 = Instant::now();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns, "qemu-system-x86_64"]);
+    if firmware == Firmware::Uefi {
+        cmd.args(["-bios", OVMF]);
+    }
     let mut qemu = Qemu(
-        Command::new("ip")
-            .args(["netns", "exec", &ns, "qemu-system-x86_64"])
-            .args(["-accel", "tcg", "-m", "512", "-nographic", "-nodefaults"])
+        cmd.args(["-accel", "tcg", "-m", "512", "-nographic", "-nodefaults"])
             .args(["-serial", "stdio", "-no-reboot", "-boot", "n"])
             .args(["-netdev", "tap,id=n0,ifname=tap1,script=no,downscript=no"])
             .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
@@ -329,13 +343,37 @@ async fn brain_and_vm(ns: String, data: PathBuf) -> Outcome {
 
 #[test]
 fn a_blank_machine_network_boots_from_the_brain_and_enrolls() {
+    boots_and_enrolls(
+        "a_blank_machine_network_boots_from_the_brain_and_enrolls",
+        Firmware::Bios,
+    );
+}
+
+/// The same with UEFI firmware: iPXE is an EFI application, the kernel
+/// boots through its EFI stub, which finds the initrds by the
+/// `initrd=` arguments.
+#[test]
+fn a_blank_uefi_machine_network_boots_from_the_brain_and_enrolls() {
+    boots_and_enrolls(
+        "a_blank_uefi_machine_network_boots_from_the_brain_and_enrolls",
+        Firmware::Uefi,
+    );
+}
+
+fn boots_and_enrolls(name: &str, firmware: Firmware) {
     if std::env::var("BIGV_SLOW_TESTS").as_deref() != Ok("1") {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED a_blank_machine_network_boots_from_the_brain_and_enrolls: the brain's PXE end-to-end test (qemu + network namespace + a kernel boot under TCG) runs only with BIGV_SLOW_TESTS=1"
+            "SKIPPED {name}: the brain's PXE end-to-end test (qemu + network namespace + a kernel boot under TCG) runs only with BIGV_SLOW_TESTS=1"
         );
         return;
+    }
+    if firmware == Firmware::Uefi {
+        assert!(
+            Path::new(OVMF).exists(),
+            "{OVMF} missing: apt-get install ovmf (tools/setup-host.sh does)"
+        );
     }
     let rom = "/usr/lib/ipxe/qemu/efi-virtio.rom";
     assert!(
@@ -353,8 +391,11 @@ fn a_blank_machine_network_boots_from_the_brain_and_enrolls() {
     make_image(src.path());
     images::add(data.path(), src.path()).expect("the image is added");
 
-    let ns = Netns::create();
-    let out = run_in_netns(&ns.0, data.path().to_path_buf());
+    let ns = Netns::create(match firmware {
+        Firmware::Bios => "bios",
+        Firmware::Uefi => "uefi",
+    });
+    let out = run_in_netns(&ns.0, data.path().to_path_buf(), firmware);
     drop(ns);
 
     println!("serial console:\n{}", out.serial.join("\n"));
