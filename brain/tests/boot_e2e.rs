@@ -214,6 +214,9 @@ fn run_in_netns(ns: &str, data: PathBuf, firmware: Firmware) -> Outcome {
 enum Firmware {
     Bios,
     Uefi,
+    /// OVMF's own PXE client (the NIC's iPXE ROM removed): it fetches
+    /// `ipxe.efi` over TFTP, which then DHCPs again as iPXE.
+    UefiNativePxe,
 }
 
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
@@ -236,14 +239,22 @@ async fn brain_and_vm(ns: String, data: PathBuf, firmware: Firmware) -> Outcome 
     let t0 = Instant::now();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns, "qemu-system-x86_64"]);
-    if firmware == Firmware::Uefi {
+    if firmware != Firmware::Bios {
         cmd.args(["-bios", OVMF]);
     }
+    let rom = if firmware == Firmware::UefiNativePxe {
+        ",romfile="
+    } else {
+        ""
+    };
     let mut qemu = Qemu(
         cmd.args(["-accel", "tcg", "-m", "512", "-nographic", "-nodefaults"])
             .args(["-serial", "stdio", "-no-reboot", "-boot", "n"])
             .args(["-netdev", "tap,id=n0,ifname=tap1,script=no,downscript=no"])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={MAC}{rom}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -360,6 +371,17 @@ fn a_blank_uefi_machine_network_boots_from_the_brain_and_enrolls() {
     );
 }
 
+/// UEFI firmware's own PXE client: DHCP gives it `ipxe.efi` over TFTP
+/// (Debian's, from the brain's TFTP server); iPXE then asks again, is
+/// recognised by its user class and gets its script over HTTP.
+#[test]
+fn uefi_pxe_firmware_chains_to_ipxe_over_tftp() {
+    boots_and_enrolls(
+        "uefi_pxe_firmware_chains_to_ipxe_over_tftp",
+        Firmware::UefiNativePxe,
+    );
+}
+
 fn boots_and_enrolls(name: &str, firmware: Firmware) {
     if std::env::var("BIGV_SLOW_TESTS").as_deref() != Ok("1") {
         use std::io::Write;
@@ -369,7 +391,7 @@ fn boots_and_enrolls(name: &str, firmware: Firmware) {
         );
         return;
     }
-    if firmware == Firmware::Uefi {
+    if firmware != Firmware::Bios {
         assert!(
             Path::new(OVMF).exists(),
             "{OVMF} missing: apt-get install ovmf (tools/setup-host.sh does)"
@@ -394,6 +416,7 @@ fn boots_and_enrolls(name: &str, firmware: Firmware) {
     let ns = Netns::create(match firmware {
         Firmware::Bios => "bios",
         Firmware::Uefi => "uefi",
+        Firmware::UefiNativePxe => "efipxe",
     });
     let out = run_in_netns(&ns.0, data.path().to_path_buf(), firmware);
     drop(ns);
