@@ -972,6 +972,12 @@ pub enum AdminAdd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AdminDelete {
+    /// Forget a boot LAN machine (its head or tail record stays)
+    Machine(NameArg),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Admin {
     /// Show heads, tails, storage pools, migrations, VLANs, IP ranges, images, node images, machines
     #[command(subcommand)]
@@ -994,4 +1000,7 @@ pub enum Admin {
     /// Add an IP range, VLAN, image, cluster user or boot LAN machine
     #[command(subcommand)]
     Add(AdminAdd),
+    /// Forget a boot LAN machine
+    #[command(subcommand)]
+    Delete(AdminDelete),
 }

@@ -313,6 +313,14 @@ fn machines_on_the_boot_lan_are_registered_and_listed() {
     assert!(run.stderr.contains("role"), "{run:?}");
     let run = h.bigv(&["admin", "show", "node-images"]).ok();
     assert!(run.stdout.starts_with("No node images"), "{run:?}");
+    h.bigv(&["admin", "delete", "machine", "52:54:00:aa:00:01"])
+        .ok();
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(run.stdout, "No machines on the boot LAN.\n");
+    let run = h
+        .bigv(&["admin", "delete", "machine", "52:54:00:aa:00:01"])
+        .fails(156);
+    assert!(run.stderr.contains("machine 52:54:00:aa:00:01"), "{run:?}");
 
     let run = h.bigv(&["admin", "show", "settings"]).ok();
     assert!(run.stdout.contains("enrollment: open\n"), "{run:?}");

@@ -11,8 +11,9 @@ use serde_json::{Map, Value, json};
 
 use super::Ctx;
 use crate::cli::{
-    AddRangeNoun, Admin, AdminAdd, AdminShow, AdminUpdate, CancelNoun, CancelWhat, EmptyNoun,
-    MigrateNoun, NodeNoun, PoolNoun, PoolsNoun, RangesNoun, UpdateNodeArgs, UpdatePoolNoun,
+    AddRangeNoun, Admin, AdminAdd, AdminDelete, AdminShow, AdminUpdate, CancelNoun, CancelWhat,
+    EmptyNoun, MigrateNoun, NodeNoun, PoolNoun, PoolsNoun, RangesNoun, UpdateNodeArgs,
+    UpdatePoolNoun,
 };
 use crate::client::prompt_password;
 use crate::error::{CliError, Exit, Result};
@@ -154,6 +155,14 @@ pub fn dispatch(ctx: &Ctx, a: Admin) -> Result<()> {
             Ok(())
         }
         Admin::Add(add) => admin_add(ctx, add),
+        Admin::Delete(AdminDelete::Machine(m)) => {
+            ctx.client()?.delete(
+                &format!("/admin/machines/{}", seg(&m.name)),
+                &format!("machine {}", m.name),
+            )?;
+            note(format!("Forgot machine {}.", m.name));
+            Ok(())
+        }
     }
 }
 
