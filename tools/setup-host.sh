@@ -17,7 +17,9 @@ packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
     # the test guest's bootable disc: a FAT filesystem with extlinux
     syslinux syslinux-common mtools dosfstools
     # real clients in tests: DHCP (udhcpc), SSH console
-    busybox-static openssh-client)
+    busybox-static openssh-client
+    # UEFI firmware: the brain's PXE end-to-end test boots a UEFI VM too
+    ovmf)
 
 missing=()
 for p in "${packages[@]}"; do

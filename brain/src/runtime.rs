@@ -13,7 +13,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use sha2::{Digest, Sha256};
+
 use crate::api::{self, AppState};
+use crate::boot::images::NodeImageStore;
+use crate::boot::policy::BootParams;
+use crate::boot::task::BootTask;
+use crate::boot::{self, BootServicesConfig};
 use crate::clock::Clock;
 use crate::model::{Db, Level, Privilege, PrivilegeId, Settings, Target, User, UserId};
 use crate::reconciler::Reconciler;
@@ -30,6 +36,8 @@ pub struct BrainConfig {
     pub initial_settings: Settings,
     pub keepalive: Keepalive,
     pub clock: Clock,
+    /// DHCP, TFTP, RA and boot HTTP for the boot LAN; `None` runs none.
+    pub boot: Option<BootServicesConfig>,
 }
 
 impl BrainConfig {
@@ -42,6 +50,7 @@ impl BrainConfig {
             initial_settings: Settings::default(),
             keepalive: Keepalive::default(),
             clock: Clock::system(),
+            boot: None,
         }
     }
 }
@@ -55,6 +64,9 @@ pub struct Brain {
     pub fingerprint: Fingerprint,
     pub clock: Clock,
     pub reconcile: Arc<Notify>,
+    pub node_images: Arc<NodeImageStore>,
+    /// The boot HTTP server's address, when the boot services run.
+    pub boot_http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -81,18 +93,55 @@ impl Brain {
         let spine = Arc::new(spine);
         let spine_addr = spine.local_addr();
 
+        let shutdown = CancellationToken::new();
+        let node_images = Arc::new(NodeImageStore::new(&config.data_dir));
+        {
+            let images = node_images.clone();
+            tokio::task::spawn_blocking(move || images.rescan()).await?;
+        }
+        let mut tasks = vec![];
+        let mut boot_http_addr = None;
+        let boot_services = match &config.boot {
+            Some(boot) => {
+                let params = BootParams {
+                    spine: boot
+                        .spine
+                        .unwrap_or(SocketAddr::new(boot.address.into(), spine_addr.port())),
+                    cert_sha256: Sha256::digest(&identity.cert_der).into(),
+                    extra_args: boot.extra_args.clone(),
+                };
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let services =
+                    boot::start(boot, &db, &node_images, params.clone(), &shutdown, tx).await?;
+                boot_http_addr = Some(services.http_addr);
+                tasks.extend(services.tasks);
+                Some((services.policy, rx, params))
+            }
+            None => None,
+        };
+        tasks.push(
+            BootTask {
+                db: db.clone(),
+                images: node_images.clone(),
+                clock: config.clock.clone(),
+                shutdown: shutdown.child_token(),
+                services: boot_services,
+            }
+            .spawn(),
+        );
+
         let reconcile = Arc::new(Notify::new());
         let state = AppState {
             db: db.clone(),
             clock: config.clock.clone(),
             spine: spine.clone(),
             reconcile: reconcile.clone(),
+            node_images: node_images.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
             .with_context(|| format!("listening for the API on {}", config.api_addr))?;
         let api_addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
         let reconciler = Reconciler::new(
             db.clone(),
             spine.clone(),
@@ -120,8 +169,13 @@ impl Brain {
             fingerprint,
             clock: config.clock,
             reconcile,
+            node_images,
+            boot_http_addr,
             shutdown,
-            tasks: vec![http, reconciler],
+            tasks: {
+                tasks.extend([http, reconciler]);
+                tasks
+            },
         })
     }
 

@@ -42,7 +42,8 @@ pub struct HeadFacts {
     pub free_memory: u64,
     /// VMs the model places here.
     pub vms: Vec<VmId>,
-    /// Accepted, connected, ready and not being emptied.
+    /// Accepted, connected, ready, not being emptied and running the
+    /// image version it was booted with.
     pub usable: bool,
 }
 
@@ -57,7 +58,8 @@ pub struct PoolFacts {
     /// MiB of disc sizes the model puts here.
     pub allocated: u64,
     pub overcommit_ratio: f64,
-    /// Its tail is connected and ready, and the pool is not being emptied.
+    /// Its tail is connected, ready and on its expected image, and the pool
+    /// is not being emptied.
     pub usable: bool,
 }
 
@@ -112,9 +114,12 @@ impl Facts {
         for node in model.nodes.values() {
             let handle = spine.node(&node.node_id);
             let ready = handle.as_ref().is_some_and(|h| h.is_ready());
+            // A node running another image than the one it was booted
+            // with is kept out of service (boot/check.rs).
             let usable = ready
                 && node.admission == Admission::Accepted
-                && node.usage_strategy.as_deref() != Some("empty");
+                && node.usage_strategy.as_deref() != Some("empty")
+                && !crate::boot::check::image_check(model, node).is_mismatch();
             match node.role {
                 Role::Head => {
                     let resources = handle.map(|h| h.resources()).unwrap_or_default();

@@ -53,6 +53,8 @@ pub struct AppState {
     pub spine: Arc<SpineServer>,
     /// Wakes the reconciler after a write so it acts at once.
     pub reconcile: Arc<Notify>,
+    /// The node images (what heads and tails network-boot).
+    pub node_images: Arc<crate::boot::images::NodeImageStore>,
 }
 
 /// The whole API.

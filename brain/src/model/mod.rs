@@ -79,6 +79,7 @@ records! {
     images: Image, "images", String, |r| r.name.clone();
     affinity_groups: AntiAffinityGroup, "anti_affinity_groups", u64, |r| r.id.0;
     operations: Operation, "operations", u64, |r| r.id.0;
+    machines: Machine, "machines", String, |r| r.mac.clone();
 }
 
 pub(crate) const SETTINGS: Table<String, Settings> = Table::new("settings");

@@ -274,6 +274,43 @@ pub struct Node {
     pub first_seen: u64,
 }
 
+/// A machine on the boot LAN, known by the MAC it network-boots from
+/// (lower-case, colon-separated: the form iPXE's `${netX/mac}` gives and
+/// PXE-booted nodes use as their spine `node_id`). An operator may
+/// register one in advance with its role and a fixed boot address; the
+/// boot services create one for a new machine they let enroll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub mac: String,
+    /// What it boots as until its node record says otherwise.
+    pub role: Role,
+    /// A fixed IPv4 address on the boot LAN (else one from the pool).
+    #[serde(default)]
+    pub boot_address: Option<String>,
+    /// Registered by an operator (true) or seen enrolling (false).
+    #[serde(default)]
+    pub registered: bool,
+    /// Its DHCP lease, persisted so a restarted brain hands it back.
+    #[serde(default)]
+    pub lease: Option<BootLease>,
+    /// The image version its last boot script named: the version it must
+    /// report on the spine.
+    #[serde(default)]
+    pub booted_version: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub first_seen: Option<u64>,
+    #[serde(default)]
+    pub last_boot_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootLease {
+    pub address: String,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
 /// A storage pool on a tail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
@@ -392,6 +429,25 @@ pub struct Settings {
     pub admission: String,
     /// Disc sizes in a pool may add up to size × this, for new pools.
     pub default_overcommit_ratio: f64,
+    /// Machines the brain does not know: `open` lets them network-boot
+    /// and enroll (they join as `admission` says), `closed` ignores them.
+    #[serde(default = "open")]
+    pub enrollment: String,
+    /// The role an enrolling machine boots as (unless registered).
+    #[serde(default = "head")]
+    pub enrollment_role: Role,
+    /// The node image version machines network-boot (`None` until the
+    /// first node image is added, which becomes the target).
+    #[serde(default)]
+    pub node_image_version: Option<String>,
+}
+
+fn open() -> String {
+    "open".into()
+}
+
+fn head() -> Role {
+    Role::Head
 }
 
 impl Default for Settings {
@@ -405,6 +461,9 @@ impl Default for Settings {
             purge_after_secs: 28 * 24 * 3600,
             admission: "auto".into(),
             default_overcommit_ratio: 1.0,
+            enrollment: open(),
+            enrollment_role: Role::Head,
+            node_image_version: None,
         }
     }
 }

@@ -53,7 +53,18 @@ impl TestBrain {
 
     /// Starts (or restarts) a brain on an existing data directory.
     pub async fn start_in(dir: tempfile::TempDir, settings: Settings, clock: Clock) -> TestBrain {
+        Self::start_boot(dir, settings, clock, None).await
+    }
+
+    /// Starts a brain with boot services.
+    pub async fn start_boot(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        clock: Clock,
+        boot: Option<bigv_brain::boot::BootServicesConfig>,
+    ) -> TestBrain {
         let mut config = BrainConfig::new(dir.path());
+        config.boot = boot;
         config.bootstrap = Some((SU_USER.into(), SU_PASSWORD.into()));
         config.initial_settings = settings;
         config.keepalive = fast_keepalive();

@@ -761,8 +761,14 @@ pub enum AdminShow {
     /// IP ranges: ip ranges
     #[command(subcommand)]
     Ip(RangesNoun),
-    /// The registered images
+    /// The registered images (customer OS templates)
     Images,
+    /// The node images heads and tails network-boot
+    NodeImages,
+    /// The machines on the boot LAN (registered, enrolling, joined)
+    Machines,
+    /// The cluster settings
+    Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -861,6 +867,25 @@ pub enum UpdatePoolNoun {
     Pool(UpdatePoolArgs),
 }
 
+#[derive(Debug, Args)]
+pub struct UpdateSettingsArgs {
+    /// open (unknown machines on the boot LAN may boot and enroll) or closed
+    #[arg(long)]
+    pub enrollment: Option<String>,
+    /// What an enrolling machine boots as: head or tail
+    #[arg(long)]
+    pub enrollment_role: Option<String>,
+    /// auto (accept new nodes) or manual (leave them pending)
+    #[arg(long)]
+    pub admission: Option<String>,
+    /// The node image machines network-boot (see `admin show node-images`)
+    #[arg(long)]
+    pub node_image_version: Option<String>,
+    /// Heads kept empty for emergencies
+    #[arg(long)]
+    pub reserve_heads: Option<u64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AdminUpdate {
     /// Change a head
@@ -870,6 +895,8 @@ pub enum AdminUpdate {
     /// Change a storage pool: update storage pool NAME
     #[command(subcommand)]
     Storage(UpdatePoolNoun),
+    /// Change cluster settings (enrollment, admission, node image…)
+    Settings(UpdateSettingsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -907,6 +934,17 @@ pub struct AddImageArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AddMachineArgs {
+    /// The MAC it network-boots from, e.g. 52:54:00:12:34:56
+    pub mac: String,
+    /// head or tail
+    pub role: String,
+    /// A fixed IPv4 address on the boot LAN
+    #[arg(long)]
+    pub boot_address: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct AddUserArgs {
     pub username: String,
     /// cluster_admin or cluster_su
@@ -929,11 +967,19 @@ pub enum AdminAdd {
     Image(AddImageArgs),
     /// Create a cluster user
     User(AddUserArgs),
+    /// Register a machine on the boot LAN so it boots with a role
+    Machine(AddMachineArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminDelete {
+    /// Forget a boot LAN machine (its head or tail record stays)
+    Machine(NameArg),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Admin {
-    /// Show heads, tails, storage pools, migrations, VLANs, IP ranges, images
+    /// Show heads, tails, storage pools, migrations, VLANs, IP ranges, images, node images, machines
     #[command(subcommand)]
     Show(AdminShow),
     /// Accept a pending head or tail
@@ -948,10 +994,13 @@ pub enum Admin {
     /// Evacuate a head or storage pool
     #[command(subcommand)]
     Empty(EmptyNoun),
-    /// Change a head, tail or storage pool
+    /// Change a head, tail, storage pool or the cluster settings
     #[command(subcommand)]
     Update(AdminUpdate),
-    /// Add an IP range, VLAN, image or cluster user
+    /// Add an IP range, VLAN, image, cluster user or boot LAN machine
     #[command(subcommand)]
     Add(AdminAdd),
+    /// Forget a boot LAN machine
+    #[command(subcommand)]
+    Delete(AdminDelete),
 }

@@ -260,6 +260,10 @@ pub struct Head {
     pub online: bool,
     pub admission: Option<String>,
     pub image_version: Option<String>,
+    /// The version the brain booted it with, when it booted it.
+    pub image_expected: Option<String>,
+    /// It runs another version than it was booted with: out of service.
+    pub image_mismatch: bool,
     pub used_cores: u64,
     pub virtual_machines_count: u64,
     pub virtual_machines: Vec<String>,
@@ -277,6 +281,8 @@ pub struct Tail {
     pub admission: Option<String>,
     pub usage_strategy: Option<String>,
     pub image_version: Option<String>,
+    pub image_expected: Option<String>,
+    pub image_mismatch: bool,
     pub pools: Vec<String>,
 }
 
@@ -323,6 +329,41 @@ pub struct Image {
     pub name: String,
     pub description: String,
     pub size: u64,
+}
+
+/// A node image: what heads and tails network-boot (`/admin/node_images`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeImage {
+    pub version: String,
+    pub kernel_version: Option<String>,
+    pub files: std::collections::BTreeMap<String, NodeImageFile>,
+    pub added_at: u64,
+    pub target: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeImageFile {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A machine on the boot LAN (`/admin/machines`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Machine {
+    pub mac: String,
+    pub role: String,
+    pub registered: bool,
+    /// registered, enrolling, pending or accepted.
+    pub state: String,
+    pub boot_address: Option<String>,
+    pub address: Option<String>,
+    pub booted_version: Option<String>,
+    pub label: Option<String>,
+    pub image_version: Option<String>,
+    pub image_mismatch: bool,
 }
 
 /// A long operation the brain carries out (`/admin/migration_jobs`).

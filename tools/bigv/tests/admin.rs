@@ -325,3 +325,67 @@ fn emptying_a_pool_is_followed_until_it_ends() {
         }
     }
 }
+
+#[test]
+fn machines_on_the_boot_lan_are_registered_and_listed() {
+    let h = operator(0, 0, Admission::Accepted);
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(run.stdout, "No machines on the boot LAN.\n");
+    let run = h
+        .bigv(&[
+            "admin",
+            "add",
+            "machine",
+            "52:54:00:AA:00:01",
+            "tail",
+            "--boot-address",
+            "10.0.0.31",
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("Registered 52:54:00:AA:00:01"),
+        "{run:?}"
+    );
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(
+        run.stdout,
+        "▸ 52:54:00:aa:00:01 tail (registered), 10.0.0.31\n"
+    );
+    let run = h
+        .bigv(&["admin", "add", "machine", "52:54:00:aa:00:02", "brain"])
+        .fails(157);
+    assert!(run.stderr.contains("role"), "{run:?}");
+    let run = h.bigv(&["admin", "show", "node-images"]).ok();
+    assert!(run.stdout.starts_with("No node images"), "{run:?}");
+    h.bigv(&["admin", "delete", "machine", "52:54:00:aa:00:01"])
+        .ok();
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(run.stdout, "No machines on the boot LAN.\n");
+    let run = h
+        .bigv(&["admin", "delete", "machine", "52:54:00:aa:00:01"])
+        .fails(156);
+    assert!(run.stderr.contains("machine 52:54:00:aa:00:01"), "{run:?}");
+
+    let run = h.bigv(&["admin", "show", "settings"]).ok();
+    assert!(run.stdout.contains("enrollment: open\n"), "{run:?}");
+    assert!(run.stdout.contains("node_image_version: -\n"), "{run:?}");
+    h.bigv(&[
+        "admin",
+        "update",
+        "settings",
+        "--enrollment",
+        "closed",
+        "--enrollment-role",
+        "tail",
+    ])
+    .ok();
+    let s = h.get(&h.su(), "/admin/settings");
+    assert_eq!(
+        (s["enrollment"].as_str(), s["enrollment_role"].as_str()),
+        (Some("closed"), Some("tail"))
+    );
+    let run = h
+        .bigv(&["admin", "update", "settings", "--node-image-version", "v9"])
+        .fails(157);
+    assert!(run.stderr.contains("node_image_version"), "{run:?}");
+}

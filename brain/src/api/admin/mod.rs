@@ -32,6 +32,7 @@
 //! - `/admin/migration_jobs` lists every operation (migrations, emptying,
 //!   reimages), so an operator watches all long work in one place.
 
+mod boot;
 mod images;
 mod network;
 mod nodes;
@@ -64,6 +65,7 @@ pub fn router() -> Router<AppState> {
         .merge(pools::router())
         .merge(network::router())
         .merge(images::router())
+        .merge(boot::router())
         .merge(operations::router())
         .merge(settings::router())
         .merge(users::router())

@@ -20,6 +20,7 @@ use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::error::ApiError;
 use crate::api::fields::Fields;
+use crate::boot::check::{expected_version, image_check};
 use crate::model::{Admission, Model, Node, OperationKind, OperationState, Role, Vm};
 use crate::scheduler::Facts;
 
@@ -107,6 +108,8 @@ fn head_view(state: &AppState, model: &Model, facts: &Facts, node: &Node) -> Val
         "online": online(state, node),
         "admission": admission(node),
         "image_version": node.image_version,
+        "image_expected": expected_version(model, node),
+        "image_mismatch": image_check(model, node).is_mismatch(),
         "used_cores": vms.iter().map(|v| u64::from(v.cores)).sum::<u64>(),
         "virtual_machines_count": vms.len(),
         "running_virtual_machines_count": running_vms(state, node),
@@ -125,6 +128,8 @@ fn tail_view(state: &AppState, model: &Model, node: &Node) -> Value {
         "admission": admission(node),
         "usage_strategy": node.usage_strategy,
         "image_version": node.image_version,
+        "image_expected": expected_version(model, node),
+        "image_mismatch": image_check(model, node).is_mismatch(),
         "pools": model.pools_of(&node.node_id).map(|p| p.label.clone()).collect::<Vec<_>>(),
     })
 }

@@ -11,6 +11,9 @@
 //! | `purge_after_secs` | 0–315360000 (ten years) |
 //! | `admission` | `"auto"` or `"manual"` |
 //! | `default_overcommit_ratio` | above 0, at most 10 (for pools created later) |
+//! | `enrollment` | `"open"` (unknown machines on the boot LAN may boot and enroll) or `"closed"` |
+//! | `enrollment_role` | `"head"` or `"tail"`: what an enrolling machine boots as |
+//! | `node_image_version` | a stored node image (`GET /admin/node_images`): what machines network-boot |
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,7 +27,8 @@ use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::error::ApiError;
 use crate::api::fields::Fields;
-use crate::model::{Model, Settings};
+use crate::boot::images::NodeImageStore;
+use crate::model::{Model, Role, Settings};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/settings", get(show).put(update))
@@ -117,7 +121,7 @@ fn check_zones(model: &Model, f: &mut Fields) -> Option<Vec<String>> {
 }
 
 /// The settings with the body's changes applied, or the field errors.
-fn apply(model: &Model, f: &mut Fields) -> Settings {
+fn apply(model: &Model, f: &mut Fields, images: &NodeImageStore) -> Settings {
     let mut s = model.settings.clone();
     if let Some(domain) = f.required_string_if_present("cluster_domain") {
         match domain_problem(&domain) {
@@ -152,6 +156,36 @@ fn apply(model: &Model, f: &mut Fields) -> Settings {
     if let Some(r) = overcommit_ratio(f, "default_overcommit_ratio") {
         s.default_overcommit_ratio = r;
     }
+    if let Some(e) = f.required_string_if_present("enrollment") {
+        match e.as_str() {
+            "open" | "closed" => s.enrollment = e,
+            _ => f.error(
+                "enrollment",
+                "must be \"open\" (unknown machines may boot and enroll) or \"closed\"",
+            ),
+        }
+    }
+    if let Some(r) = f.required_string_if_present("enrollment_role") {
+        match r.as_str() {
+            "head" => s.enrollment_role = Role::Head,
+            "tail" => s.enrollment_role = Role::Tail,
+            _ => f.error("enrollment_role", "must be \"head\" or \"tail\""),
+        }
+    }
+    if let Some(v) = f.required_string_if_present("node_image_version") {
+        if images.get(&v).is_some() {
+            s.node_image_version = Some(v);
+        } else {
+            let stored: Vec<String> = images.list().into_iter().map(|i| i.version).collect();
+            f.error(
+                "node_image_version",
+                format!(
+                    "is not a stored node image (stored: {}; add one with `bigv-brain image add DIR`)",
+                    if stored.is_empty() { "none".into() } else { stored.join(", ") }
+                ),
+            );
+        }
+    }
     s
 }
 
@@ -163,10 +197,18 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &caller)?;
     let mut f = body(&headers, &bytes)?;
+    let images = state.node_images.clone();
+    {
+        // Hashing a newly added image must not hold the store's writer.
+        let images = images.clone();
+        tokio::task::spawn_blocking(move || images.rescan())
+            .await
+            .map_err(|e| ApiError::Internal(format!("scanning node images: {e}")))?;
+    }
     let settings = state
         .db
         .write(move |tx| {
-            let settings = apply(tx.model(), &mut f);
+            let settings = apply(tx.model(), &mut f, &images);
             f.finish()?;
             if settings != tx.model().settings {
                 tx.put_settings(settings.clone())?;

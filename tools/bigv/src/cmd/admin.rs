@@ -11,14 +11,15 @@ use serde_json::{Map, Value, json};
 
 use super::Ctx;
 use crate::cli::{
-    AddRangeNoun, Admin, AdminAdd, AdminShow, AdminUpdate, CancelNoun, CancelWhat, EmptyNoun,
-    MigrateNoun, NodeNoun, PoolNoun, PoolsNoun, RangesNoun, UpdateNodeArgs, UpdatePoolNoun,
+    AddRangeNoun, Admin, AdminAdd, AdminDelete, AdminShow, AdminUpdate, CancelNoun, CancelWhat,
+    EmptyNoun, MigrateNoun, NodeNoun, PoolNoun, PoolsNoun, RangesNoun, UpdateNodeArgs,
+    UpdatePoolNoun,
 };
 use crate::client::prompt_password;
 use crate::error::{CliError, Exit, Result};
 use crate::names::{human_size, parse_size, seg};
 use crate::output::{self, Progress, note, opt};
-use crate::types::{Disc, Head, Image, IpRange, Operation, Pool, Tail, Vlan};
+use crate::types::{Disc, Head, Image, IpRange, Machine, NodeImage, Operation, Pool, Tail, Vlan};
 
 fn read<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
     serde_json::from_value(value.clone()).map_err(|e| {
@@ -126,7 +127,42 @@ pub fn dispatch(ctx: &Ctx, a: Admin) -> Result<()> {
             note(format!("Updated storage pool {}.", u.name));
             show_pools(ctx, reply, false)
         }
+        Admin::Update(AdminUpdate::Settings(u)) => {
+            let mut body = Map::new();
+            for (k, v) in [
+                ("enrollment", &u.enrollment),
+                ("enrollment_role", &u.enrollment_role),
+                ("admission", &u.admission),
+                ("node_image_version", &u.node_image_version),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            if let Some(n) = u.reserve_heads {
+                body.insert("reserve_heads".into(), json!(n));
+            }
+            if body.is_empty() {
+                return Err(CliError::usage(
+                    "nothing to change: give --enrollment, --enrollment-role, --admission, --node-image-version or --reserve-heads",
+                ));
+            }
+            let reply =
+                ctx.client()?
+                    .put("/admin/settings", &Value::Object(body), "the settings")?;
+            note("Updated the cluster settings.");
+            show_settings(ctx, &reply);
+            Ok(())
+        }
         Admin::Add(add) => admin_add(ctx, add),
+        Admin::Delete(AdminDelete::Machine(m)) => {
+            ctx.client()?.delete(
+                &format!("/admin/machines/{}", seg(&m.name)),
+                &format!("machine {}", m.name),
+            )?;
+            note(format!("Forgot machine {}.", m.name));
+            Ok(())
+        }
     }
 }
 
@@ -144,6 +180,23 @@ const HEAD_HEADERS: &[&str] = &[
     "Image",
 ];
 
+/// The image column: the version, and what it should be when it differs.
+fn image_cell(version: &Option<String>, expected: &Option<String>, mismatch: bool) -> String {
+    if mismatch {
+        format!("{} (booted {}!)", opt(version), opt(expected))
+    } else {
+        opt(version)
+    }
+}
+
+fn mismatch_flag(version: &Option<String>, expected: &Option<String>) -> String {
+    format!(
+        "IMAGE MISMATCH: runs {}, booted with {} (out of service)",
+        opt(version),
+        opt(expected)
+    )
+}
+
 fn head_row(h: &Head) -> Vec<String> {
     vec![
         h.label.clone(),
@@ -156,7 +209,7 @@ fn head_row(h: &Head) -> Vec<String> {
         h.used_cores.to_string(),
         h.virtual_machines_count.to_string(),
         h.usage_strategy.clone().unwrap_or_else(|| "default".into()),
-        opt(&h.image_version),
+        image_cell(&h.image_version, &h.image_expected, h.image_mismatch),
     ]
 }
 
@@ -167,6 +220,9 @@ fn head_line(h: &Head) -> String {
     }
     if let Some(s) = &h.usage_strategy {
         flags.push(format!("usage {s}"));
+    }
+    if h.image_mismatch {
+        flags.push(mismatch_flag(&h.image_version, &h.image_expected));
     }
     format!(
         "▸ {} ({}) - {} of {} free, {} server{}{}\n",
@@ -205,7 +261,7 @@ fn tail_row(t: &Tail) -> Vec<String> {
         opt(&t.zone),
         opt(&t.cnc_address),
         t.pools.join(","),
-        opt(&t.image_version),
+        image_cell(&t.image_version, &t.image_expected, t.image_mismatch),
     ]
 }
 
@@ -213,6 +269,9 @@ fn tail_line(t: &Tail) -> String {
     let mut flags = vec![if t.online { "online" } else { "OFFLINE" }.to_owned()];
     if t.admission.as_deref() == Some("pending") {
         flags.push("PENDING (bigv admin accept tail …)".into());
+    }
+    if t.image_mismatch {
+        flags.push(mismatch_flag(&t.image_version, &t.image_expected));
     }
     format!(
         "▸ {} ({}) - pools: {}\n",
@@ -318,8 +377,41 @@ fn operation_line(o: &Operation) -> String {
     )
 }
 
+/// Settings as `key: value` lines (JSON values, strings unquoted).
+fn show_settings(ctx: &Ctx, value: &Value) {
+    let rows: Vec<(String, String)> = value
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Null => "-".into(),
+                        v => v.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ctx.out.show(
+        value,
+        &["Setting", "Value"],
+        || {
+            rows.iter()
+                .map(|(k, v)| vec![k.clone(), v.clone()])
+                .collect()
+        },
+        || rows.iter().map(|(k, v)| format!("{k}: {v}\n")).collect(),
+    );
+}
+
 fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
     match s {
+        AdminShow::Settings => {
+            let value = get_list(ctx, "/admin/settings", "the settings")?;
+            show_settings(ctx, &value);
+        }
         AdminShow::Heads => {
             let value = get_list(ctx, "/admin/heads", "the list of heads")?;
             let heads: Vec<Head> = read(&value, "the heads")?;
@@ -513,6 +605,101 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
                                     format!(" (zones {})", r.zones.join(", "))
                                 }
                             )
+                        })
+                        .collect()
+                },
+            );
+        }
+        AdminShow::NodeImages => {
+            let value = get_list(ctx, "/admin/node_images", "the list of node images")?;
+            let images: Vec<NodeImage> = read(&value, "the node images")?;
+            let size = |i: &NodeImage| i.files.values().map(|f| f.size).sum::<u64>();
+            ctx.out.show(
+                &value,
+                &["Version", "Target", "Kernel", "Files", "Bytes"],
+                || {
+                    images
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.version.clone(),
+                                i.target.to_string(),
+                                opt(&i.kernel_version),
+                                i.files.keys().cloned().collect::<Vec<_>>().join(","),
+                                size(i).to_string(),
+                            ]
+                        })
+                        .collect()
+                },
+                || {
+                    if images.is_empty() {
+                        return "No node images (add one with `bigv-brain image add DIR` on the brain).\n".into();
+                    }
+                    images
+                        .iter()
+                        .map(|i| {
+                            format!(
+                                "• {}{} - {} files, {} bytes, kernel {}\n",
+                                i.version,
+                                if i.target { " (target)" } else { "" },
+                                i.files.len(),
+                                size(i),
+                                opt(&i.kernel_version)
+                            )
+                        })
+                        .collect()
+                },
+            );
+        }
+        AdminShow::Machines => {
+            let value = get_list(ctx, "/admin/machines", "the list of machines")?;
+            let machines: Vec<Machine> = read(&value, "the machines")?;
+            ctx.out.show(
+                &value,
+                &[
+                    "MAC", "Role", "State", "Label", "Address", "Booted", "Running",
+                ],
+                || {
+                    machines
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.mac.clone(),
+                                m.role.clone(),
+                                m.state.clone(),
+                                opt(&m.label),
+                                opt(&m.address.clone().or(m.boot_address.clone())),
+                                opt(&m.booted_version),
+                                image_cell(&m.image_version, &m.booted_version, m.image_mismatch),
+                            ]
+                        })
+                        .collect()
+                },
+                || {
+                    if machines.is_empty() {
+                        return "No machines on the boot LAN.\n".into();
+                    }
+                    machines
+                        .iter()
+                        .map(|m| {
+                            let mut s = format!("▸ {} {} ({})", m.mac, m.role, m.state);
+                            if let Some(l) = &m.label {
+                                s.push_str(&format!(" as {l}"));
+                            }
+                            if let Some(a) = m.address.as_ref().or(m.boot_address.as_ref()) {
+                                s.push_str(&format!(", {a}"));
+                            }
+                            if let Some(v) = &m.booted_version {
+                                s.push_str(&format!(", booted {v}"));
+                            }
+                            if m.image_mismatch {
+                                s.push_str(&format!(
+                                    ", {}",
+                                    mismatch_flag(&m.image_version, &m.booted_version)
+                                ));
+                            }
+                            s.push('\n');
+                            s
                         })
                         .collect()
                 },
@@ -741,6 +928,22 @@ fn admin_add(ctx: &Ctx, add: AdminAdd) -> Result<()> {
                 "Registered image {} ({}).",
                 i.name,
                 human_size(size)
+            ));
+        }
+        AdminAdd::Machine(m) => {
+            let mut body = json!({"mac": m.mac, "role": m.role});
+            if let Some(a) = &m.boot_address {
+                body["boot_address"] = json!(a);
+            }
+            client.post("/admin/machines", &body, "the machines")?;
+            note(format!(
+                "Registered {} to boot as a {}{}.",
+                m.mac,
+                m.role,
+                m.boot_address
+                    .as_deref()
+                    .map(|a| format!(" at {a}"))
+                    .unwrap_or_default()
             ));
         }
         AdminAdd::User(u) => {
