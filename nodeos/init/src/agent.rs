@@ -8,7 +8,7 @@
 //! | `BIGV_NODE_ID` | the boot NIC's MAC, `aa:bb:cc:dd:ee:ff` (stable across reboots) |
 //! | `BIGV_SPINE` | the brain's spine listener, `ip:port` |
 //! | `BIGV_PIN` | `sha256:<hex>` of the brain's certificate |
-//! | `BIGV_IMAGE_VERSION` | the image version (`bigv.version`), reported in `hello` |
+//! | `BIGV_IMAGE_VERSION` | the version of the image actually running (`/etc/bigv/version`, else `bigv.version`), reported in `hello` so the brain can flag a node on the wrong image |
 //! | `BIGV_BOOT_INTERFACE` | the boot NIC's name, e.g. `eth0` |
 //! | `BIGV_ADDRESS` | the address DHCP gave the boot NIC |
 //! | `BIGV_STORAGE_ADDRESS` | tails: the address NBD clients reach (the same, for now) |
@@ -53,7 +53,12 @@ pub fn classify_exit(status: Option<i32>) -> AgentExit {
 }
 
 /// The agent's environment.
-pub fn agent_env(config: &BootConfig, nic: &Nic, address: Ipv4Addr) -> Vec<(String, String)> {
+pub fn agent_env(
+    config: &BootConfig,
+    image_version: &str,
+    nic: &Nic,
+    address: Ipv4Addr,
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH", "/bin".to_owned()),
         ("RUST_LOG", "info".to_owned()),
@@ -61,7 +66,7 @@ pub fn agent_env(config: &BootConfig, nic: &Nic, address: Ipv4Addr) -> Vec<(Stri
         ("BIGV_NODE_ID", nic.mac.to_string()),
         ("BIGV_SPINE", config.spine.to_string()),
         ("BIGV_PIN", config.pin.clone()),
-        ("BIGV_IMAGE_VERSION", config.version.clone()),
+        ("BIGV_IMAGE_VERSION", image_version.to_owned()),
         ("BIGV_BOOT_INTERFACE", nic.name.clone()),
         ("BIGV_ADDRESS", address.to_string()),
     ];
@@ -111,11 +116,12 @@ mod tests {
         ))
         .unwrap();
         let env: std::collections::BTreeMap<_, _> =
-            agent_env(&c, &nic(), Ipv4Addr::new(10, 0, 2, 15)).into_iter().collect();
+            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15)).into_iter().collect();
         assert_eq!(env["BIGV_NODE_ID"], "52:54:00:00:00:11");
         assert_eq!(env["BIGV_SPINE"], "10.0.2.2:4433");
         assert_eq!(env["BIGV_PIN"], pin);
-        assert_eq!(env["BIGV_IMAGE_VERSION"], "7");
+        // The running image's version, not the one the brain expects.
+        assert_eq!(env["BIGV_IMAGE_VERSION"], "8");
         assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
         assert_eq!(env["BIGV_POOLS"], DEFAULT_TAIL_POOL);
 
@@ -123,7 +129,7 @@ mod tests {
             "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
         ))
         .unwrap();
-        let env = agent_env(&head, &nic(), Ipv4Addr::new(10, 0, 2, 15));
+        let env = agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15));
         assert!(!env.iter().any(|(k, _)| k == "BIGV_POOLS"));
     }
 

@@ -99,7 +99,18 @@ async fn async_main(config: BootConfig, t0: Instant) -> Result<PowerAction, BoxE
     let hostname = agent::hostname(config.role, &nic, lease.hostname.as_deref());
     system::set_hostname(&hostname);
 
-    let env = agent::agent_env(&config, &nic, lease.address);
+    // The version this image was built as; the brain compares it with the
+    // one it expected (bigv.version) and flags a mismatch.
+    let image_version = std::fs::read_to_string("/etc/bigv/version")
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|_| config.version.clone());
+    if image_version != config.version {
+        tracing::warn!(
+            running = image_version, expected = config.version,
+            "this image is not the version the brain expects"
+        );
+    }
+    let env = agent::agent_env(&config, &image_version, &nic, lease.address);
     for (k, v) in &env {
         if k == "BIGV_POOLS" {
             for pool in v.split(',') {
