@@ -126,6 +126,7 @@ async fn async_main(config: BootConfig, t0: Instant) -> Result<PowerAction, BoxE
         path: config.role.agent_path().to_owned(),
         args: vec!["run".to_owned()],
         env,
+        backoff: Default::default(),
     };
     let action = supervise::supervise(spec).await?;
     renew.abort();

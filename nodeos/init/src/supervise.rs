@@ -22,6 +22,7 @@ pub struct AgentSpec {
     pub path: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub backoff: Backoff,
 }
 
 struct Running {
@@ -69,7 +70,7 @@ pub async fn supervise(spec: AgentSpec) -> std::io::Result<PowerAction> {
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let mut sigpwr = signal(SignalKind::from_raw(libc::SIGPWR))?;
 
-    let mut backoff = Backoff::default();
+    let mut backoff = spec.backoff.clone();
     let mut agent: Option<Running> = None;
     let mut restart_at = Some(Instant::now());
     loop {
