@@ -62,6 +62,8 @@ pub fn agent_env(
     let mut env = vec![
         ("PATH", "/bin".to_owned()),
         ("RUST_LOG", "info".to_owned()),
+        // The console is a serial line, not a terminal: no colour codes.
+        ("NO_COLOR", "1".to_owned()),
         ("BIGV_ROLE", config.role.as_str().to_owned()),
         ("BIGV_NODE_ID", nic.mac.to_string()),
         ("BIGV_SPINE", config.spine.to_string()),
