@@ -80,7 +80,9 @@ impl Kernel {
         let read = |f: &str| {
             std::fs::read_to_string(dir.join(f))
                 .map(|s| s.trim().to_owned())
-                .with_context(|| format!("reading {}/{f} (run tools/fetch-kernel.sh)", dir.display()))
+                .with_context(|| {
+                    format!("reading {}/{f} (run tools/fetch-kernel.sh)", dir.display())
+                })
         };
         Ok(Kernel {
             dir: dir.to_owned(),
@@ -96,7 +98,8 @@ impl Kernel {
     pub fn index(&self) -> anyhow::Result<ModuleIndex> {
         let d = self.modules_dir();
         let read = |f: &str| {
-            std::fs::read_to_string(d.join(f)).with_context(|| format!("reading {}/{f}", d.display()))
+            std::fs::read_to_string(d.join(f))
+                .with_context(|| format!("reading {}/{f}", d.display()))
         };
         Ok(ModuleIndex::parse(
             &read("modules.dep")?,
@@ -164,7 +167,11 @@ fn add_modules(
     let kdir = kernel.modules_dir();
     let dest = format!("lib/modules/{}", kernel.version);
     for m in modules {
-        a.file(&format!("{dest}/{}", m.path), 0o644, read(&kdir.join(&m.path))?)?;
+        a.file(
+            &format!("{dest}/{}", m.path),
+            0o644,
+            read(&kdir.join(&m.path))?,
+        )?;
     }
     a.file(
         &format!("{dest}/modules.dep"),
@@ -181,7 +188,11 @@ fn add_modules(
         text.push_str(w);
         text.push('\n');
     }
-    a.file(&format!("etc/bigv/modules.d/{list}"), 0o644, text.into_bytes())?;
+    a.file(
+        &format!("etc/bigv/modules.d/{list}"),
+        0o644,
+        text.into_bytes(),
+    )?;
     Ok(())
 }
 
@@ -192,7 +203,11 @@ pub fn base_archive(recipe: &Recipe, inputs: &Inputs) -> anyhow::Result<(Archive
     let mut a = Archive::new();
     a.file("init", 0o755, read(&inputs.binaries.join("bigv-init"))?)?;
     for (_, bin) in recipe.agents()? {
-        a.file(&format!("bin/{bin}"), 0o755, read(&inputs.binaries.join(&bin))?)?;
+        a.file(
+            &format!("bin/{bin}"),
+            0o755,
+            read(&inputs.binaries.join(&bin))?,
+        )?;
     }
     for d in ["dev", "proc", "sys", "run", "tmp", "var", "etc"] {
         a.dir(d, 0o755)?;
@@ -295,10 +310,7 @@ pub fn head_archive(recipe: &Recipe, inputs: &Inputs) -> anyhow::Result<(Archive
         };
         a.file(rel, mode, read(f)?)?;
     }
-    Ok((
-        a,
-        extra.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
-    ))
+    Ok((a, extra.iter().map(|m| m.name.clone()).collect::<Vec<_>>()))
 }
 
 /// What [`build`] made.

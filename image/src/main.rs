@@ -73,7 +73,10 @@ fn main() -> anyhow::Result<()> {
         && version
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
-    anyhow::ensure!(version_ok, "--version {version:?}: letters, digits, '.', '_', '+', '-' only");
+    anyhow::ensure!(
+        version_ok,
+        "--version {version:?}: letters, digits, '.', '_', '+', '-' only"
+    );
     let inputs = Inputs {
         version,
         kernel,

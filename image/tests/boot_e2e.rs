@@ -46,7 +46,13 @@ impl Qemu {
     fn boot(image: &Path, cmdline: &str) -> Qemu {
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "768", "-smp", "1"])
-            .args(["-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot"])
+            .args([
+                "-nographic",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(image.join("vmlinuz"))
             .arg("-initrd")
@@ -88,7 +94,12 @@ impl Qemu {
     }
 }
 
-async fn until<T>(what: &str, secs: u64, qemu: &mut Qemu, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+async fn until<T>(
+    what: &str,
+    secs: u64,
+    qemu: &mut Qemu,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f().await {
@@ -96,16 +107,19 @@ async fn until<T>(what: &str, secs: u64, qemu: &mut Qemu, mut f: impl AsyncFnMut
             return v;
         }
         assert!(!qemu.exited(), "qemu exited while waiting for {what}");
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 fn build_image(out: &Path) {
-    let recipe = bigv_image::Recipe::load(&bigv_image::workspace_root().join("image/image.toml"))
-        .unwrap();
-    let kernel = bigv_image::Kernel::open(&bigv_image::fetch_kernel().expect("fetch-kernel.sh"))
-        .unwrap();
+    let recipe =
+        bigv_image::Recipe::load(&bigv_image::workspace_root().join("image/image.toml")).unwrap();
+    let kernel =
+        bigv_image::Kernel::open(&bigv_image::fetch_kernel().expect("fetch-kernel.sh")).unwrap();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| bigv_image::workspace_root().join("target"))
@@ -165,7 +179,12 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.status());
-        r.json::<Value>().await.unwrap().as_array().cloned().unwrap_or_default()
+        r.json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     };
 
     let cmdline = format!(
@@ -185,7 +204,10 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     .await;
     assert_eq!(pending["admission"], "pending", "{pending}");
     assert_eq!(pending["image_version"], VERSION, "{pending}");
-    assert!(qemu.saw("DHCP lease applied"), "init's own DHCP client got the address");
+    assert!(
+        qemu.saw("DHCP lease applied"),
+        "init's own DHCP client got the address"
+    );
     assert!(qemu.saw("kernel modules loaded"));
 
     let r = http
@@ -195,21 +217,31 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "accept: {}", r.status());
-    until("the tail to be accepted and online", 30, &mut qemu, async || {
-        tails()
-            .await
-            .into_iter()
-            .find(|t| t["uuid"] == MAC && t["admission"] == "accepted" && t["online"] == true)
-    })
+    until(
+        "the tail to be accepted and online",
+        30,
+        &mut qemu,
+        async || {
+            tails()
+                .await
+                .into_iter()
+                .find(|t| t["uuid"] == MAC && t["admission"] == "accepted" && t["online"] == true)
+        },
+    )
     .await;
 
     // The brain orders a reboot: the agent acknowledges and exits 10, init
     // ends everything and calls reboot(2); with -no-reboot qemu exits.
     let node = brain.spine.node(MAC).expect("the tail is on the spine");
-    node.power(PowerAction::Reboot).await.expect("power order acknowledged");
+    node.power(PowerAction::Reboot)
+        .await
+        .expect("power order acknowledged");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !qemu.exited() {
-        assert!(Instant::now() < deadline, "qemu did not exit after the reboot order");
+        assert!(
+            Instant::now() < deadline,
+            "qemu did not exit after the reboot order"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(qemu.saw("the agent asked for a power action"));

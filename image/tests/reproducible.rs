@@ -35,11 +35,20 @@ fn fixture(dir: &Path) -> (Kernel, PathBuf) {
         write(&m.join(path), format!("module {path}").as_bytes());
     }
     write(&m.join("modules.dep"), DEP.as_bytes());
-    write(&m.join("modules.softdep"), b"softdep ext4 pre: crypto-crc32c\n");
-    write(&m.join("modules.alias"), b"alias crypto-crc32c crc32c_generic\n");
+    write(
+        &m.join("modules.softdep"),
+        b"softdep ext4 pre: crypto-crc32c\n",
+    );
+    write(
+        &m.join("modules.alias"),
+        b"alias crypto-crc32c crc32c_generic\n",
+    );
     write(&k.join("vmlinuz"), b"not really a kernel");
     write(&k.join("version"), b"6.1.0-99-amd64\n");
-    write(&k.join("package"), b"linux-image-6.1.0-99-amd64_6.1.999-1_amd64.deb\n");
+    write(
+        &k.join("package"),
+        b"linux-image-6.1.0-99-amd64_6.1.999-1_amd64.deb\n",
+    );
     let b = dir.join("bin");
     write(&b.join("bigv-init"), b"\x7fELF init");
     write(&b.join("bigv-tail"), b"\x7fELF tail");
@@ -143,7 +152,14 @@ fn same_inputs_same_bytes_and_the_right_contents() {
     }
     assert_eq!(
         m.modules["base"],
-        ["virtio", "virtio_net", "crc32c_generic", "jbd2", "crc16", "ext4"]
+        [
+            "virtio",
+            "virtio_net",
+            "crc32c_generic",
+            "jbd2",
+            "crc16",
+            "ext4"
+        ]
     );
     assert_eq!(m.modules["head"], ["irqbypass", "kvm", "kvm_amd"]);
     assert_eq!(m.agents, ["bigv-tail"]);
@@ -158,10 +174,21 @@ fn same_inputs_same_bytes_and_the_right_contents() {
         "lib/modules/6.1.0-99-amd64/kernel/fs/ext4/ext4.ko",
         "lib/modules/6.1.0-99-amd64/kernel/crypto/crc32c_generic.ko",
     ] {
-        assert!(base.iter().any(|e| e == want), "initrd lacks {want}: {base:?}");
+        assert!(
+            base.iter().any(|e| e == want),
+            "initrd lacks {want}: {base:?}"
+        );
     }
-    assert!(!base.iter().any(|e| e.contains("unused") || e.contains("kvm")));
-    assert!(!base.iter().any(|e| e.ends_with("/sh") || e.contains("busybox")));
+    assert!(
+        !base
+            .iter()
+            .any(|e| e.contains("unused") || e.contains("kvm"))
+    );
+    assert!(
+        !base
+            .iter()
+            .any(|e| e.ends_with("/sh") || e.contains("busybox"))
+    );
 
     let head = listing(&std::fs::read(a.out.join("initrd-head")).unwrap());
     for want in [
@@ -169,7 +196,10 @@ fn same_inputs_same_bytes_and_the_right_contents() {
         "etc/bigv/modules.d/head",
         "lib/modules/6.1.0-99-amd64/kernel/arch/x86/kvm/kvm-amd.ko",
     ] {
-        assert!(head.iter().any(|e| e == want), "initrd-head lacks {want}: {head:?}");
+        assert!(
+            head.iter().any(|e| e == want),
+            "initrd-head lacks {want}: {head:?}"
+        );
     }
     // /bin/true's libc came along (ldd closure).
     assert!(head.iter().any(|e| e.contains("libc.so")), "{head:?}");
@@ -214,5 +244,11 @@ fn recipe_errors_name_the_problem() {
     assert!(format!("{e:#}").contains("\"zfs\""), "{e:#}");
     recipe.base.modules.pop();
     recipe.base.agents = vec!["bigv-tail".into()];
-    assert!(recipe.agents().unwrap_err().to_string().contains("crate:binary"));
+    assert!(
+        recipe
+            .agents()
+            .unwrap_err()
+            .to_string()
+            .contains("crate:binary")
+    );
 }

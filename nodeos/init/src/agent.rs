@@ -83,7 +83,11 @@ fn pools(pools: &[PoolArg]) -> String {
     if pools.is_empty() {
         return DEFAULT_TAIL_POOL.to_owned();
     }
-    pools.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    pools
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The host name: the one DHCP gave, else `bigv-<role>-<mac hex>`.
@@ -118,7 +122,9 @@ mod tests {
         ))
         .unwrap();
         let env: std::collections::BTreeMap<_, _> =
-            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15)).into_iter().collect();
+            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15))
+                .into_iter()
+                .collect();
         assert_eq!(env["BIGV_NODE_ID"], "52:54:00:00:00:11");
         assert_eq!(env["BIGV_SPINE"], "10.0.2.2:4433");
         assert_eq!(env["BIGV_PIN"], pin);
@@ -140,8 +146,14 @@ mod tests {
         use bigv_spine::PowerAction as P;
         assert_eq!(P::Reboot.agent_exit_code(), EXIT_REBOOT);
         assert_eq!(P::Poweroff.agent_exit_code(), EXIT_POWEROFF);
-        assert_eq!(classify_exit(Some(10)), AgentExit::Power(PowerAction::Reboot));
-        assert_eq!(classify_exit(Some(11)), AgentExit::Power(PowerAction::Poweroff));
+        assert_eq!(
+            classify_exit(Some(10)),
+            AgentExit::Power(PowerAction::Reboot)
+        );
+        assert_eq!(
+            classify_exit(Some(11)),
+            AgentExit::Power(PowerAction::Poweroff)
+        );
         assert_eq!(classify_exit(Some(0)), AgentExit::Restart);
         assert_eq!(classify_exit(None), AgentExit::Restart);
     }

@@ -191,7 +191,11 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(invalid(&arg, value, "expected sha256:<64 hex digits>"));
                 }
-                once(&mut pin, &arg, format!("sha256:{}", hex.to_ascii_lowercase()))?;
+                once(
+                    &mut pin,
+                    &arg,
+                    format!("sha256:{}", hex.to_ascii_lowercase()),
+                )?;
             }
             "bootif" => {
                 let mac: Mac = value.parse().map_err(|e: String| invalid(&arg, value, e))?;

@@ -92,7 +92,7 @@ pub enum PacketError {
 fn allowed(code: u8, len: usize) -> Option<bool> {
     Some(match code {
         1 | 50 | 51 | 54 | 58 | 59 => len == 4, // mask, addresses, times
-        3 | 6 => len >= 4 && len.is_multiple_of(4),     // routers, DNS servers
+        3 | 6 => len >= 4 && len.is_multiple_of(4), // routers, DNS servers
         12 => (1..=63).contains(&len),          // host name
         53 => len == 1,                         // message type
         _ => return None,
@@ -147,7 +147,9 @@ pub fn sanitise(packet: &[u8]) -> Result<Vec<u8>, PacketError> {
 pub fn decode(packet: &[u8]) -> Result<Message, PacketError> {
     let clean = sanitise(packet)?;
     crate::fatal::quiet_panics(|| {
-        catch_unwind(AssertUnwindSafe(|| Message::decode(&mut Decoder::new(&clean))))
+        catch_unwind(AssertUnwindSafe(|| {
+            Message::decode(&mut Decoder::new(&clean))
+        }))
     })
     .map_err(|_| PacketError::DecoderPanicked)?
     .map_err(|e| PacketError::Decode(e.to_string()))
@@ -401,7 +403,9 @@ mod tests {
         o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
         o.insert(DhcpOption::Router(vec![SERVER]));
         o.insert(DhcpOption::AddressLeaseTime(86400));
-        o.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 2, 3)]));
+        o.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
+            10, 0, 2, 3,
+        )]));
         for e in extra {
             o.insert(e.clone());
         }
@@ -420,7 +424,10 @@ mod tests {
         let discover = c.discover(0xdead_beef);
         let d = decoded(&discover);
         assert_eq!(d.opts().msg_type(), Some(MessageType::Discover));
-        assert!(d.flags().broadcast(), "no address yet: replies must be broadcast");
+        assert!(
+            d.flags().broadcast(),
+            "no address yet: replies must be broadcast"
+        );
         assert_eq!(&d.chaddr()[..6], &MAC.0);
         assert!(discover.len() >= 300);
 
@@ -513,7 +520,13 @@ mod tests {
         let end = offer.iter().rposition(|&b| b == 255).unwrap();
         // Options dhcproto would assert on (94 len 0, 81 len 1, 151 len 0,
         // 152 len 1), inserted before End: dropped, the offer still works.
-        for evil in [&[94u8, 0][..], &[81, 1, 0], &[151, 0], &[152, 1, 0], &[80, 2, 0, 0]] {
+        for evil in [
+            &[94u8, 0][..],
+            &[81, 1, 0],
+            &[151, 0],
+            &[152, 1, 0],
+            &[80, 2, 0, 0],
+        ] {
             let mut p = offer[..end].to_vec();
             p.extend_from_slice(evil);
             p.push(255);
@@ -525,12 +538,21 @@ mod tests {
         // A known option with a bad length refuses the packet.
         let mut p = offer[..end].to_vec();
         p.extend_from_slice(&[53, 2, 2, 2, 255]);
-        assert!(matches!(sanitise(&p), Err(PacketError::BadLength { code: 53, .. })));
+        assert!(matches!(
+            sanitise(&p),
+            Err(PacketError::BadLength { code: 53, .. })
+        ));
         // An option running off the end.
         let mut p = offer[..end].to_vec();
         p.extend_from_slice(&[12, 40, b'x']);
-        assert!(matches!(sanitise(&p), Err(PacketError::Overrun { code: 12 })));
-        assert!(matches!(sanitise(&offer[..100]), Err(PacketError::Short { .. })));
+        assert!(matches!(
+            sanitise(&p),
+            Err(PacketError::Overrun { code: 12 })
+        ));
+        assert!(matches!(
+            sanitise(&offer[..100]),
+            Err(PacketError::Short { .. })
+        ));
     }
 
     #[test]

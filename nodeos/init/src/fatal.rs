@@ -45,10 +45,7 @@ pub fn fatal(error: &dyn std::fmt::Display) -> ! {
 }
 
 fn reboot_after_delay() -> ! {
-    eprintln!(
-        "bigv-init: rebooting in {} s",
-        REBOOT_DELAY.as_secs()
-    );
+    eprintln!("bigv-init: rebooting in {} s", REBOOT_DELAY.as_secs());
     std::thread::sleep(REBOOT_DELAY);
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);

@@ -29,9 +29,7 @@ fn main() {
         .with_ansi(false)
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new("info").unwrap_or_default(),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new("info").unwrap_or_default())
         .init();
     if let Err(e) = mounted {
         fatal::fatal(&Chain(&e));
@@ -72,7 +70,12 @@ fn run() -> Result<PowerAction, BoxError> {
 
     let wanted = system::wanted_modules(Path::new("/etc/bigv/modules.d"));
     let (loaded, failed) = system::load_modules(Path::new("/"), &wanted)?;
-    tracing::info!(loaded, failed, ms = t0.elapsed().as_millis() as u64, "kernel modules loaded");
+    tracing::info!(
+        loaded,
+        failed,
+        ms = t0.elapsed().as_millis() as u64,
+        "kernel modules loaded"
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,7 +109,8 @@ async fn async_main(config: BootConfig, t0: Instant) -> Result<PowerAction, BoxE
         .unwrap_or_else(|_| config.version.clone());
     if image_version != config.version {
         tracing::warn!(
-            running = image_version, expected = config.version,
+            running = image_version,
+            expected = config.version,
             "this image is not the version the brain expects"
         );
     }

@@ -278,8 +278,14 @@ kernel/virt/lib/irqbypass.ko:
     }
 
     fn assert_before(order: &[String], a: &str, b: &str) {
-        let ia = order.iter().position(|x| x == a).unwrap_or_else(|| panic!("{a} missing"));
-        let ib = order.iter().position(|x| x == b).unwrap_or_else(|| panic!("{b} missing"));
+        let ia = order
+            .iter()
+            .position(|x| x == a)
+            .unwrap_or_else(|| panic!("{a} missing"));
+        let ib = order
+            .iter()
+            .position(|x| x == b)
+            .unwrap_or_else(|| panic!("{b} missing"));
         assert!(ia < ib, "{a} must load before {b}: {order:?}");
     }
 
@@ -317,7 +323,10 @@ kernel/virt/lib/irqbypass.ko:
     #[test]
     fn cycles_are_reported() {
         let ix = ModuleIndex::parse("a.ko: b.ko\nb.ko: a.ko\n", "", "").unwrap();
-        assert!(matches!(ix.load_order(&["a"]), Err(ModulesError::Cycle { .. })));
+        assert!(matches!(
+            ix.load_order(&["a"]),
+            Err(ModulesError::Cycle { .. })
+        ));
     }
 
     #[test]
@@ -326,7 +335,10 @@ kernel/virt/lib/irqbypass.ko:
         let order = ix.load_order(&["ext4", "virtio_net"]).unwrap();
         let dep = ModuleIndex::dep_file(&order);
         let soft = ix.softdep_file(&order);
-        assert!(soft.contains("softdep ext4 pre: crc32c_intel crc32c_generic"), "{soft}");
+        assert!(
+            soft.contains("softdep ext4 pre: crc32c_intel crc32c_generic"),
+            "{soft}"
+        );
         let small = ModuleIndex::parse(&dep, &soft, "").unwrap();
         assert_eq!(
             names(&small.load_order(&["ext4", "virtio_net"]).unwrap()),

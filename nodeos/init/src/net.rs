@@ -78,7 +78,11 @@ impl Net {
 
     /// Waits for the boot NIC to appear (the driver probes it after its
     /// module loads).
-    pub async fn find_boot_nic(&self, bootif: Option<Mac>, wait: Duration) -> Result<Nic, NetError> {
+    pub async fn find_boot_nic(
+        &self,
+        bootif: Option<Mac>,
+        wait: Duration,
+    ) -> Result<Nic, NetError> {
         let deadline = Instant::now() + wait;
         loop {
             let links = self.links().await?;
@@ -160,10 +164,7 @@ pub fn dhcp_socket(iface: &str) -> Result<UdpSocket, NetError> {
     UdpSocket::from_std(s.into()).map_err(err)
 }
 
-const BROADCAST: SocketAddr = SocketAddr::new(
-    IpAddr::V4(Ipv4Addr::BROADCAST),
-    dhcp::SERVER_PORT,
-);
+const BROADCAST: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), dhcp::SERVER_PORT);
 
 /// Sends `packet` to `to`, then feeds replies to `client` until one is an
 /// event other than `Ignored` or `wait` runs out (`None`).
@@ -206,7 +207,11 @@ pub async fn obtain_lease(
     };
     while started.elapsed() < give_up {
         let discover = client.discover(rand::random());
-        tracing::info!(iface, xid = format_args!("{:#x}", client.xid()), "DHCP discover");
+        tracing::info!(
+            iface,
+            xid = format_args!("{:#x}", client.xid()),
+            "DHCP discover"
+        );
         let mut event = exchange(sock, client, &discover, BROADCAST, wait)
             .await
             .map_err(io)?;
@@ -219,7 +224,10 @@ pub async fn obtain_lease(
             }
             tries += 1;
             let req = req.clone();
-            event = match exchange(sock, client, &req, BROADCAST, wait).await.map_err(io)? {
+            event = match exchange(sock, client, &req, BROADCAST, wait)
+                .await
+                .map_err(io)?
+            {
                 None => Some(Event::Request(req)),
                 other => other,
             };
@@ -248,7 +256,10 @@ pub async fn keep_lease(net: Net, nic: Nic, sock: UdpSocket, mut client: Client)
         };
         tokio::time::sleep(Duration::from_secs(lease.renew_after_secs())).await;
         let mut renewed = false;
-        for to in [SocketAddr::new(IpAddr::V4(lease.server), dhcp::SERVER_PORT), BROADCAST] {
+        for to in [
+            SocketAddr::new(IpAddr::V4(lease.server), dhcp::SERVER_PORT),
+            BROADCAST,
+        ] {
             let Some(req) = client.renew(rand::random()) else {
                 return;
             };

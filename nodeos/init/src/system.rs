@@ -80,8 +80,8 @@ pub fn mount_filesystems() -> Result<(), SystemError> {
 /// Makes sure fds 0-2 are the console: without /dev/console in the
 /// initramfs the kernel starts init with them closed.
 pub fn ensure_console() {
-    let closed = nix::fcntl::fcntl(std::io::stderr().as_fd(), nix::fcntl::FcntlArg::F_GETFD)
-        .is_err();
+    let closed =
+        nix::fcntl::fcntl(std::io::stderr().as_fd(), nix::fcntl::FcntlArg::F_GETFD).is_err();
     if !closed {
         return;
     }
@@ -155,9 +155,9 @@ pub fn load_modules(root: &Path, wanted: &[String]) -> Result<(usize, usize), Sy
     let (mut loaded, mut failed) = (0, 0);
     for m in order {
         let path = dir.join(&m.path);
-        let result = File::open(&path).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))).and_then(|f| {
-            nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty())
-        });
+        let result = File::open(&path)
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|f| nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()));
         match result {
             Ok(()) | Err(nix::Error::EEXIST) => loaded += 1,
             Err(e) => {

@@ -56,7 +56,10 @@ fn read_count(dir: &Path) -> u32 {
 #[test]
 fn restarts_crashed_agents_keeps_orphans_and_obeys_power_requests() {
     // SAFETY: prctl with integer arguments.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,9 +75,17 @@ fn restarts_crashed_agents_keeps_orphans_and_obeys_power_requests() {
         .expect("supervisor returned")
         .unwrap();
     assert_eq!(action, PowerAction::Reboot);
-    assert_eq!(read_count(dir.path()), 4, "three restarts, then the reboot request");
+    assert_eq!(
+        read_count(dir.path()),
+        4,
+        "three restarts, then the reboot request"
+    );
     // Backoff 100 + 200 + 400 ms between the four starts.
-    assert!(started.elapsed() >= Duration::from_millis(650), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The first run's child outlived its agent and every restart: init
     // never kills orphans (a head's qemu processes).
