@@ -35,6 +35,10 @@ pub struct BaseRecipe {
     pub modules: Vec<String>,
     /// `crate:binary`.
     pub agents: Vec<String>,
+    /// Host programs copied with their `ldd` closure (mke2fs for tails'
+    /// blank data discs).
+    #[serde(default)]
+    pub programs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +213,7 @@ pub fn base_archive(recipe: &Recipe, inputs: &Inputs) -> anyhow::Result<(Archive
             read(&inputs.binaries.join(&bin))?,
         )?;
     }
+    add_host_files(&mut a, &recipe.base.programs, &[])?;
     for d in ["dev", "proc", "sys", "run", "tmp", "var", "etc"] {
         a.dir(d, 0o755)?;
     }
@@ -259,6 +264,35 @@ pub fn ldd(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
+/// Copies host programs with their `ldd` closure, and host files (a
+/// shared object's libraries too), to the same paths.
+fn add_host_files(a: &mut Archive, programs: &[PathBuf], plain: &[PathBuf]) -> anyhow::Result<()> {
+    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+    for p in programs {
+        files.insert(p.clone());
+        files.extend(ldd(p)?);
+    }
+    for f in plain {
+        files.insert(f.clone());
+        if f.extension().is_some_and(|e| e == "so") {
+            files.extend(ldd(f)?);
+        }
+    }
+    for f in &files {
+        let rel = f
+            .to_str()
+            .and_then(|s| s.strip_prefix('/'))
+            .with_context(|| format!("{}: not an absolute UTF-8 path", f.display()))?;
+        let mode = if programs.contains(f) || rel.contains(".so") {
+            0o755
+        } else {
+            0o644
+        };
+        a.file(rel, mode, read(f)?)?;
+    }
+    Ok(())
+}
+
 /// The head archive: head modules (with a complete modules.dep that
 /// replaces the base one when the kernel unpacks this archive second),
 /// qemu, its libraries and firmware.
@@ -287,29 +321,7 @@ pub fn head_archive(recipe: &Recipe, inputs: &Inputs) -> anyhow::Result<(Archive
         &all,
         "head",
     )?;
-    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
-    for p in &recipe.head.programs {
-        files.insert(p.clone());
-        files.extend(ldd(p)?);
-    }
-    for f in &recipe.head.files {
-        files.insert(f.clone());
-        if f.extension().is_some_and(|e| e == "so") {
-            files.extend(ldd(f)?);
-        }
-    }
-    for f in &files {
-        let rel = f
-            .to_str()
-            .and_then(|s| s.strip_prefix('/'))
-            .with_context(|| format!("{}: not an absolute UTF-8 path", f.display()))?;
-        let mode = if recipe.head.programs.contains(f) || rel.contains(".so") {
-            0o755
-        } else {
-            0o644
-        };
-        a.file(rel, mode, read(f)?)?;
-    }
+    add_host_files(&mut a, &recipe.head.programs, &recipe.head.files)?;
     Ok((a, extra.iter().map(|m| m.name.clone()).collect::<Vec<_>>()))
 }
 

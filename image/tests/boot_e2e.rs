@@ -12,8 +12,12 @@
 //!    127.0.0.1:port) over pinned TLS;
 //! 3. the node shows up in the admin tails list as `pending`, with the
 //!    image's own version; accepting it makes it `accepted` and online;
-//! 4. a spine reboot order makes the agent exit 10, init stops everything
-//!    and calls reboot(2): qemu (`-no-reboot`) exits.
+//! 4. its blank data disc (`bigv.disc=vda:/srv/pool1:format`) was
+//!    formatted as ext4 and mounted, and the pool on it is in the brain;
+//! 5. a spine reboot order makes the agent exit 10, init stops everything
+//!    and calls reboot(2): qemu (`-no-reboot`) exits;
+//! 6. booted again on the same disc, init mounts the existing filesystem
+//!    without reformatting it (same ext4 UUID) and the node rejoins.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -43,7 +47,7 @@ impl Drop for Qemu {
 }
 
 impl Qemu {
-    fn boot(image: &Path, cmdline: &str) -> Qemu {
+    fn boot(image: &Path, cmdline: &str, disc: &Path) -> Qemu {
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "768", "-smp", "1"])
             .args([
@@ -58,6 +62,8 @@ impl Qemu {
             .arg("-initrd")
             .arg(image.join("initrd"))
             .args(["-append", cmdline])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disc.display()))
             .args(["-netdev", "user,id=n0"])
             .args([
                 "-device",
@@ -92,6 +98,12 @@ impl Qemu {
     fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+}
+
+/// The ext4 superblock's UUID, if the disc holds ext4.
+fn ext4_uuid(disc: &Path) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(disc).unwrap();
+    (bytes.get(1080..1082) == Some(&[0x53, 0xef][..])).then(|| bytes[1128..1144].to_vec())
 }
 
 async fn until<T>(
@@ -187,13 +199,19 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
             .unwrap_or_default()
     };
 
+    let disc = work.path().join("disc.raw");
+    std::fs::File::create(&disc)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     let cmdline = format!(
         "console=ttyS0,115200 panic=-1 bigv.role=tail bigv.version={VERSION} \
-         bigv.spine=10.0.2.2:{} bigv.pin={} bigv.bootif={MAC}",
+         bigv.spine=10.0.2.2:{} bigv.pin={} bigv.bootif={MAC} \
+         bigv.disc=vda:/srv/pool1:format bigv.pool=pool1:sata:/srv/pool1",
         brain.spine_addr.port(),
         brain.fingerprint
     );
-    let mut qemu = Qemu::boot(&image, &cmdline);
+    let mut qemu = Qemu::boot(&image, &cmdline, &disc);
 
     let pending = until("the tail to appear, pending", 240, &mut qemu, async || {
         tails()
@@ -209,6 +227,13 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
         "init's own DHCP client got the address"
     );
     assert!(qemu.saw("kernel modules loaded"));
+    assert!(qemu.saw("blank disc: formatting as ext4"));
+    assert!(qemu.saw("data disc mounted"));
+    let pools = pending["pools"].to_string();
+    assert!(
+        pools.contains("-pool1"),
+        "the disc's pool reached the brain: {pools}"
+    );
 
     let r = http
         .post(format!("{api}/admin/tails/{MAC}/accept"))
@@ -246,5 +271,24 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     }
     assert!(qemu.saw("the agent asked for a power action"));
     assert!(qemu.saw("bigv-init: Reboot"));
+    drop(qemu);
+    let uuid = ext4_uuid(&disc).expect("the data disc holds ext4 after the first boot");
+
+    // Boot again on the same disc, :format still on the command line.
+    let mut qemu = Qemu::boot(&image, &cmdline, &disc);
+    until("the tail to rejoin", 240, &mut qemu, async || {
+        tails()
+            .await
+            .into_iter()
+            .find(|t| t["uuid"] == MAC && t["online"] == true)
+    })
+    .await;
+    assert!(qemu.saw("data disc mounted"));
+    assert!(
+        !qemu.saw("formatting"),
+        "an existing filesystem was reformatted"
+    );
+    drop(qemu);
+    assert_eq!(ext4_uuid(&disc), Some(uuid), "the filesystem changed");
     brain.shutdown().await;
 }

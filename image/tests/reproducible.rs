@@ -65,6 +65,7 @@ fn recipe(dir: &Path) -> Recipe {
         [base]
         modules = ["virtio_net", "ext4"]
         agents = ["bigv-tail:bigv-tail"]
+        programs = ["/bin/true"]
         [head]
         modules = ["kvm-amd"]
         programs = ["/bin/true"]
@@ -168,6 +169,7 @@ fn same_inputs_same_bytes_and_the_right_contents() {
     for want in [
         "init",
         "bin/bigv-tail",
+        "bin/true",
         "etc/bigv/version",
         "etc/bigv/modules.d/base",
         "lib/modules/6.1.0-99-amd64/modules.dep",

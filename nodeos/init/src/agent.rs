@@ -12,7 +12,7 @@
 //! | `BIGV_BOOT_INTERFACE` | the boot NIC's name, e.g. `eth0` |
 //! | `BIGV_ADDRESS` | the address DHCP gave the boot NIC |
 //! | `BIGV_STORAGE_ADDRESS` | tails: the address NBD clients reach (the same, for now) |
-//! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` |
+//! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` (pools on a data disc that failed to mount are left out) |
 //!
 //! Exit status 10 asks init to reboot the node, 11 to power it off (the
 //! brain's spine `power` order: the agent replies, then exits). Any other
@@ -74,13 +74,15 @@ pub fn agent_env(
     ];
     if config.role == Role::Tail {
         env.push(("BIGV_STORAGE_ADDRESS", address.to_string()));
-        env.push(("BIGV_POOLS", pools(&config.pools)));
+        env.push(("BIGV_POOLS", pools(&config.pools, !config.discs.is_empty())));
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-fn pools(pools: &[PoolArg]) -> String {
-    if pools.is_empty() {
+fn pools(pools: &[PoolArg], any_discs: bool) -> String {
+    // With data discs configured, no pools means none worked out: the
+    // agent must fail visibly rather than serve discs from memory.
+    if pools.is_empty() && !any_discs {
         return DEFAULT_TAIL_POOL.to_owned();
     }
     pools

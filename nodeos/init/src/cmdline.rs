@@ -6,7 +6,10 @@
 //! ```
 //!
 //! Optional, for tails: `bigv.pool=NAME:GRADE:DIR` (repeatable) names the
-//! storage pools the tail agent serves. Unknown `bigv.*` arguments are
+//! storage pools the tail agent serves, and `bigv.disc=DEV:DIR[:format]`
+//! (repeatable) mounts the data disc `/dev/DEV` on `DIR` before the agent
+//! starts, formatting it as ext4 only if it is blank and `:format` is
+//! given (see `disc.rs`). Unknown `bigv.*` arguments are
 //! refused (a typo must not silently change behaviour); arguments without
 //! the `bigv.` prefix belong to the kernel and are ignored.
 
@@ -91,6 +94,16 @@ impl fmt::Display for PoolArg {
     }
 }
 
+/// A data disc to mount, `DEV:DIR[:format]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscArg {
+    /// A kernel block device name: `vdb`, `sdb`, `nvme0n1`.
+    pub device: String,
+    pub dir: String,
+    /// Format it (ext4) if, and only if, it is blank.
+    pub format: bool,
+}
+
 /// What init needs from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
@@ -104,6 +117,7 @@ pub struct BootConfig {
     /// The NIC iPXE booted from; `None` means "the first non-loopback".
     pub bootif: Option<Mac>,
     pub pools: Vec<PoolArg>,
+    pub discs: Vec<DiscArg>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +152,7 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut pin = None;
     let mut bootif = None;
     let mut pools = Vec::new();
+    let mut discs: Vec<DiscArg> = Vec::new();
     for word in cmdline.split_ascii_whitespace() {
         let Some(rest) = word.strip_prefix("bigv.") else {
             continue;
@@ -216,6 +231,35 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                     _ => return Err(invalid(&arg, value, "expected NAME:GRADE:/DIR")),
                 }
             }
+            "disc" => {
+                let mut parts = value.split(':');
+                let (dev, dir, flag) = (parts.next(), parts.next(), parts.next());
+                let dev_ok = |d: &str| {
+                    !d.is_empty() && d.len() <= 32 && d.bytes().all(|b| b.is_ascii_alphanumeric())
+                };
+                let disc = match (dev, dir, flag, parts.next()) {
+                    (Some(dev), Some(dir), flag, None)
+                        if dev_ok(dev)
+                            && dir.starts_with('/')
+                            && dir.len() > 1
+                            && matches!(flag, None | Some("format")) =>
+                    {
+                        DiscArg {
+                            device: dev.into(),
+                            dir: dir.into(),
+                            format: flag.is_some(),
+                        }
+                    }
+                    _ => return Err(invalid(&arg, value, "expected DEV:/DIR[:format]")),
+                };
+                if discs
+                    .iter()
+                    .any(|d| d.device == disc.device || d.dir == disc.dir)
+                {
+                    return Err(invalid(&arg, value, "device or directory used twice"));
+                }
+                discs.push(disc);
+            }
             _ => return Err(CmdlineError::Unknown { arg }),
         }
     }
@@ -228,6 +272,7 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         pin: pin.ok_or(CmdlineError::Missing { arg: "bigv.pin" })?,
         bootif,
         pools,
+        discs,
     })
 }
 
@@ -262,13 +307,29 @@ mod tests {
     fn bootif_and_pools_are_optional_and_ipv6_spines_parse() {
         let line = format!(
             "bigv.role=head bigv.version=v1 bigv.spine=[fd00::1]:4433 bigv.pin={PIN} \
-             bigv.pool=sata1:sata:/srv/sata1 bigv.pool=scratch:ram:/run/pool"
+             bigv.pool=sata1:sata:/srv/sata1 bigv.pool=scratch:ram:/run/pool \
+             bigv.disc=vdb:/srv/sata1:format bigv.disc=nvme0n1:/srv/ssd"
         );
         let c = parse(&line).unwrap();
         assert_eq!(c.role, Role::Head);
         assert_eq!(c.bootif, None);
         assert_eq!(c.pools.len(), 2);
         assert_eq!(c.pools[1].to_string(), "scratch:ram:/run/pool");
+        assert_eq!(
+            c.discs,
+            [
+                DiscArg {
+                    device: "vdb".into(),
+                    dir: "/srv/sata1".into(),
+                    format: true
+                },
+                DiscArg {
+                    device: "nvme0n1".into(),
+                    dir: "/srv/ssd".into(),
+                    format: false
+                },
+            ]
+        );
     }
 
     #[test]
@@ -309,6 +370,18 @@ mod tests {
                 format!("{} bigv.pool=sata1:sata:relative", good()),
                 "bigv.pool=",
             ),
+            (
+                format!("{} bigv.disc=../sda:/srv", good()),
+                "bigv.disc=\"../sda:/srv\"",
+            ),
+            (
+                format!("{} bigv.disc=vdb:/srv/a:wipe", good()),
+                "bigv.disc=",
+            ),
+            (
+                format!("{} bigv.disc=vdb:/srv/a bigv.disc=vdb:/srv/b", good()),
+                "used twice",
+            ),
         ];
         for (line, want) in cases {
             match parse(&line) {
@@ -331,7 +404,7 @@ mod tests {
 
         #[test]
         fn never_panics_on_bigv_words(words in proptest::collection::vec(
-            ("(role|version|spine|pin|bootif|pool|x)", "[ -~]{0,40}"), 0..8))
+            ("(role|version|spine|pin|bootif|pool|disc|x)", "[ -~]{0,40}"), 0..8))
         {
             let line: Vec<String> = words.iter().map(|(k, v)| format!("bigv.{k}={v}")).collect();
             let _ = parse(&line.join(" "));

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod backoff;
 pub mod cmdline;
 pub mod dhcp;
+pub mod disc;
 pub mod fatal;
 pub mod modules;
 pub mod net;

@@ -8,12 +8,14 @@ use bigv_init::cmdline::{self, BootConfig};
 use bigv_init::dhcp::Client;
 use bigv_init::net::{self, Net};
 use bigv_init::supervise::{self, AgentSpec};
-use bigv_init::{fatal, system};
+use bigv_init::{disc, fatal, system};
 
 /// How long the boot NIC may take to appear after its driver loads, and
 /// DHCP to answer, before init gives up and reboots.
 const NIC_WAIT: Duration = Duration::from_secs(20);
 const DHCP_WAIT: Duration = Duration::from_secs(120);
+/// How long a data disc may take to appear after virtio_blk/ahci/nvme load.
+const DISC_WAIT: Duration = Duration::from_secs(10);
 
 fn main() {
     fatal::install_panic_hook();
@@ -83,7 +85,20 @@ fn run() -> Result<PowerAction, BoxError> {
     runtime.block_on(async_main(config, t0))
 }
 
-async fn async_main(config: BootConfig, t0: Instant) -> Result<PowerAction, BoxError> {
+/// Mounts the configured data discs; a pool on a disc that failed is
+/// dropped (its directory would otherwise be in memory).
+fn prepare_discs(config: &mut BootConfig) {
+    for d in config.discs.clone() {
+        if let Err(e) = disc::prepare(&d, DISC_WAIT) {
+            tracing::error!(error = %e, "data disc left out; its pools are not served");
+            config
+                .pools
+                .retain(|p| Path::new(&p.dir).strip_prefix(&d.dir).is_err());
+        }
+    }
+}
+
+async fn async_main(mut config: BootConfig, t0: Instant) -> Result<PowerAction, BoxError> {
     let net = Net::connect()?;
     net.loopback_up().await?;
     let nic = net.find_boot_nic(config.bootif, NIC_WAIT).await?;
@@ -99,6 +114,8 @@ async fn async_main(config: BootConfig, t0: Instant) -> Result<PowerAction, BoxE
         server = %lease.server, ms = t0.elapsed().as_millis() as u64,
         "DHCP lease applied"
     );
+    // Blocking, on purpose: nothing else needs this thread yet.
+    prepare_discs(&mut config);
     let hostname = agent::hostname(config.role, &nic, lease.hostname.as_deref());
     system::set_hostname(&hostname);
 
