@@ -17,7 +17,12 @@
 //! 5. a spine reboot order makes the agent exit 10, init stops everything
 //!    and calls reboot(2): qemu (`-no-reboot`) exits;
 //! 6. booted again on the same disc, init mounts the existing filesystem
-//!    without reformatting it (same ext4 UUID) and the node rejoins.
+//!    without reformatting it (same ext4 UUID) and the node rejoins;
+//! 7. booted as a head with `initrd` + `initrd-head` concatenated (as iPXE
+//!    hands them over) on a CPU with SVM, init loads the head modules too
+//!    (KVM from the second archive, through its modules.dep) and, since no
+//!    head agent exists yet, keeps retrying /bin/bigv-head with backoff
+//!    instead of dying.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -48,8 +53,13 @@ impl Drop for Qemu {
 
 impl Qemu {
     fn boot(image: &Path, cmdline: &str, disc: &Path) -> Qemu {
+        Self::boot_with(&image.join("initrd"), cmdline, disc, image, &[])
+    }
+
+    fn boot_with(initrd: &Path, cmdline: &str, disc: &Path, image: &Path, extra: &[&str]) -> Qemu {
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "768", "-smp", "1"])
+            .args(extra)
             .args([
                 "-nographic",
                 "-nodefaults",
@@ -60,7 +70,7 @@ impl Qemu {
             .arg("-kernel")
             .arg(image.join("vmlinuz"))
             .arg("-initrd")
-            .arg(image.join("initrd"))
+            .arg(initrd)
             .args(["-append", cmdline])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disc.display()))
@@ -100,6 +110,15 @@ impl Qemu {
     }
 }
 
+fn saw_twice(log: &Mutex<Vec<String>>, needle: &str) -> bool {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+        >= 2
+}
+
 /// The ext4 superblock's UUID, if the disc holds ext4.
 fn ext4_uuid(disc: &Path) -> Option<Vec<u8>> {
     let bytes = std::fs::read(disc).unwrap();
@@ -127,7 +146,7 @@ async fn until<T>(
     }
 }
 
-fn build_image(out: &Path) {
+fn build_image(out: &Path) -> bigv_image::Manifest {
     let recipe =
         bigv_image::Recipe::load(&bigv_image::workspace_root().join("image/image.toml")).unwrap();
     let kernel =
@@ -146,6 +165,7 @@ fn build_image(out: &Path) {
     for (name, a) in &built.manifest.files {
         eprintln!("{name}: {} bytes", a.size);
     }
+    built.manifest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +180,7 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     }
     let work = tempfile::tempdir().unwrap();
     let image = work.path().join("image");
-    tokio::task::block_in_place(|| build_image(&image));
+    let manifest = tokio::task::block_in_place(|| build_image(&image));
 
     // A brain on 127.0.0.1 that leaves new nodes pending.
     let mut config = BrainConfig::new(work.path().join("brain"));
@@ -290,5 +310,50 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     );
     drop(qemu);
     assert_eq!(ext4_uuid(&disc), Some(uuid), "the filesystem changed");
+
+    // A head: both archives, concatenated as the kernel receives them.
+    let both = work.path().join("initrd+head");
+    let mut bytes = std::fs::read(image.join("initrd")).unwrap();
+    bytes.extend(std::fs::read(image.join("initrd-head")).unwrap());
+    std::fs::write(&both, bytes).unwrap();
+    let head_line = cmdline.replace("bigv.role=tail", "bigv.role=head").replace(
+        " bigv.disc=vda:/srv/pool1:format bigv.pool=pool1:sata:/srv/pool1",
+        "",
+    );
+    let mut qemu = Qemu::boot_with(
+        &both,
+        &head_line,
+        &disc,
+        &image,
+        &["-cpu", "qemu64,+svm,+npt"],
+    );
+    let head_log = qemu.log.clone();
+    until(
+        "the head's init to retry its missing agent",
+        240,
+        &mut qemu,
+        async || saw_twice(&head_log, "agent did not start").then_some(()),
+    )
+    .await;
+    let log = qemu.log.lock().unwrap().join("\n");
+    let loaded: u32 = log
+        .split("loaded=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a 'kernel modules loaded' line");
+    assert!(
+        loaded >= 30,
+        "base and head modules load (got {loaded}):\n{log}"
+    );
+    // Everything but crc32c_intel (no SSE4.2 on qemu64); kvm_intel after
+    // kvm_amd answers EEXIST ("vendor module already loaded").
+    let total: usize = manifest.modules.values().map(Vec::len).sum();
+    assert_eq!(loaded as usize, total - 1, "{log}");
+    assert!(
+        !log.contains("module=\"kvm_amd\""),
+        "kvm_amd failed to load:\n{log}"
+    );
+    drop(qemu);
     brain.shutdown().await;
 }
