@@ -213,7 +213,8 @@ pub fn base_archive(recipe: &Recipe, inputs: &Inputs) -> anyhow::Result<(Archive
             read(&inputs.binaries.join(&bin))?,
         )?;
     }
-    add_host_files(&mut a, &recipe.base.programs, &[])?;
+    let files = host_files(&recipe.base.programs, &[])?;
+    add_host_files(&mut a, &files, &recipe.base.programs, &BTreeSet::new())?;
     for d in ["dev", "proc", "sys", "run", "tmp", "var", "etc"] {
         a.dir(d, 0o755)?;
     }
@@ -264,9 +265,9 @@ pub fn ldd(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// Copies host programs with their `ldd` closure, and host files (a
-/// shared object's libraries too), to the same paths.
-fn add_host_files(a: &mut Archive, programs: &[PathBuf], plain: &[PathBuf]) -> anyhow::Result<()> {
+/// Host programs with their `ldd` closure, and host files (a shared
+/// object's libraries too).
+fn host_files(programs: &[PathBuf], plain: &[PathBuf]) -> anyhow::Result<BTreeSet<PathBuf>> {
     let mut files: BTreeSet<PathBuf> = BTreeSet::new();
     for p in programs {
         files.insert(p.clone());
@@ -278,7 +279,18 @@ fn add_host_files(a: &mut Archive, programs: &[PathBuf], plain: &[PathBuf]) -> a
             files.extend(ldd(f)?);
         }
     }
-    for f in &files {
+    Ok(files)
+}
+
+/// Copies `files` to the same paths, except those in `skip` (already in
+/// the base archive, which a head unpacks first).
+fn add_host_files(
+    a: &mut Archive,
+    files: &BTreeSet<PathBuf>,
+    programs: &[PathBuf],
+    skip: &BTreeSet<PathBuf>,
+) -> anyhow::Result<()> {
+    for f in files.difference(skip) {
         let rel = f
             .to_str()
             .and_then(|s| s.strip_prefix('/'))
@@ -321,7 +333,9 @@ pub fn head_archive(recipe: &Recipe, inputs: &Inputs) -> anyhow::Result<(Archive
         &all,
         "head",
     )?;
-    add_host_files(&mut a, &recipe.head.programs, &recipe.head.files)?;
+    let base_files = host_files(&recipe.base.programs, &[])?;
+    let files = host_files(&recipe.head.programs, &recipe.head.files)?;
+    add_host_files(&mut a, &files, &recipe.head.programs, &base_files)?;
     Ok((a, extra.iter().map(|m| m.name.clone()).collect::<Vec<_>>()))
 }
 
