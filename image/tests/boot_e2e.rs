@@ -22,7 +22,10 @@
 //!    hands them over) on a CPU with SVM, init loads the head modules too
 //!    (KVM from the second archive, through its modules.dep) and, since no
 //!    head agent exists yet, keeps retrying /bin/bigv-head with backoff
-//!    instead of dying.
+//!    instead of dying;
+//! 8. a tail whose blank disc is configured without `:format` leaves the
+//!    disc untouched and its pool out; the agent, given no pool, exits
+//!    with an error and init restarts it with growing delays.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -310,6 +313,35 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     );
     drop(qemu);
     assert_eq!(ext4_uuid(&disc), Some(uuid), "the filesystem changed");
+
+    // A blank disc without :format: refused, untouched; the agent has no
+    // pool, exits, and is restarted.
+    let blank = work.path().join("blank.raw");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let refuse_line = cmdline.replace("vda:/srv/pool1:format", "vda:/srv/pool1");
+    let mut qemu = Qemu::boot(&image, &refuse_line, &blank);
+    let restarts = qemu.log.clone();
+    until(
+        "init to restart the failing agent twice",
+        240,
+        &mut qemu,
+        async || saw_twice(&restarts, "agent exited; restarting").then_some(()),
+    )
+    .await;
+    assert!(qemu.saw("data disc left out"));
+    let log = qemu.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("delay=1s") && log.contains("delay=2s"),
+        "backoff grows:\n{log}"
+    );
+    drop(qemu);
+    assert!(
+        std::fs::read(&blank).unwrap().iter().all(|&b| b == 0),
+        "a disc without :format was written to"
+    );
 
     // A head: both archives, concatenated as the kernel receives them.
     let both = work.path().join("initrd+head");
