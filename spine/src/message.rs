@@ -106,6 +106,18 @@ pub enum PowerAction {
     Poweroff,
 }
 
+impl PowerAction {
+    /// The status a node agent exits with after acknowledging this
+    /// order, so the node's init (PID 1) carries it out (docs/boot.md,
+    /// "Init"). Any other exit status is a crash and gets a restart.
+    pub const fn agent_exit_code(self) -> i32 {
+        match self {
+            PowerAction::Reboot => 10,
+            PowerAction::Poweroff => 11,
+        }
+    }
+}
+
 /// Frames a node sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

@@ -9,6 +9,7 @@
 //! images = "/srv/images"          # templates: <images>/<image>.raw
 //! nbd_port = 10809
 //! report_interval_secs = 10
+//! image_version = "2026.11.1"      # reported to the brain; default: the crate version
 //!
 //! [[pool]]
 //! name = "sata1"
@@ -48,6 +49,10 @@ pub struct TailConfig {
     pub report_interval_secs: u64,
     #[serde(rename = "pool", default)]
     pub pools: Vec<PoolConfig>,
+    /// The image version reported in `hello` (init passes `bigv.version`);
+    /// defaults to this crate's version.
+    #[serde(default)]
+    pub image_version: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -132,7 +137,10 @@ impl TailConfig {
         let hello = Hello {
             node_id: self.node_id.clone(),
             role: Role::Tail,
-            image_version: env!("CARGO_PKG_VERSION").to_owned(),
+            image_version: self
+                .image_version
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
             protocol_version: bigv_spine::PROTOCOL_VERSION,
             addresses: vec![self.storage_address.to_string()],
         };

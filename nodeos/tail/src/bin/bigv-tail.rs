@@ -62,15 +62,20 @@ enum Cmd {
         pin: Option<String>,
         #[arg(long)]
         storage_interface: Option<String>,
-        #[arg(long, default_value = "127.0.0.1")]
+        #[arg(long, env = "BIGV_STORAGE_ADDRESS", default_value = "127.0.0.1")]
         storage_address: IpAddr,
         #[arg(long, default_value = "/srv/images")]
         images: PathBuf,
         #[arg(long, default_value_t = bigv_tail::config::NBD_PORT)]
         nbd_port: u16,
-        /// A pool as `NAME:GRADE:DIR` (repeatable).
-        #[arg(long)]
+        /// A pool as `NAME:GRADE:DIR` (repeatable; in the environment,
+        /// comma-separated).
+        #[arg(long, env = "BIGV_POOLS", value_delimiter = ',')]
         pool: Vec<String>,
+        /// The image version reported to the brain (init passes the
+        /// kernel's `bigv.version`).
+        #[arg(long, env = "BIGV_IMAGE_VERSION")]
+        image_version: Option<String>,
     },
     /// Serve one file as an NBD export until interrupted.
     Serve {
@@ -132,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                 images,
                 nbd_port,
                 pool,
+                image_version,
             } => {
                 let config = match config {
                     Some(path) => TailConfig::load(&path)?,
@@ -150,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                             nbd_port,
                             report_interval_secs: 10,
                             pools,
+                            image_version,
                         };
                         config.check()?;
                         config
@@ -188,12 +195,17 @@ async fn run(config: TailConfig) -> anyhow::Result<()> {
     let node = NodeAgent::new(node_config, agent.clone());
     agent.set_notifier(node.notifier());
     tokio::spawn(agent.clone().report_loop());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
     tokio::select! {
         action = node.run() => {
-            // On a real tail, init carries the action out; standalone, we stop.
-            tracing::warn!(?action, "the brain ordered a power action; exiting");
+            // The reply has gone out; init (PID 1) reads the exit status
+            // and carries the action out (docs/boot.md, "Init").
+            tracing::warn!(?action, "the brain ordered a power action; exiting for init");
+            std::process::exit(action.agent_exit_code());
         }
         r = tokio::signal::ctrl_c() => r.context("waiting for ^C")?,
+        _ = sigterm.recv() => tracing::info!("SIGTERM; stopping"),
     }
     Ok(())
 }

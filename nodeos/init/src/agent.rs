@@ -1,0 +1,168 @@
+//! How init starts the node agent: `/bin/bigv-<role> run` with its
+//! settings in the environment (the same variables for heads and tails;
+//! each agent reads what it needs), and what its exit status means.
+//!
+//! | variable | value |
+//! |---|---|
+//! | `BIGV_ROLE` | `head` / `tail` |
+//! | `BIGV_NODE_ID` | the boot NIC's MAC, `aa:bb:cc:dd:ee:ff` (stable across reboots) |
+//! | `BIGV_SPINE` | the brain's spine listener, `ip:port` |
+//! | `BIGV_PIN` | `sha256:<hex>` of the brain's certificate |
+//! | `BIGV_IMAGE_VERSION` | the version of the image actually running (`/etc/bigv/version`, else `bigv.version`), reported in `hello` so the brain can flag a node on the wrong image |
+//! | `BIGV_BOOT_INTERFACE` | the boot NIC's name, e.g. `eth0` |
+//! | `BIGV_ADDRESS` | the address DHCP gave the boot NIC |
+//! | `BIGV_STORAGE_ADDRESS` | tails: the address NBD clients reach (the same, for now) |
+//! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` (pools on a data disc that failed to mount are left out) |
+//!
+//! Exit status 10 asks init to reboot the node, 11 to power it off (the
+//! brain's spine `power` order: the agent replies, then exits). Any other
+//! exit is a crash: init restarts the agent with backoff.
+
+use std::net::Ipv4Addr;
+
+use crate::cmdline::{BootConfig, PoolArg, Role};
+use crate::net::Nic;
+
+pub const EXIT_REBOOT: i32 = 10;
+pub const EXIT_POWEROFF: i32 = 11;
+
+/// A tail with no `bigv.pool=` serves from a tmpfs pool: enough to join
+/// the spine and be tried out, not for real discs (see docs/boot.md).
+pub const DEFAULT_TAIL_POOL: &str = "scratch:ram:/run/bigv/pools/scratch";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    Poweroff,
+}
+
+/// What an agent's exit means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentExit {
+    Power(PowerAction),
+    /// Crashed or exited unasked: restart it.
+    Restart,
+}
+
+pub fn classify_exit(status: Option<i32>) -> AgentExit {
+    match status {
+        Some(EXIT_REBOOT) => AgentExit::Power(PowerAction::Reboot),
+        Some(EXIT_POWEROFF) => AgentExit::Power(PowerAction::Poweroff),
+        _ => AgentExit::Restart,
+    }
+}
+
+/// The agent's environment.
+pub fn agent_env(
+    config: &BootConfig,
+    image_version: &str,
+    nic: &Nic,
+    address: Ipv4Addr,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH", "/bin".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+        // The console is a serial line, not a terminal: no colour codes.
+        ("NO_COLOR", "1".to_owned()),
+        ("BIGV_ROLE", config.role.as_str().to_owned()),
+        ("BIGV_NODE_ID", nic.mac.to_string()),
+        ("BIGV_SPINE", config.spine.to_string()),
+        ("BIGV_PIN", config.pin.clone()),
+        ("BIGV_IMAGE_VERSION", image_version.to_owned()),
+        ("BIGV_BOOT_INTERFACE", nic.name.clone()),
+        ("BIGV_ADDRESS", address.to_string()),
+    ];
+    if config.role == Role::Tail {
+        env.push(("BIGV_STORAGE_ADDRESS", address.to_string()));
+        env.push(("BIGV_POOLS", pools(&config.pools, !config.discs.is_empty())));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+fn pools(pools: &[PoolArg], any_discs: bool) -> String {
+    // With data discs configured, no pools means none worked out: the
+    // agent must fail visibly rather than serve discs from memory.
+    if pools.is_empty() && !any_discs {
+        return DEFAULT_TAIL_POOL.to_owned();
+    }
+    pools
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The host name: the one DHCP gave, else `bigv-<role>-<mac hex>`.
+pub fn hostname(role: Role, nic: &Nic, from_dhcp: Option<&str>) -> String {
+    match from_dhcp {
+        Some(h) => h.to_owned(),
+        None => {
+            let hex: String = nic.mac.0.iter().map(|b| format!("{b:02x}")).collect();
+            format!("bigv-{role}-{hex}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmdline::{Mac, parse};
+
+    fn nic() -> Nic {
+        Nic {
+            index: 2,
+            name: "eth0".into(),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 0x11]),
+        }
+    }
+
+    #[test]
+    fn env_carries_what_the_tail_agent_needs() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let c = parse(&format!(
+            "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
+        ))
+        .unwrap();
+        let env: std::collections::BTreeMap<_, _> =
+            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15))
+                .into_iter()
+                .collect();
+        assert_eq!(env["BIGV_NODE_ID"], "52:54:00:00:00:11");
+        assert_eq!(env["BIGV_SPINE"], "10.0.2.2:4433");
+        assert_eq!(env["BIGV_PIN"], pin);
+        // The running image's version, not the one the brain expects.
+        assert_eq!(env["BIGV_IMAGE_VERSION"], "8");
+        assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
+        assert_eq!(env["BIGV_POOLS"], DEFAULT_TAIL_POOL);
+
+        let head = parse(&format!(
+            "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
+        ))
+        .unwrap();
+        let env = agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15));
+        assert!(!env.iter().any(|(k, _)| k == "BIGV_POOLS"));
+    }
+
+    #[test]
+    fn exit_codes_match_the_spine_contract() {
+        use bigv_spine::PowerAction as P;
+        assert_eq!(P::Reboot.agent_exit_code(), EXIT_REBOOT);
+        assert_eq!(P::Poweroff.agent_exit_code(), EXIT_POWEROFF);
+        assert_eq!(
+            classify_exit(Some(10)),
+            AgentExit::Power(PowerAction::Reboot)
+        );
+        assert_eq!(
+            classify_exit(Some(11)),
+            AgentExit::Power(PowerAction::Poweroff)
+        );
+        assert_eq!(classify_exit(Some(0)), AgentExit::Restart);
+        assert_eq!(classify_exit(None), AgentExit::Restart);
+    }
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname(Role::Tail, &nic(), None), "bigv-tail-525400000011");
+        assert_eq!(hostname(Role::Head, &nic(), Some("h1")), "h1");
+    }
+}
