@@ -184,12 +184,37 @@ async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Waits for `f` over the serial log's lines; on timeout shows the log's end.
+async fn wait_serial<T>(
+    log: &Path,
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut(Vec<String>) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f(serial_lines(log)) {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let lines = serial_lines(log);
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            panic!("timed out waiting for {what}; the serial log ends with:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The complete lines of a serial log (a line still being written is
+/// left out, so a match never sees half of one).
 fn serial_lines(log: &Path) -> Vec<String> {
     let bytes = std::fs::read(log).unwrap_or_default();
-    String::from_utf8_lossy(&bytes)
+    let mut lines: Vec<String> = String::from_utf8_lossy(&bytes)
         .split('\n')
         .map(|l| l.replace('\r', ""))
-        .collect()
+        .collect();
+    lines.pop();
+    lines
 }
 
 fn spec(discs: Vec<VmDisc>) -> VmSpec {
@@ -264,9 +289,8 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     })
     .await;
     let log = head.agent.paths("t1").serial_log;
-    let first_boot = wait_for("the guest's boot line", BOOT_WAIT, || {
-        serial_lines(&log)
-            .iter()
+    let first_boot = wait_serial(&log, "the guest's boot line", BOOT_WAIT, |all| {
+        all.iter()
             .find_map(|l| lines::boot_id(l).map(str::to_owned))
     })
     .await;
@@ -277,6 +301,8 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     })
     .await;
     assert!(disc_line.contains("DISC OK dev=/dev/vda"), "{disc_line}");
+    let paths = head.agent.paths("t1");
+    assert!(paths.qmp.exists() && paths.vnc.exists() && paths.serial.exists());
 
     // The CD changes while the VM runs.
     let iso = root.join("cd.iso");

@@ -4,8 +4,8 @@
 //! The guest is Debian's kernel plus a small initramfs whose `/init` is
 //! `src/bin/init.rs`. It prints `BIGV-GUEST BOOT id=<boot id>`, then
 //! `TICK <n> uptime=<s>` every second on ttyS0, writes and verifies a data
-//! pattern on its first disc, and answers `status`, `poweroff` and
-//! `reboot` typed on the serial console. The disc layout is in
+//! pattern on its first disc, and answers `status`, `disc`, `poweroff`
+//! and `reboot` typed on the serial console. The disc layout is in
 //! [`layout`]; the README has the whole story.
 
 pub mod image;

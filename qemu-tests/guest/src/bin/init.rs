@@ -279,6 +279,11 @@ fn commands(con: Console, input: File, boot_id: &str) {
                     ),
                 );
             }
+            // Writes and verifies the pattern again (a disc check on demand).
+            "disc" => {
+                let (con, id) = (con.clone(), boot_id.to_owned());
+                std::thread::spawn(move || disc_check(con, id));
+            }
             "poweroff" => power_off(&con, "BIGV-GUEST POWEROFF", libc::RB_POWER_OFF),
             "reboot" => power_off(&con, "BIGV-GUEST REBOOT", libc::RB_AUTOBOOT),
             other => say(&con, &format!("UNKNOWN {other}")),
