@@ -13,14 +13,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bigv_spine::message::PowerAction;
 use bigv_spine::resource::{
     MemoryFacts, Resource, ResourceName, ResourceValue, SignalKind, VmRunState, VmSpec,
 };
-use bigv_spine::{ErrorCode, NodeHandler, Notifier, OrderError};
+use bigv_spine::{ErrorCode, NodeAgent, NodeHandler, Notifier, OrderError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::argv::{self, QemuSettings, VmPaths};
+use crate::fence::Fence;
 use crate::qmp::{Event, Qmp};
 use crate::{error_chain, host, vm};
 
@@ -38,6 +40,8 @@ pub struct AgentConfig {
     pub vm_memory_mib: u64,
     /// How often memory and load are reported.
     pub report_interval: Duration,
+    /// Kill every VM after this long without the brain; `None` never does.
+    pub fence_timeout: Option<Duration>,
 }
 
 pub struct HeadAgent {
@@ -46,6 +50,7 @@ pub struct HeadAgent {
     vms: Mutex<BTreeMap<String, Arc<Vm>>>,
     notifier: OnceLock<Notifier>,
     shutdown: CancellationToken,
+    fence: Option<Fence>,
 }
 
 struct Vm {
@@ -85,12 +90,14 @@ impl HeadAgent {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         }
+        let fence = config.fence_timeout.map(|t| Fence::new(t, &config.run_dir));
         let agent = Arc::new_cyclic(|me| HeadAgent {
             me: me.clone(),
             config,
             vms: Mutex::default(),
             notifier: OnceLock::new(),
             shutdown: CancellationToken::new(),
+            fence,
         });
         let entries = std::fs::read_dir(&agent.config.run_dir)?;
         for entry in entries.flatten() {
@@ -107,7 +114,76 @@ impl HeadAgent {
             }
             agent.readopt(name).await;
         }
+        if agent.fence.is_some() {
+            tokio::spawn(agent.clone().fence_loop());
+        }
         Ok(agent)
+    }
+
+    /// Runs spine sessions until the brain orders a power action, like
+    /// `NodeAgent::run`, telling the fence when each session ends.
+    pub async fn run_spine(&self, node: &NodeAgent<HeadAgent>) -> PowerAction {
+        let backoff = node.config().backoff;
+        let keepalive = node.config().keepalive.timeout;
+        let mut delay = backoff.initial;
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = node.session().await;
+            if let Some(f) = &self.fence {
+                f.disconnected(keepalive);
+            }
+            match result {
+                Ok(action) => return action,
+                Err(e) => {
+                    tracing::warn!(error = %e, brain = %node.config().brain_addr, "spine session ended")
+                }
+            }
+            // A session that lasted a while was healthy: back off afresh.
+            if started.elapsed() > Duration::from_secs(30) {
+                delay = backoff.initial;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(backoff.max);
+        }
+    }
+
+    /// Kills every VM once the brain has been away for the fence timeout.
+    async fn fence_loop(self: Arc<Self>) {
+        let Some(fence) = &self.fence else { return };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if !fence.is_due() {
+                continue;
+            }
+            let vms: Vec<Arc<Vm>> = self
+                .vms
+                .lock()
+                .expect("vms poisoned")
+                .values()
+                .cloned()
+                .collect();
+            if vms.is_empty() {
+                continue;
+            }
+            let silent = fence.silent_for().unwrap_or_default();
+            tracing::error!(
+                vms = vms.len(),
+                silent_secs = silent.as_secs(),
+                fence_timeout_secs = fence.timeout().as_secs(),
+                "the brain has been away past the fence timeout: killing every VM (it may run them elsewhere now)"
+            );
+            for vm in &vms {
+                vm::kill(vm.pid);
+            }
+            for vm in &vms {
+                let _ = tokio::time::timeout(Duration::from_secs(15), vm.ended.cancelled()).await;
+            }
+            fence.add_fenced(vms.len());
+        }
     }
 
     async fn readopt(&self, name: &str) {
@@ -306,6 +382,9 @@ impl HeadAgent {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
+            if let Some(f) = &self.fence {
+                f.record_contact();
+            }
             let facts = self.facts().await;
             if let Some(n) = self.notifier.get() {
                 for r in facts {
@@ -487,6 +566,15 @@ impl HeadAgent {
 
 impl NodeHandler for HeadAgent {
     async fn snapshot(&self) -> Vec<Resource> {
+        // The dump follows `welcome`: the brain is heard again.
+        if let Some(fenced) = self.fence.as_ref().map(Fence::connected)
+            && fenced > 0
+        {
+            tracing::warn!(
+                vms = fenced,
+                "back on the spine after a fence: {fenced} VM(s) were killed while the brain was away and are not in this dump"
+            );
+        }
         let mut all = self.facts().await;
         let vms: Vec<Arc<Vm>> = self
             .vms

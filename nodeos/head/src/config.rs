@@ -14,7 +14,12 @@
 //! nbd_reconnect_delay_secs = 300
 //! nbd_open_timeout_secs = 30
 //! report_interval_secs = 10
+//! fence_timeout_secs = 120      # kill every VM after this long without the brain; 0 never
 //! ```
+//!
+//! `fence_timeout_secs` must not exceed the brain's setting of the same
+//! name: the brain restarts the VMs elsewhere after its timeout plus a
+//! margin. (The spine's `welcome` does not carry it yet.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +60,8 @@ pub struct HeadConfig {
     pub nbd_open_timeout_secs: u32,
     #[serde(default = "default_interval")]
     pub report_interval_secs: u64,
+    #[serde(default = "default_fence")]
+    pub fence_timeout_secs: u64,
     /// Addresses announced in `hello`.
     #[serde(default)]
     pub addresses: Vec<String>,
@@ -80,6 +87,9 @@ fn default_open_timeout() -> u32 {
 }
 fn default_interval() -> u64 {
     10
+}
+fn default_fence() -> u64 {
+    120
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +129,7 @@ impl HeadConfig {
             nbd_reconnect_delay_secs: default_reconnect(),
             nbd_open_timeout_secs: default_open_timeout(),
             report_interval_secs: default_interval(),
+            fence_timeout_secs: default_fence(),
             addresses: vec![],
         }
     }
@@ -185,6 +196,8 @@ impl HeadConfig {
                 .vm_memory_mib
                 .unwrap_or_else(|| host::mem_total_mib().saturating_sub(self.reserve_memory_mib)),
             report_interval: Duration::from_secs(self.report_interval_secs),
+            fence_timeout: (self.fence_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.fence_timeout_secs)),
         }
     }
 }
@@ -210,6 +223,7 @@ mod tests {
         assert_eq!(a.settings.nic_backend, NicBackend::User);
         assert_eq!(a.vm_memory_mib, 4096);
         assert_eq!(a.settings.nbd_reconnect_delay_secs, 300);
+        assert_eq!(a.fence_timeout, Some(Duration::from_secs(120)));
         let e = toml::from_str::<HeadConfig>(&good.replace("accel = \"tcg\"", "accel = \"xen\""))
             .unwrap_err()
             .to_string();

@@ -47,6 +47,10 @@ fn logs() {
 }
 
 async fn spine() -> SpineServer {
+    spine_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn spine_at(addr: SocketAddr) -> SpineServer {
     let config = ServerConfig {
         keepalive: Keepalive {
             interval: Duration::from_millis(200),
@@ -56,10 +60,7 @@ async fn spine() -> SpineServer {
         order_timeout: Duration::from_secs(60),
         ..ServerConfig::default()
     };
-    SpineServer::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap()
-        .0
+    SpineServer::bind(addr, config).await.unwrap().0
 }
 
 /// A head agent on the spine, with its run and log directories under `root`.
@@ -71,6 +72,22 @@ struct TestHead {
 
 impl TestHead {
     async fn start(spine: SocketAddr, root: &Path) -> TestHead {
+        TestHead::start_with(
+            spine,
+            root,
+            Some(Duration::from_secs(120)),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// `keepalive`: how long a silent link lives before the head notices.
+    async fn start_with(
+        spine: SocketAddr,
+        root: &Path,
+        fence: Option<Duration>,
+        keepalive: Duration,
+    ) -> TestHead {
         let config = AgentConfig {
             qemu: "qemu-system-x86_64".into(),
             run_dir: root.join("run"),
@@ -83,6 +100,7 @@ impl TestHead {
             },
             vm_memory_mib: VM_MEMORY,
             report_interval: Duration::from_millis(300),
+            fence_timeout: fence,
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let hello = Hello {
@@ -95,7 +113,7 @@ impl TestHead {
         let mut nc = NodeConfig::new(spine.to_string(), hello);
         nc.keepalive = Keepalive {
             interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(5),
+            timeout: keepalive,
         };
         nc.backoff = bigv_spine::Backoff {
             initial: Duration::from_millis(50),
@@ -103,8 +121,9 @@ impl TestHead {
         };
         let node = NodeAgent::new(nc, agent.clone());
         agent.set_notifier(node.notifier());
+        let runner = agent.clone();
         let task = tokio::spawn(async move {
-            node.run().await;
+            runner.run_spine(&node).await;
         });
         let report = tokio::spawn(agent.clone().report_loop());
         TestHead {
@@ -500,5 +519,67 @@ async fn killed_and_removed_vms_are_reported_gone_and_bad_orders_refused() {
     h.remove(ResourceName::vm("gone"), 3).await.unwrap();
     assert!(vm_in_table(&h, "gone").is_none());
     assert!(bigv_head::vm::wait_gone(pid, Duration::from_secs(5)).await);
+    head.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_cut_off_from_the_brain_past_the_fence_timeout_kills_its_vms() {
+    if !slow() {
+        return;
+    }
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let _killer = KillVms(root.join("run"));
+    let server = spine().await;
+    let addr = server.local_addr();
+    // Fence after 3 s of silence; the link's keepalive timeout is 1 s, so
+    // the head counts 2 s from the end of its session.
+    let head = TestHead::start_with(
+        addr,
+        &root,
+        Some(Duration::from_secs(3)),
+        Duration::from_secs(1),
+    )
+    .await;
+    let h = handle(&server).await;
+    h.create(Resource::vm("a", spec(vec![])), 1).await.unwrap();
+    h.create(Resource::vm("b", spec(vec![])), 1).await.unwrap();
+    let pids = [head.agent.pid("a").unwrap(), head.agent.pid("b").unwrap()];
+
+    // A short break is not a fence: the head reconnects at once.
+    h.disconnect();
+    let h = handle(&server).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        pids.iter().all(|p| bigv_head::vm::alive(*p)),
+        "no fence after a short break"
+    );
+    assert!(vm_in_table(&h, "a").is_some());
+
+    // The brain goes away: the VMs live on for a while (unknown is not
+    // dead), then die.
+    drop(h);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        pids.iter().all(|p| bigv_head::vm::alive(*p)),
+        "killed too early"
+    );
+    let mut gone = false;
+    for _ in 0..100 {
+        if pids.iter().all(|p| !bigv_head::vm::alive(*p)) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "VMs still running 10 s after the fence timeout");
+
+    // Back on a brain at the same address: the dump holds no VMs.
+    let server = spine_at(addr).await;
+    let h = handle(&server).await;
+    assert!(vm_in_table(&h, "a").is_none() && vm_in_table(&h, "b").is_none());
+    assert_eq!(free_memory(&h), Some(VM_MEMORY));
     head.stop().await;
 }

@@ -114,7 +114,7 @@ async fn run(config: HeadConfig) -> anyhow::Result<()> {
     agent.set_notifier(node.notifier());
     tokio::spawn(agent.clone().report_loop());
     tokio::select! {
-        action = node.run() => {
+        action = agent.run_spine(&node) => {
             // On a real head, init carries the action out; standalone, we stop.
             tracing::warn!(?action, "the brain ordered a power action; exiting (VMs keep running)");
         }
