@@ -474,7 +474,7 @@ impl HeadAgent {
             if wanted.cdrom_url != spec.cdrom_url {
                 let r = match &wanted.cdrom_url {
                     Some(url) => {
-                        argv::cdrom_blockdev(url)
+                        argv::cdrom_blockdev(url, self.config.settings.local_cdrom)
                             .map_err(|e| refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")))?;
                         vm.qmp.change_cdrom(url).await
                     }

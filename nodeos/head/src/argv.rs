@@ -43,6 +43,9 @@ pub struct QemuSettings {
     pub nbd_reconnect_delay_secs: u32,
     /// How long qemu keeps trying the first NBD connection at start.
     pub nbd_open_timeout_secs: u32,
+    /// Accept a CD that is a file on the head (an absolute path). Off in
+    /// production: a customer must not read the head's files; tests use it.
+    pub local_cdrom: bool,
 }
 
 /// Where one VM's sockets and files live.
@@ -208,19 +211,19 @@ fn check_word(field: &str, value: &str) -> Result<(), ArgError> {
     }
 }
 
-/// The qemu block driver for a CD URL (http/https through qemu's curl
-/// driver, anything else a file on the head).
-pub fn cdrom_blockdev(url: &str) -> Result<serde_json::Value, ArgError> {
+/// The qemu block driver for a CD URL: http/https through qemu's curl
+/// driver, or (only with `local`) an absolute path on the head.
+pub fn cdrom_blockdev(url: &str, local: bool) -> Result<serde_json::Value, ArgError> {
     let (driver, key) = if url.starts_with("https://") {
         ("https", "url")
     } else if url.starts_with("http://") {
         ("http", "url")
-    } else if url.starts_with('/') {
+    } else if local && url.starts_with('/') {
         ("file", "filename")
     } else {
         return Err(bad(
             "cdrom_url",
-            format!("{url:?}: expected http://, https:// or an absolute path"),
+            format!("{url:?}: expected an http:// or https:// URL"),
         ));
     };
     Ok(json!({
@@ -331,7 +334,7 @@ pub fn command_line(
     let cd_boot = spec.discs.len();
     if let Some(url) = &spec.cdrom_url {
         a.push("-blockdev".into());
-        a.push(cdrom_blockdev(url)?.to_string());
+        a.push(cdrom_blockdev(url, settings.local_cdrom)?.to_string());
         a.push("-device".into());
         a.push(format!("ide-cd,id=cd0,drive=cd0-media,bootindex={cd_boot}"));
     } else {
@@ -376,6 +379,7 @@ mod tests {
             nic_backend: NicBackend::User,
             nbd_reconnect_delay_secs: 300,
             nbd_open_timeout_secs: 30,
+            local_cdrom: false,
         }
     }
 

@@ -191,6 +191,7 @@ impl HeadConfig {
                 nic_backend: self.nic_backend,
                 nbd_reconnect_delay_secs: self.nbd_reconnect_delay_secs,
                 nbd_open_timeout_secs: self.nbd_open_timeout_secs,
+                local_cdrom: false,
             },
             vm_memory_mib: self
                 .vm_memory_mib

@@ -97,6 +97,7 @@ impl TestHead {
                 nic_backend: NicBackend::User,
                 nbd_reconnect_delay_secs: 60,
                 nbd_open_timeout_secs: 10,
+                local_cdrom: true,
             },
             vm_memory_mib: VM_MEMORY,
             report_interval: Duration::from_millis(300),
@@ -402,9 +403,16 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     assert_eq!(head.agent.pid("t1"), Some(pid), "the same qemu");
     assert_eq!(free_memory(&h), Some(VM_MEMORY - 256));
     // The guest answers on its console: same boot, uptime continuous.
-    let mut serial = tokio::net::UnixStream::connect(head.agent.paths("t1").serial)
+    let serial = tokio::net::UnixStream::connect(head.agent.paths("t1").serial)
         .await
         .unwrap();
+    // A console client must read: the guest's serial output stalls (and
+    // with it the guest's writer) once the socket buffer is full.
+    let (mut from_guest, mut serial) = serial.into_split();
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut from_guest, &mut sink).await;
+    });
     serial.write_all(b"status\n").await.unwrap();
     let status = wait_for("the guest's status answer", WAIT, || {
         serial_lines(&log)
@@ -421,6 +429,66 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         .filter(|l| lines::boot_id(l).is_some())
         .count();
     assert_eq!(boots, 2, "no reboot across the agent restart");
+
+    // A tail outage is an I/O stall, not an error: the disc check the
+    // guest runs while the tail is down finishes once it is back.
+    let disc_lines = |log: &Path| {
+        serial_lines(log)
+            .iter()
+            .filter(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
+            .count()
+    };
+    let before = disc_lines(&log);
+    let tail_addr = tail.local_addr();
+    tail.stop().await;
+    serial.write_all(b"disc\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        disc_lines(&log),
+        before,
+        "the disc check waits for the tail"
+    );
+    let last_tick = |log: &Path| {
+        serial_lines(log)
+            .iter()
+            .filter_map(|l| lines::tick(l))
+            .next_back()
+            .map_or(0, |(n, _)| n)
+    };
+    let t = last_tick(&log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        last_tick(&log) > t,
+        "the guest runs on while its disc stalls"
+    );
+    let export = Export::open("disc.sata.1", &image, false).unwrap();
+    let tail = DiscServer::start(
+        Arc::new(export),
+        tail_addr,
+        Acl::parse(&["127.0.0.1"]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let after = wait_serial(
+        &log,
+        "the disc check after the tail came back",
+        Duration::from_secs(90),
+        |all| {
+            all.into_iter()
+                .filter(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
+                .nth(before)
+        },
+    )
+    .await;
+    assert!(after.contains("DISC OK dev=/dev/vda"), "{after}");
+    assert!(
+        after.contains(&format!("previous={second_boot}")),
+        "{after}"
+    );
+    assert_eq!(
+        vm_in_table(&h, "t1").unwrap().state,
+        Some(VmRunState::Running)
+    );
 
     // A repeated signal (same seq) is not delivered again.
     h.update(Resource::vm("t1", order.clone()), 4)
