@@ -531,6 +531,36 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         (free_memory(&h) == Some(VM_MEMORY)).then_some(())
     })
     .await;
+
+    // The compatibility profile on the same disc: IDE disc, e1000 NIC;
+    // the guest boots, finds /dev/sda and the last pattern t1 wrote.
+    let mut compat = spec(vec![VmDisc {
+        address: format!("nbd:{}", tail.local_addr()),
+        model: "ide".into(),
+        serial: None,
+    }]);
+    compat.network_interfaces[0].model = "e1000".into();
+    h.create(Resource::vm("t2", compat), 6).await.unwrap();
+    let log2 = head.agent.paths("t2").serial_log;
+    let disc_line = wait_serial(
+        &log2,
+        "the compatibility guest's disc check",
+        BOOT_WAIT,
+        |all| {
+            all.into_iter()
+                .find(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
+        },
+    )
+    .await;
+    assert!(disc_line.contains("DISC OK dev=/dev/sda"), "{disc_line}");
+    assert!(
+        disc_line.contains(&format!("previous={second_boot}")),
+        "{disc_line}"
+    );
+    let pid2 = head.agent.pid("t2").unwrap();
+    h.remove(ResourceName::vm("t2"), 7).await.unwrap();
+    assert!(vm_in_table(&h, "t2").is_none());
+    assert!(bigv_head::vm::wait_gone(pid2, Duration::from_secs(5)).await);
     head.stop().await;
     tail.stop().await;
 }
