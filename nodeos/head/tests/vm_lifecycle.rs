@@ -503,13 +503,47 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         2
     );
 
-    // ACPI powerdown: the guest powers off, qemu exits, the brain hears.
+    // Keys: qemu takes a real combination and refuses an unknown key.
     order.signal = Some(VmSignal {
         seq: 2,
+        kind: SignalKind::Sendkey,
+        keys: Some("ctrl-alt-delete".into()),
+    });
+    h.update(Resource::vm("t1", order.clone()), 5)
+        .await
+        .unwrap();
+    assert_eq!(vm_in_table(&h, "t1").unwrap().signal, order.signal);
+    wait_serial(&log, "the guest to see ctrl-alt-delete", WAIT, |all| {
+        all.iter()
+            .any(|l| l.contains(lines::CTRL_ALT_DEL))
+            .then_some(())
+    })
+    .await;
+    order.signal = Some(VmSignal {
+        seq: 3,
+        kind: SignalKind::Sendkey,
+        keys: Some("ctrl-nosuchkey".into()),
+    });
+    match h.update(Resource::vm("t1", order.clone()), 6).await {
+        Err(OrderFailure::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Failed);
+            assert!(e.message.contains("nosuchkey"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        vm_in_table(&h, "t1").unwrap().signal.map(|s| s.seq),
+        Some(2)
+    );
+    assert!(h.resource(&"global.load".parse().unwrap()).is_some());
+
+    // ACPI powerdown: the guest powers off, qemu exits, the brain hears.
+    order.signal = Some(VmSignal {
+        seq: 4,
         kind: SignalKind::Powerdown,
         keys: None,
     });
-    h.update(Resource::vm("t1", order.clone()), 5)
+    h.update(Resource::vm("t1", order.clone()), 7)
         .await
         .unwrap();
     wait_for("vm.t1 reported destroyed", Duration::from_secs(60), || {
@@ -540,7 +574,7 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         serial: None,
     }]);
     compat.network_interfaces[0].model = "e1000".into();
-    h.create(Resource::vm("t2", compat), 6).await.unwrap();
+    h.create(Resource::vm("t2", compat), 8).await.unwrap();
     let log2 = head.agent.paths("t2").serial_log;
     let disc_line = wait_serial(
         &log2,
@@ -558,7 +592,7 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         "{disc_line}"
     );
     let pid2 = head.agent.pid("t2").unwrap();
-    h.remove(ResourceName::vm("t2"), 7).await.unwrap();
+    h.remove(ResourceName::vm("t2"), 9).await.unwrap();
     assert!(vm_in_table(&h, "t2").is_none());
     assert!(bigv_head::vm::wait_gone(pid2, Duration::from_secs(5)).await);
     head.stop().await;

@@ -26,6 +26,8 @@ pub mod lines {
     pub const STATUS: &str = "STATUS ";
     /// Printed when the ACPI power button is pressed, before powering off.
     pub const POWER_BUTTON: &str = "BIGV-GUEST POWER BUTTON";
+    /// Printed for each ctrl-alt-delete on the guest's keyboard.
+    pub const CTRL_ALT_DEL: &str = "BIGV-GUEST CTRL-ALT-DEL";
 
     /// The boot id in a `BOOT` line.
     pub fn boot_id(line: &str) -> Option<&str> {

@@ -17,6 +17,29 @@ use bigv_test_guest::{layout, lines, pattern};
 type Console = Arc<Mutex<File>>;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
+static CAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    CAD.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-alt-delete on the guest's keyboard reaches PID 1 as SIGINT (not
+/// a reboot); each press is reported on the console, so a test can see
+/// that keys sent through qemu arrived.
+fn watch_ctrl_alt_del(con: Console) {
+    // SAFETY: RB_DISABLE_CAD takes no pointer; the handler only stores
+    // to an atomic.
+    unsafe {
+        libc::reboot(libc::RB_DISABLE_CAD);
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if CAD.swap(false, Ordering::SeqCst) {
+            say(&con, lines::CTRL_ALT_DEL);
+        }
+    }
+}
 static DISC: Mutex<String> = Mutex::new(String::new());
 
 fn say(con: &Console, line: &str) {
@@ -318,6 +341,10 @@ fn main() {
     {
         let con = con.clone();
         std::thread::spawn(move || power_buttons(con));
+    }
+    {
+        let con = con.clone();
+        std::thread::spawn(move || watch_ctrl_alt_del(con));
     }
     commands(con, input, &boot_id);
 }
