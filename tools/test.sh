@@ -16,3 +16,5 @@ echo "== slow tier (BIGV_SLOW_TESTS=1)"
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-pxe --test ipxe_e2e
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-brain --test boot_e2e
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-image --test boot_e2e
+BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-test-guest --test boot
+BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-head --test vm_lifecycle

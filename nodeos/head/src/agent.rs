@@ -1,0 +1,604 @@
+//! The head agent: `bigv_spine::NodeHandler` for `vm.NAME`, plus the
+//! `global.memory` and `global.load` reports.
+//!
+//! Each VM is one qemu process with a supervisor task reading its QMP
+//! events. When qemu ends — guest shutdown, crash, `quit`, killed — the
+//! supervisor removes the VM and tells the brain it is `destroyed`, with
+//! the reason in the log. Notifications are sent only after the VM's
+//! lock is released (the spine's dump holds its outbox while it
+//! snapshots, which takes those locks).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bigv_spine::message::PowerAction;
+use bigv_spine::resource::{
+    MemoryFacts, Resource, ResourceName, ResourceValue, SignalKind, VmRunState, VmSpec,
+};
+use bigv_spine::{ErrorCode, NodeAgent, NodeHandler, Notifier, OrderError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::argv::{self, QemuSettings, VmPaths};
+use crate::fence::Fence;
+use crate::qmp::{Event, Qmp};
+use crate::{error_chain, host, vm};
+
+/// What the agent needs to know about its host.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub qemu: PathBuf,
+    /// Sockets, pidfiles and `spec.json`, one directory per VM. Must
+    /// survive an agent restart (a tmpfs like /run is right).
+    pub run_dir: PathBuf,
+    /// Serial scroll-back logs, one per VM.
+    pub log_dir: PathBuf,
+    pub settings: QemuSettings,
+    /// MiB offered to VMs (`global.memory` total).
+    pub vm_memory_mib: u64,
+    /// How often memory and load are reported.
+    pub report_interval: Duration,
+    /// Kill every VM after this long without the brain; `None` never does.
+    pub fence_timeout: Option<Duration>,
+}
+
+pub struct HeadAgent {
+    me: std::sync::Weak<HeadAgent>,
+    config: AgentConfig,
+    vms: Mutex<BTreeMap<String, Arc<Vm>>>,
+    notifier: OnceLock<Notifier>,
+    shutdown: CancellationToken,
+    fence: Option<Fence>,
+}
+
+struct Vm {
+    name: String,
+    paths: VmPaths,
+    pid: i32,
+    /// MiB, fixed while qemu runs.
+    memory: u64,
+    qmp: Qmp,
+    /// The resource as reported (running hardware, delivered signal, CD).
+    spec: tokio::sync::Mutex<VmSpec>,
+    /// Fired once the VM is gone and reported `destroyed`.
+    ended: CancellationToken,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> OrderError {
+    OrderError::new(code, message)
+}
+
+fn failed(name: &str, what: &str, e: &(dyn std::error::Error + 'static)) -> OrderError {
+    let message = format!("vm.{name}: {what}: {}", error_chain(e));
+    tracing::warn!(vm = name, "{message}");
+    refuse(ErrorCode::Failed, message)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl HeadAgent {
+    /// Prepares the directories and re-adopts every qemu a previous agent
+    /// left running; VMs that ended meanwhile are cleaned up.
+    pub async fn start(config: AgentConfig) -> anyhow::Result<Arc<HeadAgent>> {
+        for dir in [&config.run_dir, &config.log_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        }
+        let fence = config.fence_timeout.map(|t| Fence::new(t, &config.run_dir));
+        let agent = Arc::new_cyclic(|me| HeadAgent {
+            me: me.clone(),
+            config,
+            vms: Mutex::default(),
+            notifier: OnceLock::new(),
+            shutdown: CancellationToken::new(),
+            fence,
+        });
+        let entries = std::fs::read_dir(&agent.config.run_dir)?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file_name.strip_prefix("vm.") else {
+                continue;
+            };
+            if ResourceName::vm(name)
+                .to_string()
+                .parse::<ResourceName>()
+                .is_err()
+            {
+                continue;
+            }
+            agent.readopt(name).await;
+        }
+        if agent.fence.is_some() {
+            tokio::spawn(agent.clone().fence_loop());
+        }
+        Ok(agent)
+    }
+
+    /// Runs spine sessions until the brain orders a power action, like
+    /// `NodeAgent::run`, telling the fence when each session ends.
+    pub async fn run_spine(&self, node: &NodeAgent<HeadAgent>) -> PowerAction {
+        let backoff = node.config().backoff;
+        let keepalive = node.config().keepalive.timeout;
+        let mut delay = backoff.initial;
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = node.session().await;
+            if let Some(f) = &self.fence {
+                f.disconnected(keepalive);
+            }
+            match result {
+                Ok(action) => return action,
+                Err(e) => {
+                    tracing::warn!(error = %e, brain = %node.config().brain_addr, "spine session ended")
+                }
+            }
+            // A session that lasted a while was healthy: back off afresh.
+            if started.elapsed() > Duration::from_secs(30) {
+                delay = backoff.initial;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(backoff.max);
+        }
+    }
+
+    /// Kills every VM once the brain has been away for the fence timeout.
+    async fn fence_loop(self: Arc<Self>) {
+        let Some(fence) = &self.fence else { return };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if !fence.is_due() {
+                continue;
+            }
+            let vms: Vec<Arc<Vm>> = self
+                .vms
+                .lock()
+                .expect("vms poisoned")
+                .values()
+                .cloned()
+                .collect();
+            if vms.is_empty() {
+                continue;
+            }
+            let silent = fence.silent_for().unwrap_or_default();
+            tracing::error!(
+                vms = vms.len(),
+                silent_secs = silent.as_secs(),
+                fence_timeout_secs = fence.timeout().as_secs(),
+                "the brain has been away past the fence timeout: killing every VM (it may run them elsewhere now)"
+            );
+            for vm in &vms {
+                vm::kill(vm.pid);
+            }
+            for vm in &vms {
+                let _ = tokio::time::timeout(Duration::from_secs(15), vm.ended.cancelled()).await;
+            }
+            fence.add_fenced(vms.len());
+        }
+    }
+
+    async fn readopt(&self, name: &str) {
+        let paths = self.paths(name);
+        let adopted = match vm::load_spec(&paths) {
+            Ok(spec) => vm::adopt(&paths).await.map(|r| (spec, r)),
+            Err(e) => Err(e),
+        };
+        match adopted {
+            Ok((spec, running)) => {
+                tracing::info!(vm = name, pid = running.pid, "re-adopted a running VM");
+                self.install(name, paths, spec, running);
+            }
+            Err(e) => {
+                tracing::warn!(vm = name, error = %error_chain(&e), "a VM in the run directory is no longer running; cleaning up");
+                let _ = std::fs::remove_dir_all(&paths.dir);
+            }
+        }
+    }
+
+    /// Stops watching the VMs and closes their QMP connections, leaving
+    /// every qemu running (a restart, or tests that restart the agent).
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let vms: Vec<Arc<Vm>> = std::mem::take(&mut *self.vms.lock().expect("vms poisoned"))
+            .into_values()
+            .collect();
+        drop(vms);
+    }
+
+    /// Connects the agent to its spine session's notifier (once).
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn paths(&self, name: &str) -> VmPaths {
+        VmPaths::new(&self.config.run_dir, &self.config.log_dir, name)
+    }
+
+    /// The qemu pid of a VM, if it runs here.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.vm(name).map(|v| v.pid)
+    }
+
+    /// What the CD drive of a running VM holds, asked of qemu.
+    pub async fn cdrom_medium(&self, name: &str) -> Option<String> {
+        let vm = self.vm(name)?;
+        vm.qmp.cdrom_medium().await.ok().flatten()
+    }
+
+    fn vm(&self, name: &str) -> Option<Arc<Vm>> {
+        self.vms.lock().expect("vms poisoned").get(name).cloned()
+    }
+
+    fn install(&self, name: &str, paths: VmPaths, spec: VmSpec, running: vm::Running) -> Arc<Vm> {
+        let vm = Arc::new(Vm {
+            name: name.to_owned(),
+            paths,
+            pid: running.pid,
+            memory: spec.memory,
+            qmp: running.qmp,
+            spec: tokio::sync::Mutex::new(spec),
+            ended: CancellationToken::new(),
+        });
+        self.vms
+            .lock()
+            .expect("vms poisoned")
+            .insert(name.to_owned(), vm.clone());
+        let me = self.me.upgrade().expect("agent alive");
+        tokio::spawn(me.supervise(vm.clone(), running.events));
+        vm
+    }
+
+    /// Watches one VM's events until qemu ends, then reports it gone.
+    async fn supervise(self: Arc<Self>, vm: Arc<Vm>, mut events: mpsc::UnboundedReceiver<Event>) {
+        let mut reason: Option<String> = None;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => {
+                        if let Some(r) = self.on_event(&vm, ev).await {
+                            reason = Some(r);
+                        }
+                    }
+                    None => break,
+                },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+        // The QMP connection closed: qemu is exiting (or broke its monitor).
+        if !vm::wait_gone(vm.pid, Duration::from_secs(10)).await {
+            tracing::error!(vm = %vm.name, pid = vm.pid, "QMP closed but qemu lives on; killing it");
+            vm::kill(vm.pid);
+            vm::wait_gone(vm.pid, Duration::from_secs(5)).await;
+            reason.get_or_insert_with(|| "lost its QMP connection; killed".into());
+        }
+        let reason =
+            reason.unwrap_or_else(|| "qemu exited without saying why (crash or killed)".into());
+        self.forget(&vm, &reason).await;
+    }
+
+    /// Acts on one event; returns why the VM is ending, if it is.
+    async fn on_event(&self, vm: &Vm, ev: Event) -> Option<String> {
+        let detail = ev.data.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+        match ev.name.as_str() {
+            "SHUTDOWN" => {
+                let who = if ev.data.get("guest").and_then(|g| g.as_bool()) == Some(true) {
+                    "the guest shut down"
+                } else {
+                    "qemu was told to quit"
+                };
+                Some(format!("{who} ({detail})"))
+            }
+            "GUEST_PANICKED" => Some("the guest panicked".into()),
+            "RESET" => {
+                tracing::info!(vm = %vm.name, reason = detail, "VM reset");
+                None
+            }
+            "STOP" | "RESUME" => {
+                let state = if ev.name == "STOP" {
+                    VmRunState::Paused
+                } else {
+                    VmRunState::Running
+                };
+                let spec = {
+                    let mut spec = vm.spec.lock().await;
+                    if spec.state == Some(state) {
+                        return None;
+                    }
+                    spec.state = Some(state);
+                    let _ = vm::save_spec(&vm.paths, &spec);
+                    spec.clone()
+                };
+                tracing::info!(vm = %vm.name, ?state, "VM run state changed");
+                if let Some(n) = self.notifier.get() {
+                    n.updated(Resource::vm(vm.name.clone(), spec)).await;
+                }
+                None
+            }
+            other => {
+                tracing::debug!(vm = %vm.name, event = other, data = %ev.data, "QMP event");
+                None
+            }
+        }
+    }
+
+    /// The VM is gone: drop it, clean its run directory, tell the brain.
+    async fn forget(&self, vm: &Arc<Vm>, reason: &str) {
+        let removed = {
+            let mut vms = self.vms.lock().expect("vms poisoned");
+            match vms.get(&vm.name) {
+                Some(v) if Arc::ptr_eq(v, vm) => vms.remove(&vm.name).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            tracing::warn!(vm = %vm.name, pid = vm.pid, reason, "VM stopped; reporting it destroyed");
+            let _ = std::fs::remove_dir_all(&vm.paths.dir);
+            if let Some(n) = self.notifier.get() {
+                n.destroyed(ResourceName::vm(vm.name.clone())).await;
+                n.updated(self.memory()).await;
+            }
+        }
+        vm.ended.cancel();
+    }
+
+    fn memory(&self) -> Resource {
+        let used: u64 = self
+            .vms
+            .lock()
+            .expect("vms poisoned")
+            .values()
+            .map(|v| v.memory)
+            .sum();
+        Resource::memory(MemoryFacts {
+            total: self.config.vm_memory_mib,
+            free: self.config.vm_memory_mib.saturating_sub(used),
+        })
+    }
+
+    /// `global.memory` and `global.load`.
+    pub async fn facts(&self) -> Vec<Resource> {
+        vec![self.memory(), Resource::load(host::load_average())]
+    }
+
+    /// Reports memory and load every `report_interval` until shutdown.
+    pub async fn report_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.report_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if let Some(f) = &self.fence {
+                f.record_contact();
+            }
+            let facts = self.facts().await;
+            if let Some(n) = self.notifier.get() {
+                for r in facts {
+                    n.updated(r).await;
+                }
+            }
+        }
+    }
+
+    fn parse(resource: Resource) -> Result<(String, VmSpec), OrderError> {
+        let (name, value) = resource.into_parts();
+        match (name, value) {
+            (ResourceName::Vm(name), ResourceValue::Vm(spec)) => Ok((name, *spec)),
+            (name, _) => Err(refuse(
+                ErrorCode::Unsupported,
+                format!("{name}: a head runs VMs only"),
+            )),
+        }
+    }
+
+    async fn create_vm(&self, resource: Resource) -> Result<(), OrderError> {
+        let (name, mut spec) = Self::parse(resource)?;
+        if self.vm(&name).is_some() {
+            return Err(refuse(
+                ErrorCode::AlreadyExists,
+                format!("vm.{name} runs here"),
+            ));
+        }
+        let free = match self.facts().await.first().map(Resource::value) {
+            Some(ResourceValue::Memory(m)) => m.free,
+            _ => 0,
+        };
+        if spec.memory > free {
+            return Err(refuse(
+                ErrorCode::InsufficientResources,
+                format!(
+                    "vm.{name}: memory: needs {} MiB, {free} MiB free",
+                    spec.memory
+                ),
+            ));
+        }
+        let paths = self.paths(&name);
+        // A signal already in a create order counts as delivered: it was
+        // meant for an earlier process.
+        spec.state = Some(VmRunState::Running);
+        spec.started_at = Some(now_unix());
+        let running = match vm::spawn(
+            &self.config.qemu,
+            &name,
+            &spec,
+            &self.config.settings,
+            &paths,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(vm::VmError::Args(e)) => {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                return Err(refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&paths.dir);
+                return Err(failed(&name, "starting qemu", &e));
+            }
+        };
+        let vm = self.install(&name, paths, spec.clone(), running);
+        if let Err(e) = vm.qmp.cont().await {
+            vm::kill(vm.pid);
+            vm.ended.cancelled().await;
+            return Err(failed(&name, "resuming the new VM", &e));
+        }
+        tracing::info!(vm = %name, pid = vm.pid, "VM started");
+        if let Some(n) = self.notifier.get() {
+            n.created(Resource::vm(name, spec)).await;
+            n.updated(self.memory()).await;
+        }
+        Ok(())
+    }
+
+    async fn update_vm(&self, resource: Resource) -> Result<(), OrderError> {
+        let (name, wanted) = Self::parse(resource)?;
+        let Some(vm) = self.vm(&name) else {
+            return Err(refuse(ErrorCode::NotFound, format!("no vm.{name} here")));
+        };
+        let reported = {
+            let mut spec = vm.spec.lock().await;
+            if wanted.cdrom_url != spec.cdrom_url {
+                let r = match &wanted.cdrom_url {
+                    Some(url) => {
+                        argv::cdrom_blockdev(url, self.config.settings.local_cdrom)
+                            .map_err(|e| refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")))?;
+                        vm.qmp.change_cdrom(url).await
+                    }
+                    None => vm.qmp.eject_cdrom().await,
+                };
+                r.map_err(|e| failed(&name, "changing the CD", &e))?;
+                tracing::info!(vm = %name, cdrom = ?wanted.cdrom_url, "CD changed");
+                spec.cdrom_url = wanted.cdrom_url.clone();
+            }
+            let delivered = spec.signal.as_ref().map(|s| s.seq);
+            if let Some(signal) = wanted.signal.as_ref().filter(|s| Some(s.seq) != delivered) {
+                let r = match signal.kind {
+                    SignalKind::Powerdown => vm.qmp.system_powerdown().await,
+                    SignalKind::Reset => vm.qmp.system_reset().await,
+                    SignalKind::Sendkey => {
+                        let keys = signal.keys.as_deref().unwrap_or_default();
+                        let ok = !keys.is_empty()
+                            && keys
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                        if !ok {
+                            return Err(refuse(
+                                ErrorCode::Invalid,
+                                format!(
+                                    "vm.{name}: signal.keys: {keys:?} is not a key combination"
+                                ),
+                            ));
+                        }
+                        vm.qmp.send_key(keys).await
+                    }
+                };
+                r.map_err(|e| failed(&name, "delivering a signal", &e))?;
+                tracing::info!(vm = %name, seq = signal.seq, kind = ?signal.kind, "signal delivered");
+                spec.signal = Some(signal.clone());
+            }
+            if (
+                wanted.memory,
+                wanted.cores,
+                &wanted.discs,
+                &wanted.network_interfaces,
+            ) != (
+                spec.memory,
+                spec.cores,
+                &spec.discs,
+                &spec.network_interfaces,
+            ) {
+                tracing::info!(vm = %name, "hardware changes apply when the VM is next started");
+            }
+            let _ = vm::save_spec(&vm.paths, &spec);
+            spec.clone()
+        };
+        if let Some(n) = self.notifier.get() {
+            n.updated(Resource::vm(name, reported)).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_vm(&self, name: ResourceName) -> Result<(), OrderError> {
+        let ResourceName::Vm(name) = name else {
+            return Err(refuse(
+                ErrorCode::Unsupported,
+                format!("{name}: a head runs VMs only"),
+            ));
+        };
+        let Some(vm) = self.vm(&name) else {
+            return Ok(());
+        };
+        tracing::info!(vm = %name, pid = vm.pid, "stopping VM (ordered)");
+        if let Err(e) = vm.qmp.quit().await {
+            tracing::warn!(vm = %name, error = %e, "QMP quit failed; killing qemu");
+            vm::kill(vm.pid);
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(15), vm.ended.cancelled()).await;
+        if ended.is_err() {
+            vm::kill(vm.pid);
+            if tokio::time::timeout(Duration::from_secs(15), vm.ended.cancelled())
+                .await
+                .is_err()
+            {
+                return Err(refuse(
+                    ErrorCode::Failed,
+                    format!("vm.{name}: qemu does not die"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeHandler for HeadAgent {
+    async fn snapshot(&self) -> Vec<Resource> {
+        // The dump follows `welcome`: the brain is heard again.
+        if let Some(fenced) = self.fence.as_ref().map(Fence::connected)
+            && fenced > 0
+        {
+            tracing::warn!(
+                vms = fenced,
+                "back on the spine after a fence: {fenced} VM(s) were killed while the brain was away and are not in this dump"
+            );
+        }
+        let mut all = self.facts().await;
+        let vms: Vec<Arc<Vm>> = self
+            .vms
+            .lock()
+            .expect("vms poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for vm in vms {
+            let spec = vm.spec.lock().await.clone();
+            all.push(Resource::vm(vm.name.clone(), spec));
+        }
+        all
+    }
+
+    async fn create(&self, resource: Resource) -> Result<(), OrderError> {
+        self.create_vm(resource).await
+    }
+
+    async fn update(&self, resource: Resource) -> Result<(), OrderError> {
+        self.update_vm(resource).await
+    }
+
+    async fn remove(&self, name: ResourceName) -> Result<(), OrderError> {
+        self.remove_vm(name).await
+    }
+}

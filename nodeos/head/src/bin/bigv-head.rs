@@ -1,0 +1,125 @@
+//! `bigv-head run --config head.toml` (or flags): the head agent. Joins
+//! the spine and runs the VMs the brain orders as qemu processes,
+//! re-adopting those a previous run left behind.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use bigv_head::agent::HeadAgent;
+use bigv_head::argv::{Accel, NicBackend};
+use bigv_head::config::HeadConfig;
+use bigv_spine::NodeAgent;
+
+#[derive(Parser)]
+#[command(name = "bigv-head", version, about = "The BigV head agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Join the spine and run VMs (the head agent).
+    Run {
+        /// A TOML file with every setting (see `bigv_head::config`).
+        #[arg(long, conflicts_with_all = ["node_id", "spine"])]
+        config: Option<PathBuf>,
+        #[arg(long, env = "BIGV_NODE_ID")]
+        node_id: Option<String>,
+        /// The brain's spine listener, `host:port`.
+        #[arg(long, env = "BIGV_SPINE")]
+        spine: Option<String>,
+        /// The brain certificate's fingerprint, `sha256:HEX`.
+        #[arg(long, env = "BIGV_PIN")]
+        pin: Option<String>,
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        /// kvm or tcg; default: KVM if /dev/kvm answers.
+        #[arg(long)]
+        accel: Option<String>,
+        /// none or user.
+        #[arg(long)]
+        nic_backend: Option<String>,
+        #[arg(long)]
+        vm_memory_mib: Option<u64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let Cmd::Run {
+            config,
+            node_id,
+            spine,
+            pin,
+            run_dir,
+            log_dir,
+            accel,
+            nic_backend,
+            vm_memory_mib,
+        } = cli.command;
+        let config = match config {
+            Some(path) => HeadConfig::load(&path)?,
+            None => {
+                let mut c = HeadConfig::new(
+                    node_id.context("--node-id (or --config) is required")?,
+                    spine.context("--spine (or --config) is required")?,
+                );
+                c.pin = pin;
+                if let Some(d) = run_dir {
+                    c.run_dir = d;
+                }
+                if let Some(d) = log_dir {
+                    c.log_dir = d;
+                }
+                c.accel = match accel.as_deref() {
+                    None => None,
+                    Some("kvm") => Some(Accel::Kvm),
+                    Some("tcg") => Some(Accel::Tcg),
+                    Some(other) => anyhow::bail!("--accel {other:?}: expected kvm or tcg"),
+                };
+                c.nic_backend = match nic_backend.as_deref() {
+                    None | Some("none") => NicBackend::None,
+                    Some("user") => NicBackend::User,
+                    Some(other) => anyhow::bail!("--nic-backend {other:?}: expected none or user"),
+                };
+                c.vm_memory_mib = vm_memory_mib;
+                c.check()?;
+                c
+            }
+        };
+        run(config).await
+    })
+}
+
+async fn run(config: HeadConfig) -> anyhow::Result<()> {
+    let node_config = config.node_config()?;
+    let agent = HeadAgent::start(config.agent_config()).await?;
+    let node = NodeAgent::new(node_config, agent.clone());
+    agent.set_notifier(node.notifier());
+    tokio::spawn(agent.clone().report_loop());
+    tokio::select! {
+        action = agent.run_spine(&node) => {
+            // On a real head, init carries the action out; standalone, we stop.
+            tracing::warn!(?action, "the brain ordered a power action; exiting (VMs keep running)");
+        }
+        r = tokio::signal::ctrl_c() => r.context("waiting for ^C")?,
+    }
+    agent.shutdown().await;
+    Ok(())
+}

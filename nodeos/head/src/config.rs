@@ -1,0 +1,236 @@
+//! The head's configuration: a TOML file (or the same fields as flags).
+//!
+//! ```toml
+//! node_id = "52:54:00:12:34:56"
+//! spine = "[fd00::1]:4100"
+//! pin = "sha256:…"              # the brain's certificate; omit for plain TCP (tests)
+//! qemu = "/usr/bin/qemu-system-x86_64"
+//! run_dir = "/run/bigv-head"    # sockets, pidfiles: must survive an agent restart
+//! log_dir = "/var/log/bigv-head"  # serial scroll-back per VM
+//! accel = "tcg"                 # kvm | tcg; omit to use KVM when /dev/kvm answers
+//! nic_backend = "none"          # none | user (taps are not built yet)
+//! vm_memory_mib = 30000         # omit: MemTotal minus reserve_memory_mib
+//! reserve_memory_mib = 2048
+//! nbd_reconnect_delay_secs = 300
+//! nbd_open_timeout_secs = 30
+//! report_interval_secs = 10
+//! fence_timeout_secs = 120      # kill every VM after this long without the brain; 0 never
+//! ```
+//!
+//! `fence_timeout_secs` must not exceed the brain's setting of the same
+//! name: the brain restarts the VMs elsewhere after its timeout plus a
+//! margin. (The spine's `welcome` does not carry it yet.)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bigv_spine::tls::Fingerprint;
+use bigv_spine::{Hello, NodeConfig, Role};
+use serde::Deserialize;
+
+use crate::agent::AgentConfig;
+use crate::argv::{Accel, NicBackend, QemuSettings};
+use crate::host;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    pub node_id: String,
+    /// `host:port` of the brain's spine listener.
+    pub spine: String,
+    #[serde(default)]
+    pub pin: Option<String>,
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    #[serde(default = "default_log_dir")]
+    pub log_dir: PathBuf,
+    #[serde(default)]
+    pub accel: Option<Accel>,
+    #[serde(default)]
+    pub nic_backend: NicBackend,
+    #[serde(default)]
+    pub vm_memory_mib: Option<u64>,
+    #[serde(default = "default_reserve")]
+    pub reserve_memory_mib: u64,
+    #[serde(default = "default_reconnect")]
+    pub nbd_reconnect_delay_secs: u32,
+    #[serde(default = "default_open_timeout")]
+    pub nbd_open_timeout_secs: u32,
+    #[serde(default = "default_interval")]
+    pub report_interval_secs: u64,
+    #[serde(default = "default_fence")]
+    pub fence_timeout_secs: u64,
+    /// Addresses announced in `hello`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+fn default_qemu() -> PathBuf {
+    "qemu-system-x86_64".into()
+}
+fn default_run_dir() -> PathBuf {
+    "/run/bigv-head".into()
+}
+fn default_log_dir() -> PathBuf {
+    "/var/log/bigv-head".into()
+}
+fn default_reserve() -> u64 {
+    2048
+}
+fn default_reconnect() -> u32 {
+    300
+}
+fn default_open_timeout() -> u32 {
+    30
+}
+fn default_interval() -> u64 {
+    10
+}
+fn default_fence() -> u64 {
+    120
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("pin: {0}")]
+    Pin(String),
+    #[error("report_interval_secs: must be at least 1")]
+    Interval,
+}
+
+impl HeadConfig {
+    /// A config with every default, for flags and tests.
+    pub fn new(node_id: impl Into<String>, spine: impl Into<String>) -> HeadConfig {
+        HeadConfig {
+            node_id: node_id.into(),
+            spine: spine.into(),
+            pin: None,
+            qemu: default_qemu(),
+            run_dir: default_run_dir(),
+            log_dir: default_log_dir(),
+            accel: None,
+            nic_backend: NicBackend::None,
+            vm_memory_mib: None,
+            reserve_memory_mib: default_reserve(),
+            nbd_reconnect_delay_secs: default_reconnect(),
+            nbd_open_timeout_secs: default_open_timeout(),
+            report_interval_secs: default_interval(),
+            fence_timeout_secs: default_fence(),
+            addresses: vec![],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<HeadConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: HeadConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.report_interval_secs == 0 {
+            return Err(ConfigError::Interval);
+        }
+        self.fingerprint()?;
+        Ok(())
+    }
+
+    pub fn fingerprint(&self) -> Result<Option<Fingerprint>, ConfigError> {
+        self.pin
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e: <Fingerprint as std::str::FromStr>::Err| {
+                        ConfigError::Pin(e.to_string())
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
+        let hello = Hello {
+            node_id: self.node_id.clone(),
+            role: Role::Head,
+            image_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: bigv_spine::PROTOCOL_VERSION,
+            addresses: self.addresses.clone(),
+        };
+        let mut config = NodeConfig::new(self.spine.clone(), hello);
+        config.tls_pin = self.fingerprint()?;
+        Ok(config)
+    }
+
+    /// The agent's settings; probes KVM if `accel` is not set.
+    pub fn agent_config(&self) -> AgentConfig {
+        AgentConfig {
+            qemu: self.qemu.clone(),
+            run_dir: self.run_dir.clone(),
+            log_dir: self.log_dir.clone(),
+            settings: QemuSettings {
+                accel: host::pick_accel(self.accel),
+                nic_backend: self.nic_backend,
+                nbd_reconnect_delay_secs: self.nbd_reconnect_delay_secs,
+                nbd_open_timeout_secs: self.nbd_open_timeout_secs,
+                local_cdrom: false,
+            },
+            vm_memory_mib: self
+                .vm_memory_mib
+                .unwrap_or_else(|| host::mem_total_mib().saturating_sub(self.reserve_memory_mib)),
+            report_interval: Duration::from_secs(self.report_interval_secs),
+            fence_timeout: (self.fence_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.fence_timeout_secs)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_names_bad_fields() {
+        let good = r#"
+            node_id = "h1"
+            spine = "127.0.0.1:4100"
+            accel = "tcg"
+            nic_backend = "user"
+            vm_memory_mib = 4096
+        "#;
+        let c: HeadConfig = toml::from_str(good).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.node_config().unwrap().hello.role, Role::Head);
+        let a = c.agent_config();
+        assert_eq!(a.settings.accel, Accel::Tcg);
+        assert_eq!(a.settings.nic_backend, NicBackend::User);
+        assert_eq!(a.vm_memory_mib, 4096);
+        assert_eq!(a.settings.nbd_reconnect_delay_secs, 300);
+        assert_eq!(a.fence_timeout, Some(Duration::from_secs(120)));
+        let e = toml::from_str::<HeadConfig>(&good.replace("accel = \"tcg\"", "accel = \"xen\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xen"), "{e}");
+        let mut bad = c.clone();
+        bad.pin = Some("md5:00".into());
+        assert!(bad.check().unwrap_err().to_string().starts_with("pin:"));
+    }
+}

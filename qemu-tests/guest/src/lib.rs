@@ -1,0 +1,63 @@
+//! The BigV test guest: what its `/init` prints and writes, and how its
+//! bootable disc image is laid out and built.
+//!
+//! The guest is Debian's kernel plus a small initramfs whose `/init` is
+//! `src/bin/init.rs`. It prints `BIGV-GUEST BOOT id=<boot id>`, then
+//! `TICK <n> uptime=<s>` every second on ttyS0, writes and verifies a data
+//! pattern on its first disc, and answers `status`, `disc`, `poweroff`
+//! and `reboot` typed on the serial console. The disc layout is in
+//! [`layout`]; the README has the whole story.
+
+pub mod image;
+pub mod layout;
+pub mod modules;
+pub mod pattern;
+
+/// Serial lines the guest prints, for tests to match on.
+pub mod lines {
+    /// `BIGV-GUEST BOOT id=<uuid>`: userspace is up.
+    pub const BOOT: &str = "BIGV-GUEST BOOT id=";
+    /// `TICK <n> uptime=<seconds>`, once a second.
+    pub const TICK: &str = "TICK ";
+    /// `DISC OK dev=<dev> ...` or `DISC FAIL ...`.
+    pub const DISC_OK: &str = "DISC OK ";
+    pub const DISC_FAIL: &str = "DISC FAIL ";
+    /// The answer to `status`.
+    pub const STATUS: &str = "STATUS ";
+    /// Printed when the ACPI power button is pressed, before powering off.
+    pub const POWER_BUTTON: &str = "BIGV-GUEST POWER BUTTON";
+    /// Printed for each ctrl-alt-delete on the guest's keyboard.
+    pub const CTRL_ALT_DEL: &str = "BIGV-GUEST CTRL-ALT-DEL";
+
+    /// The boot id in a `BOOT` line.
+    pub fn boot_id(line: &str) -> Option<&str> {
+        let at = line.find(BOOT)?;
+        line[at + BOOT.len()..].split_whitespace().next()
+    }
+
+    /// The `(n, uptime seconds)` of a `TICK` line.
+    pub fn tick(line: &str) -> Option<(u64, f64)> {
+        let at = line.find(TICK)?;
+        let mut words = line[at + TICK.len()..].split_whitespace();
+        let n = words.next()?.parse().ok()?;
+        let uptime = words.next()?.strip_prefix("uptime=")?.parse().ok()?;
+        Some((n, uptime))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines;
+
+    #[test]
+    fn parses_boot_and_tick_lines() {
+        let boot = "\r[  2.1] BIGV-GUEST BOOT id=1b4e28ba-2fa1-11d2-883f-0016d3cca427\r";
+        assert_eq!(
+            lines::boot_id(boot),
+            Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+        );
+        assert_eq!(lines::tick("TICK 12 uptime=14.52"), Some((12, 14.52)));
+        assert_eq!(lines::tick("TICK x uptime=1"), None);
+        assert_eq!(lines::boot_id("nothing here"), None);
+    }
+}
