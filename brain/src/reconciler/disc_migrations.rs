@@ -27,7 +27,7 @@ use bigv_spine::resource::{DiscSpec, IncomingMirror, MigrationOrder, MigrationSt
 use crate::model::{Disc, DiscId, Operation, OperationKind, OperationState};
 use crate::scheduler::disc_resource;
 
-use super::operations::{finish, set_phase};
+use super::operations::{Evacuation, evacuate, finish, set_phase};
 use super::orders::Action;
 use super::pass::Pass;
 use super::snapshot::{ReportedDisc, Snapshot};
@@ -189,14 +189,13 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, disc_id: DiscId, to_pool: Option<&
 }
 
 /// Emptying a pool: its discs move to other tails, as many at once as the
-/// pool's `migration_concurrency`, each as its own `MigrateDisc` operation
-/// (visible and cancellable one by one). One that fails fails the whole.
+/// pool's `migration_concurrency`.
 fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
     let Some(pool) = p.pool(label) else {
         return finish(p, op, Err(format!("pool {label} no longer exists")));
     };
-    let model = p.model;
-    let remaining: Vec<DiscId> = model
+    let remaining: Vec<DiscId> = p
+        .model
         .discs
         .keys()
         .map(|id| DiscId(*id))
@@ -205,61 +204,24 @@ fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
                 .is_some_and(|d| d.storage_pool.as_deref() == Some(label))
         })
         .collect();
-    let total = op.total.max(remaining.len() as u64);
-    if remaining.is_empty() {
-        tracing::info!(pool = %label, "pool emptied");
-        return finish(p, op, Ok(()));
-    }
-    let mut moving = 0;
-    let mut busy: HashMap<DiscId, ()> = HashMap::new();
-    for other in model.operations.values() {
-        let OperationKind::MigrateDisc { disc_id, .. } = other.kind else {
-            continue;
-        };
-        if !remaining.contains(&disc_id) {
-            continue;
-        }
-        match other.state {
-            OperationState::Running => {
-                moving += 1;
-                busy.insert(disc_id, ());
-            }
-            // Started for this emptying (ids grow) and failed.
-            OperationState::Failed if other.id.0 > op.id.0 => {
-                let why = other.error.clone().unwrap_or_default();
-                return finish(
-                    p,
-                    op,
-                    Err(format!("disc {} could not move: {why}", disc_id.0)),
-                );
-            }
-            _ => {}
-        }
-    }
-    let room = (pool.migration_concurrency.max(1) as usize).saturating_sub(moving);
-    for disc_id in remaining
-        .iter()
-        .filter(|id| !busy.contains_key(id))
-        .take(room)
-    {
-        tracing::info!(pool = %label, disc = disc_id.0, "emptying: moving a disc off the pool");
-        p.new_operations.push(Operation {
-            id: op.id,
-            kind: OperationKind::MigrateDisc {
-                disc_id: *disc_id,
+    evacuate(
+        p,
+        op,
+        Evacuation {
+            remaining,
+            moves: |kind| match kind {
+                OperationKind::MigrateDisc { disc_id, .. } => Some(*disc_id),
+                _ => None,
+            },
+            child: |disc_id| OperationKind::MigrateDisc {
+                disc_id,
                 to_pool: None,
             },
-            state: OperationState::Running,
-            phase: "queued".into(),
-            done: 0,
-            total: p.disc(*disc_id).map_or(1, |d| d.size),
-            error: None,
-            created_at: p.now,
-            updated_at: p.now,
-        });
-    }
-    let done = total - remaining.len() as u64;
-    set_phase(p, op, "moving discs", Some((done, total)));
+            concurrency: pool.migration_concurrency as usize,
+            name: |_, disc| format!("disc {}", disc.0),
+            phase: "moving discs",
+        },
+    );
 }
 
 /// The emptiest pool of the disc's grade on another tail.

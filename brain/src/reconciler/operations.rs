@@ -95,3 +95,69 @@ pub(super) fn finish(p: &mut Pass<'_>, op: &Operation, outcome: Result<(), Strin
     }
     p.operations.push(op);
 }
+
+/// How an emptying (of a head or a pool) goes on: what is still there,
+/// how each piece moves, and how many move at once.
+pub(super) struct Evacuation<T> {
+    /// What is still on the head or in the pool.
+    pub remaining: Vec<T>,
+    /// The piece a migration operation moves, if it moves one of ours.
+    pub moves: fn(&OperationKind) -> Option<T>,
+    /// The migration operation that moves a piece.
+    pub child: fn(T) -> OperationKind,
+    pub concurrency: usize,
+    /// What a failed move is called in the emptying's error.
+    pub name: fn(&Pass<'_>, T) -> String,
+    /// The phase shown while pieces move.
+    pub phase: &'static str,
+}
+
+/// Drives an emptying: done when nothing remains; failed when a move it
+/// started (a later operation id) failed; otherwise starts moves, each its
+/// own operation (visible and cancellable one by one), up to the
+/// concurrency.
+pub(super) fn evacuate<T: Copy + PartialEq>(p: &mut Pass<'_>, op: &Operation, e: Evacuation<T>) {
+    let total = op.total.max(e.remaining.len() as u64);
+    if e.remaining.is_empty() {
+        return finish(p, op, Ok(()));
+    }
+    let mut moving = vec![];
+    for other in p.model.operations.values() {
+        let Some(piece) = (e.moves)(&other.kind).filter(|t| e.remaining.contains(t)) else {
+            continue;
+        };
+        match other.state {
+            OperationState::Running => moving.push(piece),
+            OperationState::Failed if other.id.0 > op.id.0 => {
+                let why = other.error.clone().unwrap_or_default();
+                let name = (e.name)(p, piece);
+                return finish(p, op, Err(format!("{name} could not move: {why}")));
+            }
+            _ => {}
+        }
+    }
+    let room = e.concurrency.max(1).saturating_sub(moving.len());
+    let starting: Vec<T> = e
+        .remaining
+        .iter()
+        .copied()
+        .filter(|t| !moving.contains(t))
+        .take(room)
+        .collect();
+    for piece in starting {
+        tracing::info!(operation = op.id.0, piece = %(e.name)(p, piece), "emptying: starting a move");
+        p.new_operations.push(Operation {
+            id: op.id,
+            kind: (e.child)(piece),
+            state: OperationState::Running,
+            phase: "queued".into(),
+            done: 0,
+            total: 1,
+            error: None,
+            created_at: p.now,
+            updated_at: p.now,
+        });
+    }
+    let done = total - e.remaining.len() as u64;
+    set_phase(p, op, e.phase, Some((done, total)));
+}

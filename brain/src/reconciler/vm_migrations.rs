@@ -24,7 +24,7 @@ use bigv_spine::resource::{VmIncoming, VmMigrationOrder, VmMigrationState, VmRun
 use crate::model::{Operation, OperationKind, OperationState, Vm, VmId};
 use crate::scheduler::vm_resource;
 
-use super::operations::{finish, set_phase};
+use super::operations::{Evacuation, evacuate, finish, set_phase};
 use super::orders::Action;
 use super::pass::Pass;
 use super::snapshot::Snapshot;
@@ -141,7 +141,7 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
         return set_phase(p, op, "opening the discs to both heads", None);
     }
     let Some((waiting, _)) = at_dest else {
-        return create_destination(p, op, &vm, &source, &dest);
+        return create_destination(p, op, &vm, &source, &dest, running.started_at);
     };
     let Some(endpoint) = waiting.incoming.as_ref().and_then(|i| i.endpoint.clone()) else {
         return set_phase(p, op, "preparing", None);
@@ -186,7 +186,14 @@ fn pick_destination(p: &mut Pass<'_>, vm: &Vm, source: &str) -> Result<String, S
     Ok(head)
 }
 
-fn create_destination(p: &mut Pass<'_>, op: &Operation, vm: &Vm, source: &str, dest: &str) {
+fn create_destination(
+    p: &mut Pass<'_>,
+    op: &Operation,
+    vm: &Vm,
+    source: &str,
+    dest: &str,
+    started_at: Option<u64>,
+) {
     let name = vm_resource(vm.id);
     if !p.may_order(dest, &name) {
         return;
@@ -196,6 +203,8 @@ fn create_destination(p: &mut Pass<'_>, op: &Operation, vm: &Vm, source: &str, d
         from: source.to_owned(),
         endpoint: None,
     });
+    // The same guest, moved: it keeps its start time.
+    spec.started_at = started_at;
     let generation = p.vm_mut(vm.id).generation + 1;
     p.vm_mut(vm.id).generation = generation;
     tracing::info!(vm = vm.id.0, head = %dest, "creating the migration's destination");
@@ -207,11 +216,10 @@ fn create_destination(p: &mut Pass<'_>, op: &Operation, vm: &Vm, source: &str, d
     set_phase(p, op, "preparing", None);
 }
 
-/// Emptying a head: its VMs migrate away, a couple at a time, each as its
-/// own `MigrateVm` operation. One that fails fails the whole.
+/// Emptying a head: its VMs migrate away, a couple at a time.
 fn empty_head(p: &mut Pass<'_>, op: &Operation, node_id: &str) {
-    let model = p.model;
-    let remaining: Vec<VmId> = model
+    let remaining: Vec<VmId> = p
+        .model
         .vms
         .keys()
         .map(|id| VmId(*id))
@@ -220,52 +228,25 @@ fn empty_head(p: &mut Pass<'_>, op: &Operation, node_id: &str) {
                 .is_some_and(|v| !v.deleted && v.head.as_deref() == Some(node_id))
         })
         .collect();
-    let total = op.total.max(remaining.len() as u64);
-    if remaining.is_empty() {
-        tracing::info!(head = %node_id, "head emptied");
-        return finish(p, op, Ok(()));
-    }
-    let mut moving = vec![];
-    for other in model.operations.values() {
-        let OperationKind::MigrateVm { vm_id, .. } = other.kind else {
-            continue;
-        };
-        if !remaining.contains(&vm_id) {
-            continue;
-        }
-        match other.state {
-            OperationState::Running => moving.push(vm_id),
-            // Started for this emptying (ids grow) and failed.
-            OperationState::Failed if other.id.0 > op.id.0 => {
-                let why = other.error.clone().unwrap_or_default();
-                let name = p.vm(vm_id).map_or_else(String::new, |v| v.name.clone());
-                return finish(p, op, Err(format!("{name} could not move: {why}")));
-            }
-            _ => {}
-        }
-    }
-    let room = EMPTY_HEAD_CONCURRENCY.saturating_sub(moving.len());
-    for vm_id in remaining
-        .iter()
-        .filter(|id| !moving.contains(id))
-        .take(room)
-    {
-        tracing::info!(head = %node_id, vm = vm_id.0, "emptying: migrating a VM off the head");
-        p.new_operations.push(Operation {
-            id: op.id,
-            kind: OperationKind::MigrateVm {
-                vm_id: *vm_id,
+    evacuate(
+        p,
+        op,
+        Evacuation {
+            remaining,
+            moves: |kind| match kind {
+                OperationKind::MigrateVm { vm_id, .. } => Some(*vm_id),
+                _ => None,
+            },
+            child: |vm_id| OperationKind::MigrateVm {
+                vm_id,
                 to_head: None,
             },
-            state: OperationState::Running,
-            phase: "queued".into(),
-            done: 0,
-            total: 1,
-            error: None,
-            created_at: p.now,
-            updated_at: p.now,
-        });
-    }
-    let done = total - remaining.len() as u64;
-    set_phase(p, op, "migrating servers", Some((done, total)));
+            concurrency: EMPTY_HEAD_CONCURRENCY,
+            name: |p, vm| {
+                p.vm(vm)
+                    .map_or_else(|| format!("VM {}", vm.0), |v| v.name.clone())
+            },
+            phase: "migrating servers",
+        },
+    );
 }
