@@ -340,8 +340,7 @@ impl HeadAgent {
                         // The incoming migration is complete: the guest
                         // runs here now.
                         spec.incoming = None;
-                        spec.started_at =
-                            Some(vm.inherited_started_at.unwrap_or_else(now_unix));
+                        spec.started_at = Some(vm.inherited_started_at.unwrap_or_else(now_unix));
                         tracing::info!(vm = %vm.name, "incoming live migration complete: the guest runs here");
                     } else if state == VmRunState::Paused && migration::outgoing(&spec) {
                         // The switch-over pause of an outgoing migration:
@@ -587,8 +586,7 @@ impl HeadAgent {
             ) {
                 tracing::info!(vm = %name, "hardware changes apply when the VM is next started");
             }
-            if let Some(order) = migration::steer(&vm, &mut spec, wanted.migrate_to.clone()).await
-            {
+            if let Some(order) = migration::steer(&vm, &mut spec, wanted.migrate_to.clone()).await {
                 let me = self.me.upgrade().expect("agent alive");
                 tokio::spawn(migration::run(me, vm.clone(), order));
             }

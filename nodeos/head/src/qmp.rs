@@ -602,11 +602,17 @@ mod migrate_info_tests {
         let v = json!({"status": "completed", "downtime": 12,
             "ram": {"transferred": 300, "total": 1000, "remaining": 0}});
         let i = MigrateInfo::from_value(&v);
-        assert_eq!((i.status.as_str(), i.ram_transferred, i.ram_total), ("completed", 300, 1000));
+        assert_eq!(
+            (i.status.as_str(), i.ram_transferred, i.ram_total),
+            ("completed", 300, 1000)
+        );
         assert_eq!(i.downtime_ms, Some(12));
         let v = json!({"status": "setup", "socket-address": [
             {"type": "inet", "host": "::1", "port": "4444"}]});
-        assert_eq!(MigrateInfo::from_value(&v).listening.as_deref(), Some("[::1]:4444"));
+        assert_eq!(
+            MigrateInfo::from_value(&v).listening.as_deref(),
+            Some("[::1]:4444")
+        );
         let v = json!({"status": "failed", "error-desc": "Connection refused"});
         let i = MigrateInfo::from_value(&v);
         assert_eq!(i.error.as_deref(), Some("Connection refused"));

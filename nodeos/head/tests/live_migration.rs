@@ -312,17 +312,12 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
     let tick_before = last_tick(&log_a).unwrap_or(0);
     let mut seen: Vec<VmMigrationProgress> = Vec::new();
     let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
-    loop {
-        match vm_in_table(&a, "t1") {
-            Some(v) => {
-                if let Some(m) = v.migration.filter(|m| m.seq == 2)
-                    && seen.last() != Some(&m)
-                {
-                    assert_eq!(m.state, VmMigrationState::Active, "{m:?}");
-                    seen.push(m);
-                }
-            }
-            None => break,
+    while let Some(v) = vm_in_table(&a, "t1") {
+        if let Some(m) = v.migration.filter(|m| m.seq == 2)
+            && seen.last() != Some(&m)
+        {
+            assert_eq!(m.state, VmMigrationState::Active, "{m:?}");
+            seen.push(m);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -331,7 +326,8 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        seen.iter().any(|m| m.ram_done > 0 && m.ram_done < m.ram_total),
+        seen.iter()
+            .any(|m| m.ram_done > 0 && m.ram_done < m.ram_total),
         "progress reported on the way: {seen:?}"
     );
     assert!(
