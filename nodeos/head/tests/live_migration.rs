@@ -2,8 +2,9 @@
 //! directories, both on loopback), with real qemu (TCG), the test guest
 //! on our tail's NBD server and a real spine server. First a migration to
 //! an endpoint nobody listens on fails and the guest runs on at the
-//! source; then the guest moves to the other head and keeps its boot id
-//! and its tick count. Slow tier: BIGV_SLOW_TESTS=1.
+//! source; a migration the brain cancels leaves it running there too;
+//! then the guest moves to the other head and keeps its boot id and its
+//! tick count. Slow tier: BIGV_SLOW_TESTS=1.
 //!
 //! Both heads are 127.0.0.1, so the tail sees one peer (the same address
 //! reconnecting replaces its connection); the two-address handover rule
@@ -289,31 +290,76 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         migrate_to: None,
         ..order.clone()
     };
-    b.create(Resource::vm("t1", incoming), 1).await.unwrap();
-    let waiting = vm_in_table(&b, "t1").unwrap();
-    assert_eq!(waiting.state, Some(VmRunState::Migrating));
-    let endpoint = waiting
-        .incoming
-        .and_then(|i| i.endpoint)
-        .expect("B reports where it listens");
-    assert!(endpoint.starts_with("127.0.0.1:"), "{endpoint}");
+    let listen_on_b = async |generation| {
+        b.create(Resource::vm("t1", incoming.clone()), generation)
+            .await
+            .unwrap();
+        let waiting = vm_in_table(&b, "t1").unwrap();
+        assert_eq!(waiting.state, Some(VmRunState::Migrating));
+        let endpoint = waiting
+            .incoming
+            .and_then(|i| i.endpoint)
+            .expect("B reports where it listens");
+        assert!(endpoint.starts_with("127.0.0.1:"), "{endpoint}");
+        endpoint
+    };
+    let endpoint = listen_on_b(1).await;
+
+    // A migration the brain takes back (an order without `migrate_to`)
+    // is cancelled: the guest runs on at A, B's qemu gives up.
+    order.migrate_to = Some(VmMigrationOrder {
+        seq: 2,
+        to: "head-b".into(),
+        endpoint,
+        max_bandwidth: Some(1 << 20),
+        max_downtime_ms: None,
+    });
+    a.update(Resource::vm("t1", order.clone()), 3)
+        .await
+        .unwrap();
+    wait_for("progress of the slow migration", MIGRATE_WAIT, || {
+        vm_in_table(&a, "t1")
+            .and_then(|v| v.migration)
+            .filter(|m| m.seq == 2 && m.ram_done > 0)
+    })
+    .await;
+    order.migrate_to = None;
+    a.update(Resource::vm("t1", order.clone()), 4)
+        .await
+        .unwrap();
+    let cancelled = vm_in_table(&a, "t1").unwrap().migration.unwrap();
+    assert_eq!(cancelled.state, VmMigrationState::Failed, "{cancelled:?}");
+    wait_for("B's qemu to give up", MIGRATE_WAIT, || {
+        vm_in_table(&b, "t1").is_none().then_some(())
+    })
+    .await;
+    let tick = last_tick(&log_a).unwrap_or(0);
+    wait_for("the guest to tick on at A after the cancel", WAIT, || {
+        (last_tick(&log_a).unwrap_or(0) > tick + 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        vm_in_table(&a, "t1").unwrap().state,
+        Some(VmRunState::Running)
+    );
+    let endpoint = listen_on_b(2).await;
 
     // A migrates to it, slowly enough to report progress on the way.
     order.migrate_to = Some(VmMigrationOrder {
-        seq: 2,
+        seq: 3,
         to: "head-b".into(),
         endpoint,
         max_bandwidth: Some(16 << 20),
         max_downtime_ms: Some(500),
     });
-    a.update(Resource::vm("t1", order.clone()), 3)
+    a.update(Resource::vm("t1", order.clone()), 5)
         .await
         .unwrap();
     let tick_before = last_tick(&log_a).unwrap_or(0);
     let mut seen: Vec<VmMigrationProgress> = Vec::new();
     let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
     while let Some(v) = vm_in_table(&a, "t1") {
-        if let Some(m) = v.migration.filter(|m| m.seq == 2)
+        if let Some(m) = v.migration.filter(|m| m.seq == 3)
             && seen.last() != Some(&m)
         {
             assert_eq!(m.state, VmMigrationState::Active, "{m:?}");
