@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::argv::{self, QemuSettings, VmPaths};
 use crate::fence::Fence;
 use crate::qmp::{Event, Qmp};
-use crate::{error_chain, host, vm};
+use crate::{error_chain, host, migration, vm};
 
 /// What the agent needs to know about its host.
 #[derive(Debug, Clone)]
@@ -42,10 +42,13 @@ pub struct AgentConfig {
     pub report_interval: Duration,
     /// Kill every VM after this long without the brain; `None` never does.
     pub fence_timeout: Option<Duration>,
+    /// The address incoming live migrations listen on (the storage
+    /// network's); `None` refuses `incoming` creates.
+    pub migration_address: Option<String>,
 }
 
 pub struct HeadAgent {
-    me: std::sync::Weak<HeadAgent>,
+    pub(crate) me: std::sync::Weak<HeadAgent>,
     config: AgentConfig,
     vms: Mutex<BTreeMap<String, Arc<Vm>>>,
     notifier: OnceLock<Notifier>,
@@ -53,30 +56,34 @@ pub struct HeadAgent {
     fence: Option<Fence>,
 }
 
-struct Vm {
-    name: String,
-    paths: VmPaths,
-    pid: i32,
+pub(crate) struct Vm {
+    pub(crate) name: String,
+    pub(crate) paths: VmPaths,
+    pub(crate) pid: i32,
     /// MiB, fixed while qemu runs.
     memory: u64,
-    qmp: Qmp,
-    /// The resource as reported (running hardware, delivered signal, CD).
-    spec: tokio::sync::Mutex<VmSpec>,
+    pub(crate) qmp: Qmp,
+    /// The resource as reported (running hardware, delivered signal, CD,
+    /// migration progress).
+    pub(crate) spec: tokio::sync::Mutex<VmSpec>,
     /// Fired once the VM is gone and reported `destroyed`.
-    ended: CancellationToken,
+    pub(crate) ended: CancellationToken,
+    /// A migration destination: the guest's `started_at` on its source,
+    /// if the create carried it (reported once the guest runs here).
+    inherited_started_at: Option<u64>,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> OrderError {
     OrderError::new(code, message)
 }
 
-fn failed(name: &str, what: &str, e: &(dyn std::error::Error + 'static)) -> OrderError {
+pub(crate) fn failed(name: &str, what: &str, e: &(dyn std::error::Error + 'static)) -> OrderError {
     let message = format!("vm.{name}: {what}: {}", error_chain(e));
     tracing::warn!(vm = name, "{message}");
     refuse(ErrorCode::Failed, message)
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -195,7 +202,7 @@ impl HeadAgent {
         match adopted {
             Ok((spec, running)) => {
                 tracing::info!(vm = name, pid = running.pid, "re-adopted a running VM");
-                self.install(name, paths, spec, running);
+                self.install(name, paths, spec, running, None);
             }
             Err(e) => {
                 tracing::warn!(vm = name, error = %error_chain(&e), "a VM in the run directory is no longer running; cleaning up");
@@ -217,6 +224,13 @@ impl HeadAgent {
     /// Connects the agent to its spine session's notifier (once).
     pub fn set_notifier(&self, notifier: Notifier) {
         let _ = self.notifier.set(notifier);
+    }
+
+    /// Tells the brain how a VM stands now (if a session is up).
+    pub(crate) async fn report_vm(&self, name: &str, spec: VmSpec) {
+        if let Some(n) = self.notifier.get() {
+            n.updated(Resource::vm(name.to_owned(), spec)).await;
+        }
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -242,8 +256,16 @@ impl HeadAgent {
         self.vms.lock().expect("vms poisoned").get(name).cloned()
     }
 
-    fn install(&self, name: &str, paths: VmPaths, spec: VmSpec, running: vm::Running) -> Arc<Vm> {
+    fn install(
+        &self,
+        name: &str,
+        paths: VmPaths,
+        spec: VmSpec,
+        running: vm::Running,
+        inherited_started_at: Option<u64>,
+    ) -> Arc<Vm> {
         let vm = Arc::new(Vm {
+            inherited_started_at,
             name: name.to_owned(),
             paths,
             pid: running.pid,
@@ -314,7 +336,17 @@ impl HeadAgent {
                 };
                 let spec = {
                     let mut spec = vm.spec.lock().await;
-                    if spec.state == Some(state) {
+                    if spec.incoming.is_some() && state == VmRunState::Running {
+                        // The incoming migration is complete: the guest
+                        // runs here now.
+                        spec.incoming = None;
+                        spec.started_at = Some(vm.inherited_started_at.unwrap_or_else(now_unix));
+                        tracing::info!(vm = %vm.name, "incoming live migration complete: the guest runs here");
+                    } else if state == VmRunState::Paused && migration::outgoing(&spec) {
+                        // The switch-over pause of an outgoing migration:
+                        // the progress report says it; a failure resumes.
+                        return None;
+                    } else if spec.state == Some(state) {
                         return None;
                     }
                     spec.state = Some(state);
@@ -427,10 +459,29 @@ impl HeadAgent {
             ));
         }
         let paths = self.paths(&name);
+        let incoming = spec.incoming.is_some();
+        let listen = match (incoming, &self.config.migration_address) {
+            (true, None) => {
+                return Err(refuse(
+                    ErrorCode::Unsupported,
+                    format!("vm.{name}: incoming: this head has no migration address configured"),
+                ));
+            }
+            (true, Some(a)) => Some(a.clone()),
+            (false, _) => None,
+        };
+        let inherited_started_at = spec.started_at.filter(|_| incoming);
         // A signal already in a create order counts as delivered: it was
         // meant for an earlier process.
-        spec.state = Some(VmRunState::Running);
-        spec.started_at = Some(now_unix());
+        if incoming {
+            spec.state = Some(VmRunState::Migrating);
+            spec.started_at = None;
+            spec.migration = None;
+            spec.migrate_to = None;
+        } else {
+            spec.state = Some(VmRunState::Running);
+            spec.started_at = Some(now_unix());
+        }
         let running = match vm::spawn(
             &self.config.qemu,
             &name,
@@ -450,13 +501,25 @@ impl HeadAgent {
                 return Err(failed(&name, "starting qemu", &e));
             }
         };
-        let vm = self.install(&name, paths, spec.clone(), running);
-        if let Err(e) = vm.qmp.cont().await {
-            vm::kill(vm.pid);
-            vm.ended.cancelled().await;
-            return Err(failed(&name, "resuming the new VM", &e));
+        let vm = self.install(&name, paths, spec.clone(), running, inherited_started_at);
+        if let Some(address) = listen {
+            match migration::listen(&vm, &address).await {
+                Ok(reported) => spec = reported,
+                Err(e) => {
+                    vm::kill(vm.pid);
+                    vm.ended.cancelled().await;
+                    return Err(failed(&name, "listening for the incoming migration", &e));
+                }
+            }
+            tracing::info!(vm = %name, pid = vm.pid, endpoint = ?spec.incoming, "VM waiting for its incoming migration");
+        } else {
+            if let Err(e) = vm.qmp.cont().await {
+                vm::kill(vm.pid);
+                vm.ended.cancelled().await;
+                return Err(failed(&name, "resuming the new VM", &e));
+            }
+            tracing::info!(vm = %name, pid = vm.pid, "VM started");
         }
-        tracing::info!(vm = %name, pid = vm.pid, "VM started");
         if let Some(n) = self.notifier.get() {
             n.created(Resource::vm(name, spec)).await;
             n.updated(self.memory()).await;
@@ -522,6 +585,10 @@ impl HeadAgent {
                 &spec.network_interfaces,
             ) {
                 tracing::info!(vm = %name, "hardware changes apply when the VM is next started");
+            }
+            if let Some(order) = migration::steer(&vm, &mut spec, wanted.migrate_to.clone()).await {
+                let me = self.me.upgrade().expect("agent alive");
+                tokio::spawn(migration::run(me, vm.clone(), order));
             }
             let _ = vm::save_spec(&vm.paths, &spec);
             spec.clone()

@@ -295,8 +295,15 @@ pub fn command_line(
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&["-name", &format!("vm.{name},process=bigv-vm.{name}")]);
     push(&["-nodefaults", "-no-user-config"]);
-    // Paused until the agent has QMP: no event can be missed.
-    push(&["-S"]);
+    if spec.incoming.is_some() {
+        // A live migration's destination: nothing runs until the agent
+        // opens the listener (`migrate-incoming`); qemu resumes the guest
+        // itself when the stream is complete.
+        push(&["-incoming", "defer"]);
+    } else {
+        // Paused until the agent has QMP: no event can be missed.
+        push(&["-S"]);
+    }
     match settings.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg"]),
@@ -461,6 +468,16 @@ mod tests {
         assert_eq!(after(&a, "-accel"), ["tcg"]);
         assert_eq!(after(&a, "-k"), ["en-gb"]);
         assert!(a.contains(&"-S".to_string()), "starts paused");
+        assert!(!a.contains(&"-incoming".to_string()));
+        // A migration's destination waits for the stream instead.
+        let mut incoming = spec();
+        incoming.incoming = Some(bigv_spine::resource::VmIncoming {
+            from: "head1".into(),
+            endpoint: None,
+        });
+        let b = command_line("web1", &incoming, &settings(), &paths()).unwrap();
+        assert_eq!(after(&b, "-incoming"), ["defer"]);
+        assert!(!b.contains(&"-S".to_string()));
         // Commas in paths are doubled so they cannot start a new option.
         assert_eq!(
             after(&a, "-chardev")[0],

@@ -15,6 +15,7 @@
 //! nbd_open_timeout_secs = 30
 //! report_interval_secs = 10
 //! fence_timeout_secs = 120      # kill every VM after this long without the brain; 0 never
+//! migration_address = "10.1.0.5"  # incoming live migrations listen here; omit: the first of `addresses`
 //! ```
 //!
 //! `fence_timeout_secs` must not exceed the brain's setting of the same
@@ -65,6 +66,10 @@ pub struct HeadConfig {
     /// Addresses announced in `hello`.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Where incoming live migrations listen (the storage network);
+    /// absent: the first of `addresses`.
+    #[serde(default)]
+    pub migration_address: Option<String>,
 }
 
 fn default_qemu() -> PathBuf {
@@ -131,6 +136,7 @@ impl HeadConfig {
             report_interval_secs: default_interval(),
             fence_timeout_secs: default_fence(),
             addresses: vec![],
+            migration_address: None,
         }
     }
 
@@ -199,6 +205,10 @@ impl HeadConfig {
             report_interval: Duration::from_secs(self.report_interval_secs),
             fence_timeout: (self.fence_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.fence_timeout_secs)),
+            migration_address: self
+                .migration_address
+                .clone()
+                .or_else(|| self.addresses.first().cloned()),
         }
     }
 }
@@ -225,6 +235,13 @@ mod tests {
         assert_eq!(a.vm_memory_mib, 4096);
         assert_eq!(a.settings.nbd_reconnect_delay_secs, 300);
         assert_eq!(a.fence_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(a.migration_address, None);
+        let mut with_address = c.clone();
+        with_address.addresses = vec!["10.1.0.5".into()];
+        assert_eq!(
+            with_address.agent_config().migration_address.as_deref(),
+            Some("10.1.0.5")
+        );
         let e = toml::from_str::<HeadConfig>(&good.replace("accel = \"tcg\"", "accel = \"xen\""))
             .unwrap_err()
             .to_string();

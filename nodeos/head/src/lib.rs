@@ -10,6 +10,7 @@ pub mod argv;
 pub mod config;
 pub mod fence;
 pub mod host;
+pub mod migration;
 pub mod qmp;
 pub mod vm;
 

@@ -305,6 +305,53 @@ impl Qmp {
         ))
     }
 
+    /// Starts listening for an incoming migration (qemu ran with
+    /// `-incoming defer`).
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate-incoming", Some(json!({"uri": uri})))
+            .await
+            .map(drop)
+    }
+
+    /// Bandwidth cap (bytes/s) and longest switch-over pause (ms) of the
+    /// next outgoing migration; `None` leaves qemu's value.
+    pub async fn migrate_set_parameters(
+        &self,
+        max_bandwidth: Option<u64>,
+        downtime_limit_ms: Option<u64>,
+    ) -> Result<(), QmpError> {
+        let mut args = serde_json::Map::new();
+        if let Some(b) = max_bandwidth {
+            args.insert("max-bandwidth".into(), json!(b));
+        }
+        if let Some(d) = downtime_limit_ms {
+            args.insert("downtime-limit".into(), json!(d));
+        }
+        if args.is_empty() {
+            return Ok(());
+        }
+        self.execute("migrate-set-parameters", Some(Value::Object(args)))
+            .await
+            .map(drop)
+    }
+
+    /// Starts migrating the running guest to `uri` (e.g. `tcp:host:port`).
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate", Some(json!({"uri": uri})))
+            .await
+            .map(drop)
+    }
+
+    pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
+        self.execute("migrate_cancel", None).await.map(drop)
+    }
+
+    /// `query-migrate`, the fields the agent reports.
+    pub async fn query_migrate(&self) -> Result<MigrateInfo, QmpError> {
+        let v = self.execute("query-migrate", None).await?;
+        Ok(MigrateInfo::from_value(&v))
+    }
+
     /// Puts a medium in the CD drive (device id `cd0`), replacing any.
     pub async fn change_cdrom(&self, url: &str) -> Result<(), QmpError> {
         self.execute(
@@ -488,5 +535,87 @@ mod tests {
             prop_assert_eq!(ev.timestamp, Some((secs, us)));
             prop_assert_eq!(ev.data["reason"].as_str(), Some(reason.as_str()));
         }
+    }
+}
+
+/// What `query-migrate` says, on either side of a migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateInfo {
+    /// `none`, `setup`, `active`, `completed`, `failed`, `cancelled`, …
+    pub status: String,
+    pub ram_transferred: u64,
+    pub ram_total: u64,
+    /// The switch-over pause, once completed.
+    pub downtime_ms: Option<u64>,
+    pub error: Option<String>,
+    /// Where an incoming migration listens (`host:port`), destination only.
+    pub listening: Option<String>,
+}
+
+impl MigrateInfo {
+    pub fn from_value(v: &Value) -> MigrateInfo {
+        let ram = |k: &str| {
+            v.get("ram")
+                .and_then(|r| r.get(k))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let listening = v
+            .get("socket-address")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|a| a.get("type").and_then(Value::as_str) == Some("inet"))
+            .and_then(|a| {
+                let host = a.get("host")?.as_str()?;
+                let port = a.get("port")?.as_str()?;
+                Some(if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                })
+            });
+        MigrateInfo {
+            status: v
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_owned(),
+            ram_transferred: ram("transferred"),
+            ram_total: ram("total"),
+            downtime_ms: v.get("downtime").and_then(Value::as_u64),
+            error: v
+                .get("error-desc")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            listening,
+        }
+    }
+}
+
+#[cfg(test)]
+mod migrate_info_tests {
+    use super::*;
+
+    #[test]
+    fn reads_progress_and_the_listening_address() {
+        let v = json!({"status": "completed", "downtime": 12,
+            "ram": {"transferred": 300, "total": 1000, "remaining": 0}});
+        let i = MigrateInfo::from_value(&v);
+        assert_eq!(
+            (i.status.as_str(), i.ram_transferred, i.ram_total),
+            ("completed", 300, 1000)
+        );
+        assert_eq!(i.downtime_ms, Some(12));
+        let v = json!({"status": "setup", "socket-address": [
+            {"type": "inet", "host": "::1", "port": "4444"}]});
+        assert_eq!(
+            MigrateInfo::from_value(&v).listening.as_deref(),
+            Some("[::1]:4444")
+        );
+        let v = json!({"status": "failed", "error-desc": "Connection refused"});
+        let i = MigrateInfo::from_value(&v);
+        assert_eq!(i.error.as_deref(), Some("Connection refused"));
+        assert_eq!(i.downtime_ms, None);
     }
 }

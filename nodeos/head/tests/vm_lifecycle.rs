@@ -102,6 +102,7 @@ impl TestHead {
             vm_memory_mib: VM_MEMORY,
             report_interval: Duration::from_millis(300),
             fence_timeout: fence,
+            migration_address: Some("127.0.0.1".into()),
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let hello = Hello {

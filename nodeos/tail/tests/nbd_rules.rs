@@ -30,33 +30,46 @@ async fn unlisted_peer_is_closed_before_negotiation() {
 }
 
 #[tokio::test]
-async fn second_head_is_refused_while_the_first_is_connected() {
+async fn a_second_head_is_refused_unless_the_acl_lists_it_too() {
+    let (_dir, path) = sparse_file(MIB);
+    let server = serve(&path, &[HEAD_A], false).await;
+    let mut a = connect(server.local_addr(), HEAD_A).await.unwrap();
+    a.write(0, b"from a", true).await.unwrap();
+    let err = connect(server.local_addr(), HEAD_B).await.err().unwrap();
+    assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+    assert_eq!(server.clients(), vec![ip(HEAD_A)]);
+    assert_eq!(a.read(0, 6).await.unwrap(), b"from a");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_listed_heads_share_the_disc_during_a_handover() {
     let (_dir, path) = sparse_file(MIB);
     let server = serve(&path, &[HEAD_A, HEAD_B], false).await;
     let mut a = connect(server.local_addr(), HEAD_A).await.unwrap();
     a.write(0, b"from a", true).await.unwrap();
-    let err = connect(server.local_addr(), HEAD_B).await.err().unwrap();
-    match &err {
-        ClientError::Refused { message, .. } => {
-            assert!(message.contains("in use by 127.0.0.1"), "{message}")
-        }
-        other => panic!("expected a policy refusal, got {other}"),
-    }
-    // A still works, and once it leaves B may come in.
-    assert_eq!(a.read(0, 6).await.unwrap(), b"from a");
-    a.disconnect().await.unwrap();
-    let mut b = None;
-    for _ in 0..50 {
-        match connect(server.local_addr(), HEAD_B).await {
-            Ok(c) => {
-                b = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let mut b = b.expect("B admitted after A disconnected");
+    // A live migration's destination opens the disc while the source
+    // still holds it.
+    let mut b = connect(server.local_addr(), HEAD_B).await.unwrap();
     assert_eq!(b.read(0, 6).await.unwrap(), b"from a");
+    b.write(0, b"from b", true).await.unwrap();
+    assert_eq!(a.read(0, 6).await.unwrap(), b"from b");
+    assert_eq!(server.clients(), vec![ip(HEAD_A), ip(HEAD_B)]);
+    // The handover ends: the brain lists B only and A is cut off.
+    server.set_acl(Acl::parse(&[HEAD_B]).unwrap());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), a.closed_by_server())
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.read(0, 6).await.unwrap(), b"from b");
+    for _ in 0..50 {
+        if server.clients() == vec![ip(HEAD_B)] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.clients(), vec![ip(HEAD_B)]);
     assert_eq!(server.client(), Some(ip(HEAD_B)));
     server.stop().await;
 }
@@ -76,11 +89,8 @@ async fn same_head_reconnecting_replaces_its_old_connection() {
     );
     new.write(0, b"new", true).await.unwrap();
     assert_eq!(new.read(0, 3).await.unwrap(), b"new");
-    // The other head is still refused: the slot belongs to A's new connection.
-    assert!(matches!(
-        connect(server.local_addr(), HEAD_B).await,
-        Err(ClientError::Refused { .. })
-    ));
+    // One connection per address: A holds one, not two.
+    assert_eq!(server.clients(), vec![ip(HEAD_A)]);
     server.stop().await;
 }
 

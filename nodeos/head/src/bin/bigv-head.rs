@@ -46,6 +46,9 @@ enum Cmd {
         nic_backend: Option<String>,
         #[arg(long)]
         vm_memory_mib: Option<u64>,
+        /// The address incoming live migrations listen on.
+        #[arg(long)]
+        migration_address: Option<String>,
     },
 }
 
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             accel,
             nic_backend,
             vm_memory_mib,
+            migration_address,
         } = cli.command;
         let config = match config {
             Some(path) => HeadConfig::load(&path)?,
@@ -81,6 +85,7 @@ fn main() -> anyhow::Result<()> {
                     spine.context("--spine (or --config) is required")?,
                 );
                 c.pin = pin;
+                c.migration_address = migration_address;
                 if let Some(d) = run_dir {
                     c.run_dir = d;
                 }

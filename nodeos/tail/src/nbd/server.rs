@@ -73,7 +73,7 @@ enum ConnError {
     },
 }
 
-/// The client currently admitted to a disc.
+/// A client currently admitted to a disc (at most one per address).
 struct Active {
     peer: IpAddr,
     conn: u64,
@@ -99,7 +99,9 @@ struct Shared {
     options: ServeOptions,
     export: Arc<Export>,
     acl: Mutex<Acl>,
-    active: Mutex<Option<Active>>,
+    /// One entry per admitted address: two only while the ACL lists two
+    /// heads (a live migration's handover).
+    active: Mutex<Vec<Active>>,
     next_conn: AtomicU64,
 }
 
@@ -143,7 +145,7 @@ impl DiscServer {
             options,
             export,
             acl: Mutex::new(acl),
-            active: Mutex::new(None),
+            active: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
         });
         let stop = CancellationToken::new();
@@ -180,25 +182,31 @@ impl DiscServer {
     pub fn set_acl(&self, acl: Acl) {
         let disc = self.shared.export.name();
         let active = self.shared.active.lock().expect("active poisoned");
-        if let Some(a) = active.as_ref().filter(|a| !acl.allows(a.peer)) {
+        for a in active.iter().filter(|a| !acl.allows(a.peer)) {
             tracing::info!(disc, peer = %a.peer, "peer removed from the access list: disconnecting");
             a.cancel.cancel();
         }
         *self.shared.acl.lock().expect("acl poisoned") = acl;
     }
 
-    /// The address of the connected client, if any.
+    /// The address of the connected client admitted last, if any.
     pub fn client(&self) -> Option<IpAddr> {
-        let active = self.shared.active.lock().expect("active poisoned");
-        active
-            .as_ref()
-            .filter(|a| !*a.done.borrow())
-            .map(|a| a.peer)
+        self.clients().last().copied()
     }
 
-    /// Disconnects the current client (if any) but keeps listening.
+    /// The addresses of every connected client, oldest first.
+    pub fn clients(&self) -> Vec<IpAddr> {
+        let active = self.shared.active.lock().expect("active poisoned");
+        active
+            .iter()
+            .filter(|a| !*a.done.borrow())
+            .map(|a| a.peer)
+            .collect()
+    }
+
+    /// Disconnects the current clients (if any) but keeps listening.
     pub fn kick(&self) {
-        if let Some(a) = self.shared.active.lock().expect("active poisoned").as_ref() {
+        for a in self.shared.active.lock().expect("active poisoned").iter() {
             a.cancel.cancel();
         }
     }
@@ -264,9 +272,7 @@ struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut active = self.shared.active.lock().expect("active poisoned");
-        if active.as_ref().is_some_and(|a| a.conn == self.conn) {
-            *active = None;
-        }
+        active.retain(|a| a.conn != self.conn);
         let _ = self.done.send(true);
     }
 }
@@ -286,20 +292,26 @@ impl Admission for Claim {
             return Err(format!("{} is not in the access list", self.peer));
         }
         let (done_tx, done_rx) = watch::channel(false);
+        // One connection per address: a second address is admitted only
+        // because the ACL lists it too (the brain lists two heads only
+        // during a live migration's handover); the same address
+        // reconnecting replaces its old connection.
         let previous = {
             let mut active = self.shared.active.lock().expect("active poisoned");
-            let previous = match active.as_ref() {
-                Some(a) if !*a.done.borrow() && a.peer != self.peer => {
-                    return Err(format!("disc is in use by {}", a.peer));
-                }
-                Some(a) if !*a.done.borrow() => {
+            active.retain(|a| !*a.done.borrow());
+            let previous = match active.iter().position(|a| a.peer == self.peer) {
+                Some(i) => {
+                    let a = active.remove(i);
                     tracing::info!(disc, peer = %self.peer, old = a.conn, new = self.conn, "same peer reconnected: replacing its old connection");
                     a.cancel.cancel();
                     Some(a.done.clone())
                 }
-                _ => None,
+                None => None,
             };
-            *active = Some(Active {
+            if let Some(other) = active.first() {
+                tracing::info!(disc, peer = %self.peer, other = %other.peer, "a second listed address connected (live migration handover)");
+            }
+            active.push(Active {
                 peer: self.peer,
                 conn: self.conn,
                 cancel: self.cancel.clone(),
