@@ -15,6 +15,7 @@
 //! nbd_open_timeout_secs = 30
 //! report_interval_secs = 10
 //! fence_timeout_secs = 120      # kill every VM after this long without the brain; 0 never
+//! image_version = "2026.11.1"   # reported to the brain; default: the crate version
 //! ```
 //!
 //! `fence_timeout_secs` must not exceed the brain's setting of the same
@@ -65,6 +66,10 @@ pub struct HeadConfig {
     /// Addresses announced in `hello`.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The image version reported in `hello` (init passes the image's
+    /// own, `BIGV_IMAGE_VERSION`); default: the crate version.
+    #[serde(default)]
+    pub image_version: Option<String>,
 }
 
 fn default_qemu() -> PathBuf {
@@ -131,6 +136,7 @@ impl HeadConfig {
             report_interval_secs: default_interval(),
             fence_timeout_secs: default_fence(),
             addresses: vec![],
+            image_version: None,
         }
     }
 
@@ -171,7 +177,10 @@ impl HeadConfig {
         let hello = Hello {
             node_id: self.node_id.clone(),
             role: Role::Head,
-            image_version: env!("CARGO_PKG_VERSION").to_owned(),
+            image_version: self
+                .image_version
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
             protocol_version: bigv_spine::PROTOCOL_VERSION,
             addresses: self.addresses.clone(),
         };
