@@ -34,14 +34,9 @@ impl Vm {
         }
         let err = std::fs::File::create(stderr).expect("qemu's stderr file");
         let child = cmd
-            .args([
-                "-display",
-                "none",
-                "-nodefaults",
-                "-no-reboot",
-                "-boot",
-                "n",
-            ])
+            // -nographic (not -display none) is what turns on SeaBIOS's and
+            // iPXE's serial console: the DHCP and script lines are there.
+            .args(["-nographic", "-nodefaults", "-no-reboot", "-boot", "n"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .args([

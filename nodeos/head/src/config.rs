@@ -73,7 +73,14 @@ pub struct HeadConfig {
 }
 
 fn default_qemu() -> PathBuf {
-    "qemu-system-x86_64".into()
+    // In the node image init gives the agent PATH=/bin, and the image
+    // keeps qemu where Debian put it.
+    let image = Path::new("/usr/bin/qemu-system-x86_64");
+    if image.exists() {
+        image.to_owned()
+    } else {
+        "qemu-system-x86_64".into()
+    }
 }
 fn default_run_dir() -> PathBuf {
     "/run/bigv-head".into()
