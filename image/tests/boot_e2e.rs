@@ -20,9 +20,9 @@
 //!    without reformatting it (same ext4 UUID) and the node rejoins;
 //! 7. booted as a head with `initrd` + `initrd-head` concatenated (as iPXE
 //!    hands them over) on a CPU with SVM, init loads the head modules too
-//!    (KVM from the second archive, through its modules.dep) and, since no
-//!    head agent exists yet, keeps retrying /bin/bigv-head with backoff
-//!    instead of dying;
+//!    (KVM from the second archive, through its modules.dep) and starts
+//!    the head agent, which joins the spine from init's environment and
+//!    shows up pending in the admin heads list with the image's version;
 //! 8. a tail whose blank disc is configured without `:format` leaves the
 //!    disc untouched and its pool out; the agent, given no pool, exits
 //!    with an error and init restarts it with growing delays.
@@ -39,6 +39,8 @@ use bigv_spine::PowerAction;
 use serde_json::Value;
 
 const MAC: &str = "52:54:00:b1:67:01";
+/// The head boot is another machine: a node keeps the role it joined with.
+const HEAD_MAC: &str = "52:54:00:b1:67:02";
 const VERSION: &str = "e2e-test";
 
 struct Qemu {
@@ -56,10 +58,17 @@ impl Drop for Qemu {
 
 impl Qemu {
     fn boot(image: &Path, cmdline: &str, disc: &Path) -> Qemu {
-        Self::boot_with(&image.join("initrd"), cmdline, disc, image, &[])
+        Self::boot_with(&image.join("initrd"), cmdline, disc, image, &[], MAC)
     }
 
-    fn boot_with(initrd: &Path, cmdline: &str, disc: &Path, image: &Path, extra: &[&str]) -> Qemu {
+    fn boot_with(
+        initrd: &Path,
+        cmdline: &str,
+        disc: &Path,
+        image: &Path,
+        extra: &[&str],
+        mac: &str,
+    ) -> Qemu {
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "768", "-smp", "1"])
             .args(extra)
@@ -80,7 +89,7 @@ impl Qemu {
             .args(["-netdev", "user,id=n0"])
             .args([
                 "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={MAC},romfile="),
+                &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -348,25 +357,50 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     let mut bytes = std::fs::read(image.join("initrd")).unwrap();
     bytes.extend(std::fs::read(image.join("initrd-head")).unwrap());
     std::fs::write(&both, bytes).unwrap();
-    let head_line = cmdline.replace("bigv.role=tail", "bigv.role=head").replace(
-        " bigv.disc=vda:/srv/pool1:format bigv.pool=pool1:sata:/srv/pool1",
-        "",
-    );
+    let head_line = cmdline
+        .replace("bigv.role=tail", "bigv.role=head")
+        .replace(
+            " bigv.disc=vda:/srv/pool1:format bigv.pool=pool1:sata:/srv/pool1",
+            "",
+        )
+        .replace(MAC, HEAD_MAC);
     let mut qemu = Qemu::boot_with(
         &both,
         &head_line,
         &disc,
         &image,
         &["-cpu", "qemu64,+svm,+npt"],
+        HEAD_MAC,
     );
-    let head_log = qemu.log.clone();
-    until(
-        "the head's init to retry its missing agent",
+    let heads = async || -> Vec<Value> {
+        let r = http
+            .get(format!("{api}/admin/heads"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json::<Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let head = until(
+        "the head agent to join, pending",
         240,
         &mut qemu,
-        async || saw_twice(&head_log, "agent did not start").then_some(()),
+        async || {
+            heads()
+                .await
+                .into_iter()
+                .find(|h| h["uuid"] == HEAD_MAC && h["online"] == true)
+        },
     )
     .await;
+    assert_eq!(head["admission"], "pending", "{head}");
+    assert_eq!(head["image_version"], VERSION, "{head}");
     let log = qemu.log.lock().unwrap().join("\n");
     let loaded: u32 = log
         .split("loaded=")

@@ -16,6 +16,7 @@
 //! report_interval_secs = 10
 //! fence_timeout_secs = 120      # kill every VM after this long without the brain; 0 never
 //! migration_address = "10.1.0.5"  # incoming live migrations listen here; omit: the first of `addresses`
+//! image_version = "2026.11.1"   # reported to the brain; default: the crate version
 //! ```
 //!
 //! `fence_timeout_secs` must not exceed the brain's setting of the same
@@ -70,10 +71,21 @@ pub struct HeadConfig {
     /// absent: the first of `addresses`.
     #[serde(default)]
     pub migration_address: Option<String>,
+    /// The image version reported in `hello` (init passes the image's
+    /// own, `BIGV_IMAGE_VERSION`); default: the crate version.
+    #[serde(default)]
+    pub image_version: Option<String>,
 }
 
 fn default_qemu() -> PathBuf {
-    "qemu-system-x86_64".into()
+    // In the node image init gives the agent PATH=/bin, and the image
+    // keeps qemu where Debian put it.
+    let image = Path::new("/usr/bin/qemu-system-x86_64");
+    if image.exists() {
+        image.to_owned()
+    } else {
+        "qemu-system-x86_64".into()
+    }
 }
 fn default_run_dir() -> PathBuf {
     "/run/bigv-head".into()
@@ -137,6 +149,7 @@ impl HeadConfig {
             fence_timeout_secs: default_fence(),
             addresses: vec![],
             migration_address: None,
+            image_version: None,
         }
     }
 
@@ -177,7 +190,10 @@ impl HeadConfig {
         let hello = Hello {
             node_id: self.node_id.clone(),
             role: Role::Head,
-            image_version: env!("CARGO_PKG_VERSION").to_owned(),
+            image_version: self
+                .image_version
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
             protocol_version: bigv_spine::PROTOCOL_VERSION,
             addresses: self.addresses.clone(),
         };

@@ -49,6 +49,14 @@ enum Cmd {
         /// The address incoming live migrations listen on.
         #[arg(long)]
         migration_address: Option<String>,
+        /// The image version reported to the brain (init passes the
+        /// image's own).
+        #[arg(long, env = "BIGV_IMAGE_VERSION")]
+        image_version: Option<String>,
+        /// An address announced to the brain (init passes the boot NIC's
+        /// DHCP address).
+        #[arg(long, env = "BIGV_ADDRESS")]
+        address: Option<String>,
     },
 }
 
@@ -76,6 +84,8 @@ fn main() -> anyhow::Result<()> {
             nic_backend,
             vm_memory_mib,
             migration_address,
+            image_version,
+            address,
         } = cli.command;
         let config = match config {
             Some(path) => HeadConfig::load(&path)?,
@@ -104,6 +114,8 @@ fn main() -> anyhow::Result<()> {
                     Some(other) => anyhow::bail!("--nic-backend {other:?}: expected none or user"),
                 };
                 c.vm_memory_mib = vm_memory_mib;
+                c.image_version = image_version;
+                c.addresses = address.into_iter().collect();
                 c.check()?;
                 c
             }
@@ -118,12 +130,19 @@ async fn run(config: HeadConfig) -> anyhow::Result<()> {
     let node = NodeAgent::new(node_config, agent.clone());
     agent.set_notifier(node.notifier());
     tokio::spawn(agent.clone().report_loop());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
     tokio::select! {
         action = agent.run_spine(&node) => {
-            // On a real head, init carries the action out; standalone, we stop.
-            tracing::warn!(?action, "the brain ordered a power action; exiting (VMs keep running)");
+            // The reply has gone out; init (PID 1) reads the exit status
+            // and carries the action out (docs/boot.md, "Init").
+            // Standalone, the VMs keep running.
+            tracing::warn!(?action, "the brain ordered a power action; exiting for init");
+            agent.shutdown().await;
+            std::process::exit(action.agent_exit_code());
         }
         r = tokio::signal::ctrl_c() => r.context("waiting for ^C")?,
+        _ = sigterm.recv() => tracing::info!("SIGTERM; stopping"),
     }
     agent.shutdown().await;
     Ok(())

@@ -1,0 +1,180 @@
+//! The real `bigv-brain` binary, run inside the namespace with its boot
+//! services on the bridge, and an admin API client for it. The process is
+//! killed by PID on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::netns::{BRAIN_ADDRESS, BRIDGE, Netns};
+
+pub const API: &str = "127.0.0.1:8080";
+pub const SPINE_PORT: u16 = 4430;
+pub const ADMIN: &str = "admin";
+pub const PASSWORD: &str = "correct-horse-battery";
+
+/// Builds the `bigv-brain` binary (a no-op when it is current) into the
+/// target directory this test was built in and returns its path.
+pub fn binary() -> PathBuf {
+    let target = crate::target_dir();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(bigv_image::workspace_root())
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "bigv-brain",
+            "--bin",
+            "bigv-brain",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building bigv-brain failed");
+    target.join("debug").join("bigv-brain")
+}
+
+/// `bigv-brain --data-dir DIR image add IMAGE`, as an operator does.
+pub fn add_image(bin: &Path, data: &Path, image: &Path) {
+    let o = Command::new(bin)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["image", "add"])
+        .arg(image)
+        .output()
+        .expect("bigv-brain image add");
+    assert!(
+        o.status.success(),
+        "image add: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub struct BrainProcess {
+    child: Child,
+}
+
+impl BrainProcess {
+    /// Starts the brain in `ns` with DHCP/TFTP/RA/HTTP boot on the bridge;
+    /// its output goes to `log`.
+    pub fn start(ns: &Netns, bin: &Path, data: &Path, log: &Path) -> BrainProcess {
+        let out = std::fs::File::create(log).expect("the brain's log file");
+        let err = out.try_clone().expect("the brain's log file");
+        let child = ns
+            .exec(bin.to_str().expect("a UTF-8 path"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--api-listen", API])
+            .args(["--spine-listen", &format!("0.0.0.0:{SPINE_PORT}")])
+            .args(["--bootstrap-user", ADMIN])
+            .env("BIGV_BOOTSTRAP_PASSWORD", PASSWORD)
+            .args(["--boot-interface", BRIDGE, "--boot-address", BRAIN_ADDRESS])
+            .args(["--boot-pool", "10.0.0.100-10.0.0.200"])
+            .args(["--boot-ra-prefix", "fd00::/64"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting bigv-brain");
+        BrainProcess { child }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for BrainProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The admin API as an operator uses it (must run on a thread inside the
+/// namespace: the API listens on the namespace's loopback).
+pub struct Admin {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Admin {
+    /// Logs in as the bootstrap admin, retrying while the brain starts.
+    pub async fn login(brain: &mut BrainProcess) -> Admin {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(!brain.exited(), "the brain exited while starting");
+            let r = http
+                .post(format!("http://{API}/session"))
+                .json(&serde_json::json!({"username": ADMIN, "password": PASSWORD}))
+                .send()
+                .await;
+            if let Ok(r) = r
+                && r.status().is_success()
+            {
+                let token = r.text().await.expect("the session token");
+                return Admin {
+                    http,
+                    token: token.trim().to_owned(),
+                };
+            }
+            assert!(Instant::now() < deadline, "the brain's API never answered");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("http://{API}{path}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Value {
+        let r = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{what}: {status} {body}");
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let req = self.http.post(format!("http://{API}{path}")).json(&body);
+        self.send(req, &format!("POST {path}")).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Value {
+        let req = self.http.put(format!("http://{API}{path}")).json(&body);
+        self.send(req, &format!("PUT {path}")).await
+    }
+
+    /// The node with this id in `/admin/heads` or `/admin/tails`.
+    pub async fn node(&self, list: &str, id: &str) -> Option<Value> {
+        self.get(list)
+            .await
+            .as_array()?
+            .iter()
+            .find(|n| n["uuid"] == id)
+            .cloned()
+    }
+}

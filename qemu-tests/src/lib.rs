@@ -1,0 +1,68 @@
+//! The whole-system harness (issue 8): a real `bigv-brain` process in a
+//! private network namespace with its boot services on a bridge, the node
+//! image built from this workspace, and blank qemu VMs (TCG) on taps of
+//! that bridge that PXE-boot from it. Nothing leaves the namespace.
+//!
+//! Pieces, one file each: [`netns`] (namespace, bridge, taps), [`brain`]
+//! (the brain process and an admin API client), [`vm`] (a qemu machine
+//! with its serial console in a file), [`image`] (the node image, cached
+//! by its inputs), [`logs`] (where consoles go; kept on failure) and
+//! [`timings`] (the table each scenario prints).
+
+pub mod brain;
+pub mod image;
+pub mod logs;
+pub mod netns;
+pub mod timings;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// The slow-tier gate: scenarios boot several kernels under TCG. Returns
+/// false (after saying so on stderr) unless `BIGV_SLOW_TESTS=1`.
+pub fn slow_tests_enabled(name: &str) -> bool {
+    if std::env::var("BIGV_SLOW_TESTS").as_deref() == Ok("1") {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {name}: whole-system scenario (a brain in a network namespace, nodes PXE-booting in qemu under TCG); runs only with BIGV_SLOW_TESTS=1"
+    );
+    false
+}
+
+/// The cargo target directory this test binary was built in
+/// (`<target>/debug/deps/<test>` → `<target>`).
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bigv_image::workspace_root().join("target"))
+}
+
+/// Fails (panics) with what to install when a host tool is missing: with
+/// the slow tier on, a missing tool is a failure, never a skip.
+pub fn require_host() {
+    for (path, pkg) in [
+        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+        ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
+        ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
+        ("/usr/sbin/ip", "iproute2"),
+    ] {
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{path} missing: apt-get install {pkg} (tools/setup-host.sh does)"
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the harness creates a network namespace and taps: run it as root"
+    );
+}

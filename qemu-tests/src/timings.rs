@@ -1,0 +1,60 @@
+//! The timings table a scenario prints: one row per node, one column per
+//! milestone, seconds since that node's power-on.
+
+use std::time::Instant;
+
+pub struct Timings {
+    columns: Vec<&'static str>,
+    rows: Vec<(String, Instant, Vec<Option<f64>>)>,
+}
+
+impl Timings {
+    pub fn new(columns: &[&'static str]) -> Timings {
+        Timings {
+            columns: columns.to_vec(),
+            rows: vec![],
+        }
+    }
+
+    /// A node powered on at `start`.
+    pub fn row(&mut self, node: &str, start: Instant) {
+        let n = self.columns.len();
+        self.rows.push((node.to_owned(), start, vec![None; n]));
+    }
+
+    /// Records `column` for `node` now, unless already recorded.
+    pub fn mark(&mut self, node: &str, column: &str) {
+        let Some(c) = self.columns.iter().position(|x| *x == column) else {
+            return;
+        };
+        if let Some((_, start, cells)) = self.rows.iter_mut().find(|r| r.0 == node)
+            && cells[c].is_none()
+        {
+            cells[c] = Some(start.elapsed().as_secs_f64());
+        }
+    }
+
+    pub fn get(&self, node: &str, column: &str) -> Option<f64> {
+        let c = self.columns.iter().position(|x| *x == column)?;
+        self.rows.iter().find(|r| r.0 == node)?.2[c]
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!("{:<24}", "node (s after power-on)");
+        for c in &self.columns {
+            s.push_str(&format!(" {c:>12}"));
+        }
+        s.push('\n');
+        for (node, _, cells) in &self.rows {
+            s.push_str(&format!("{node:<24}"));
+            for v in cells {
+                match v {
+                    Some(v) => s.push_str(&format!(" {v:>12.1}")),
+                    None => s.push_str(&format!(" {:>12}", "-")),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+}

@@ -1,0 +1,87 @@
+//! A blank machine: qemu (TCG) with no disc, one virtio NIC on a tap of
+//! the namespace's bridge, network boot (`-boot n`, Debian's iPXE ROM),
+//! its serial console written to a file. Killed by PID on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Instant;
+
+use crate::netns::Netns;
+
+pub struct VmSpec<'a> {
+    pub mac: &'a str,
+    pub tap: &'a str,
+    pub memory_mib: u32,
+    /// `-cpu`: heads get `qemu64,+svm,+npt` so KVM works inside them.
+    pub cpu: Option<&'a str>,
+}
+
+pub struct Vm {
+    child: Child,
+    pub serial: PathBuf,
+    pub powered_on: Instant,
+}
+
+impl Vm {
+    /// Powers the machine on; `serial` receives its console, `stderr`
+    /// qemu's own messages.
+    pub fn power_on(ns: &Netns, spec: &VmSpec, serial: &Path, stderr: &Path) -> Vm {
+        let mut cmd = ns.exec("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-smp", "1"])
+            .args(["-m", &spec.memory_mib.to_string()]);
+        if let Some(cpu) = spec.cpu {
+            cmd.args(["-cpu", cpu]);
+        }
+        let err = std::fs::File::create(stderr).expect("qemu's stderr file");
+        let child = cmd
+            // -nographic (not -display none) is what turns on SeaBIOS's and
+            // iPXE's serial console: the DHCP and script lines are there.
+            .args(["-nographic", "-nodefaults", "-no-reboot", "-boot", "n"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("qemu-system-x86_64 (tools/setup-host.sh installs it)");
+        Vm {
+            child,
+            serial: serial.to_owned(),
+            powered_on: Instant::now(),
+        }
+    }
+
+    /// The console so far (lossy UTF-8).
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    pub fn saw(&self, needle: &str) -> bool {
+        self.console().contains(needle)
+    }
+
+    /// Whether qemu has exited (it never should in these scenarios).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // `ip netns exec` execs qemu: this PID is qemu's.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
