@@ -321,6 +321,32 @@ async fn a_stop_while_imaging_is_kept_when_the_imaging_finishes() {
 }
 
 #[tokio::test]
+async fn a_compatibility_vm_gets_ide_discs_and_an_e1000_nic() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(
+        &tb,
+        NewVm {
+            power_on: false,
+            autoreboot_on: false,
+            ..NewVm::running("legacy")
+        },
+    )
+    .await;
+    update_vm(&tb, id, |vm| {
+        vm.hardware_profile = "compatibility2011".into();
+        vm.power_on = true;
+        vm.autoreboot_on = true;
+    })
+    .await;
+    let head = wait_running(&tb, &fleet, id, 10).await;
+    let spec = sim(&fleet, &head).vms()[&id.0.to_string()].clone();
+    assert_eq!(spec.discs[0].model, "ide");
+    assert_eq!(spec.network_interfaces[0].model, "e1000");
+}
+
+#[tokio::test]
 async fn many_vms_created_together_fill_the_fullest_head_without_overcommitting() {
     let tb = TestBrain::start().await;
     let fleet = fleet(&tb, 2, 1);

@@ -273,10 +273,11 @@ pub(super) fn vm_spec(p: &mut Pass<'_>, vm: &Vm) -> VmSpec {
         .strip_prefix(&format!("{}.", vm.name))
         .unwrap_or_default()
         .to_owned();
-    let nic_model = if vm.hardware_profile.starts_with("compatibility") {
-        "e1000"
+    // Compatibility profiles are for guests without virtio drivers.
+    let (nic_model, disc_model) = if vm.hardware_profile.starts_with("compatibility") {
+        ("e1000", "ide")
     } else {
-        "virtio"
+        ("virtio", "virtio")
     };
     let network_interfaces = p
         .nics_of(vm.id)
@@ -301,7 +302,7 @@ pub(super) fn vm_spec(p: &mut Pass<'_>, vm: &Vm) -> VmSpec {
         .filter_map(|d| {
             Some(VmDisc {
                 address: discs::nbd_url(d.address.as_deref()?),
-                model: "virtio".into(),
+                model: disc_model.into(),
                 serial: Some(d.label.clone()),
             })
         })
