@@ -10,6 +10,8 @@
 //! reconnecting replaces its connection); the two-address handover rule
 //! has its own test in `nodeos/tail/tests/nbd_rules.rs`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +20,7 @@ use std::time::Duration;
 use bigv_head::agent::{AgentConfig, HeadAgent};
 use bigv_head::argv::{Accel, NicBackend, QemuSettings};
 use bigv_spine::resource::{
-    ResourceName, ResourceValue, VmDisc, VmIncoming, VmMigrationOrder, VmMigrationProgress,
-    VmMigrationState, VmRunState, VmSpec,
+    VmDisc, VmIncoming, VmMigrationOrder, VmMigrationProgress, VmMigrationState, VmRunState, VmSpec,
 };
 use bigv_spine::{
     Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Resource, Role, ServerConfig, SpineServer,
@@ -27,29 +28,12 @@ use bigv_spine::{
 use bigv_tail::acl::Acl;
 use bigv_tail::nbd::{DiscServer, Export};
 use bigv_test_guest::lines;
+use common::*;
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 const BOOT_WAIT: Duration = Duration::from_secs(180);
 const MIGRATE_WAIT: Duration = Duration::from_secs(120);
-
-fn slow() -> bool {
-    if std::env::var_os("BIGV_SLOW_TESTS").is_none() {
-        eprintln!("skipped: set BIGV_SLOW_TESTS=1 to run VMs under qemu");
-        return false;
-    }
-    true
-}
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bigv_head=debug,info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// A head agent on the spine; its qemu processes are killed on drop.
 struct TestHead {
@@ -61,16 +45,7 @@ struct TestHead {
 impl Drop for TestHead {
     fn drop(&mut self) {
         self.task.abort();
-        let Ok(dirs) = std::fs::read_dir(&self.run_dir) else {
-            return;
-        };
-        for d in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(d.path().join("qemu.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                bigv_head::vm::kill(pid);
-            }
-        }
+        drop(KillVms(self.run_dir.clone()));
     }
 }
 
@@ -127,55 +102,13 @@ async fn ready(server: &SpineServer, node_id: &str) -> NodeHandle {
     .await
 }
 
-fn vm_in_table(h: &NodeHandle, name: &str) -> Option<VmSpec> {
-    match h.resource(&ResourceName::vm(name)) {
-        Some((ResourceValue::Vm(spec), _)) => Some(*spec),
-        _ => None,
-    }
-}
-
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The complete lines of a serial log (a line being written is left out).
-fn serial_lines(log: &Path) -> Vec<String> {
-    let bytes = std::fs::read(log).unwrap_or_default();
-    let mut lines: Vec<String> = String::from_utf8_lossy(&bytes)
-        .split('\n')
-        .map(|l| l.replace('\r', ""))
-        .collect();
-    lines.pop();
-    lines
-}
-
 fn last_tick(log: &Path) -> Option<u64> {
     serial_lines(log)
         .iter()
         .filter_map(|l| lines::tick(l))
         .next_back()
         .map(|(n, _)| n)
-}
-
-fn build_guest(out: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../qemu-tests/guest/build.sh");
-    let status = std::process::Command::new("bash")
-        .arg(script)
-        .arg(out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("bash runs");
-    assert!(status.success(), "qemu-tests/guest/build.sh failed");
 }
 
 /// A loopback port nobody listens on (bound, then released).

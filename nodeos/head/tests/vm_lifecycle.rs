@@ -5,8 +5,10 @@
 //! and boot id continuous; ACPI powerdown → `destroyed`; a killed qemu
 //! and a removed VM are reported gone. Slow tier: BIGV_SLOW_TESTS=1.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,29 +24,12 @@ use bigv_spine::{
 use bigv_tail::acl::Acl;
 use bigv_tail::nbd::{DiscServer, Export};
 use bigv_test_guest::lines;
+use common::*;
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 const BOOT_WAIT: Duration = Duration::from_secs(180);
 const VM_MEMORY: u64 = 1024;
-
-fn slow() -> bool {
-    if std::env::var_os("BIGV_SLOW_TESTS").is_none() {
-        eprintln!("skipped: set BIGV_SLOW_TESTS=1 to run VMs under qemu");
-        return false;
-    }
-    true
-}
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bigv_head=debug,info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 async fn spine() -> SpineServer {
     spine_at("127.0.0.1:0".parse().unwrap()).await
@@ -146,23 +131,6 @@ impl TestHead {
 
 /// Kills the qemu processes this test started (by the pids in the run
 /// directory), whatever happened.
-struct KillVms(PathBuf);
-
-impl Drop for KillVms {
-    fn drop(&mut self) {
-        let Ok(dirs) = std::fs::read_dir(&self.0) else {
-            return;
-        };
-        for d in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(d.path().join("qemu.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-            {
-                bigv_head::vm::kill(pid);
-            }
-        }
-    }
-}
-
 async fn handle(server: &SpineServer) -> NodeHandle {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -177,31 +145,10 @@ async fn handle(server: &SpineServer) -> NodeHandle {
     }
 }
 
-fn vm_in_table(h: &NodeHandle, name: &str) -> Option<VmSpec> {
-    match h.resource(&ResourceName::vm(name)) {
-        Some((ResourceValue::Vm(spec), _)) => Some(*spec),
-        _ => None,
-    }
-}
-
 fn free_memory(h: &NodeHandle) -> Option<u64> {
     match h.resource(&"global.memory".parse().unwrap()) {
         Some((ResourceValue::Memory(m), _)) => Some(m.free),
         _ => None,
-    }
-}
-
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -228,16 +175,6 @@ async fn wait_serial<T>(
 
 /// The complete lines of a serial log (a line still being written is
 /// left out, so a match never sees half of one).
-fn serial_lines(log: &Path) -> Vec<String> {
-    let bytes = std::fs::read(log).unwrap_or_default();
-    let mut lines: Vec<String> = String::from_utf8_lossy(&bytes)
-        .split('\n')
-        .map(|l| l.replace('\r', ""))
-        .collect();
-    lines.pop();
-    lines
-}
-
 fn spec(discs: Vec<VmDisc>) -> VmSpec {
     VmSpec {
         memory: 256,
@@ -255,17 +192,6 @@ fn spec(discs: Vec<VmDisc>) -> VmSpec {
         }],
         ..Default::default()
     }
-}
-
-fn build_guest(out: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../qemu-tests/guest/build.sh");
-    let status = std::process::Command::new("bash")
-        .arg(script)
-        .arg(out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("bash runs");
-    assert!(status.success(), "qemu-tests/guest/build.sh failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
