@@ -160,15 +160,7 @@ async fn a_restarted_brain_reconverges_without_creating_or_removing_anything() {
     for name in ["web1", "web2", "web3"] {
         ids.push(create_vm(&tb, NewVm::running(name)).await);
     }
-    let stopped = create_vm(
-        &tb,
-        NewVm {
-            power_on: false,
-            autoreboot_on: false,
-            ..NewVm::running("cold")
-        },
-    )
-    .await;
+    let stopped = create_vm(&tb, NewVm::stopped("cold")).await;
     for id in &ids {
         wait_running(&tb, &fleet, *id, 10).await;
     }

@@ -196,15 +196,7 @@ async fn reimage_copies_the_template_then_finishes_and_starts_the_vm() {
     let tb = TestBrain::start().await;
     let fleet = fleet(&tb, 1, 1);
     joined(&tb, &fleet).await;
-    let id = create_vm(
-        &tb,
-        NewVm {
-            power_on: false,
-            autoreboot_on: false,
-            ..NewVm::running("web1")
-        },
-    )
-    .await;
+    let id = create_vm(&tb, NewVm::stopped("web1")).await;
     let disc = discs(&tb, id).remove(0);
     eventually(
         "the disc of the stopped VM on its tail, open to nobody",
@@ -281,15 +273,7 @@ async fn a_stop_while_imaging_is_kept_when_the_imaging_finishes() {
     let tb = TestBrain::start().await;
     let fleet = fleet(&tb, 1, 1);
     joined(&tb, &fleet).await;
-    let id = create_vm(
-        &tb,
-        NewVm {
-            power_on: false,
-            autoreboot_on: false,
-            ..NewVm::running("web1")
-        },
-    )
-    .await;
+    let id = create_vm(&tb, NewVm::stopped("web1")).await;
     let disc = discs(&tb, id).remove(0);
     eventually("the disc on its tail", 10, || {
         let there = disc_on_tails(&fleet, &disc).is_some();
@@ -325,15 +309,7 @@ async fn a_compatibility_vm_gets_ide_discs_and_an_e1000_nic() {
     let tb = TestBrain::start().await;
     let fleet = fleet(&tb, 1, 1);
     joined(&tb, &fleet).await;
-    let id = create_vm(
-        &tb,
-        NewVm {
-            power_on: false,
-            autoreboot_on: false,
-            ..NewVm::running("legacy")
-        },
-    )
-    .await;
+    let id = create_vm(&tb, NewVm::stopped("legacy")).await;
     update_vm(&tb, id, |vm| {
         vm.hardware_profile = "compatibility2011".into();
         vm.power_on = true;

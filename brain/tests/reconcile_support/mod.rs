@@ -107,6 +107,15 @@ impl NewVm {
             autoreboot_on: true,
         }
     }
+
+    /// Powered off, autoreboot off: placed nowhere, its discs on tails.
+    pub fn stopped(name: &'static str) -> Self {
+        NewVm {
+            power_on: false,
+            autoreboot_on: false,
+            ..NewVm::running(name)
+        }
+    }
 }
 
 /// Writes a VM with its discs, one NIC and one IPv4 address, as the API's
