@@ -19,7 +19,7 @@
 //! recorded pool while the recorded tail has none is adopted, never
 //! deleted: it may be the only one.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use bigv_spine::Resource;
 use bigv_spine::resource::{DiscSpec, IncomingMirror, MigrationOrder, MigrationState};
@@ -302,19 +302,19 @@ fn follow_acl(p: &mut Pass<'_>, disc: &Disc, dest_tail: &str, at_dest: &Reported
 /// serves while the recorded tail has nothing is adopted.
 fn adopt_and_clean(p: &mut Pass<'_>) {
     let (model, snap) = (p.model, p.snap);
-    let moving: HashMap<DiscId, ()> = model
+    let moving: HashSet<DiscId> = model
         .operations
         .values()
         .filter(|op| op.state == OperationState::Running)
         .filter_map(|op| match op.kind {
-            OperationKind::MigrateDisc { disc_id, .. } => Some((disc_id, ())),
+            OperationKind::MigrateDisc { disc_id, .. } => Some(disc_id),
             _ => None,
         })
         .collect();
     for node in snap.nodes.values().filter(|n| n.ready) {
         let node_id = node.info.node_id.as_str();
         for (id, copy) in &node.discs {
-            if moving.contains_key(id) {
+            if moving.contains(id) {
                 continue;
             }
             let Some(disc) = p.disc(*id).filter(|d| d.storage_grade == copy.grade) else {
