@@ -1,67 +1,114 @@
 #!/usr/bin/env bash
-# The README's demo command. Brings up a brain (embedded store) with
-# simulated heads and tails joined over pinned TLS, sets up a customer
-# account, and leaves the `bigv` CLI logged in and pointed at it.
-# Heads and tails are simulated until the node image boots in qemu
-# (see README, "Status"). Ctrl-C stops everything this script started.
+# The README's demo command.
+#
+#   tools/demo.sh        brings up the demo cluster and logs `bigv` in to it
+#   tools/demo.sh down   stops it and removes everything it created
+#
+# The cluster is the whole system as the qemu scenarios run it: a real
+# bigv-brain with its embedded store inside a private network namespace,
+# and 2 heads + 1 tail as qemu VMs (TCG) that PXE-boot the node image built
+# from this checkout, join the spine, are accepted and become ready. The
+# brain's API is forwarded to $BIGV_DEMO_API (127.0.0.1:8080) on this
+# machine; nothing else leaves the namespace. It keeps running in the
+# background (bigv-demo, qemu-tests/src/bin/bigv-demo.rs) until `down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup-host.sh
+if [ "$(id -u)" -ne 0 ]; then
+    # Namespaces, bridges and taps need root.
+    exec sudo -E bash "$0" "$@"
+fi
 # shellcheck disable=SC1091
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
-api=${BIGV_DEMO_API:-127.0.0.1:8080}
-spine=${BIGV_DEMO_SPINE:-127.0.0.1:4430}
 state=${BIGV_DEMO_DIR:-$HOME/.local/share/bigv-demo}
-export BIGV_USER=admin BIGV_PASS=${BIGV_DEMO_PASSWORD:-demo-password-1}
+api=${BIGV_DEMO_API:-127.0.0.1:8080}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+bin=$CARGO_TARGET_DIR/debug
 
-echo "demo: building (first run takes a few minutes)" >&2
-cargo build --locked -q -p bigv-brain -p bigv-spine -p bigv-cli
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+running() { [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; }
+
+down() {
+    if running; then
+        pid=$(cat "$state/pid")
+        echo "demo: stopping bigv-demo (pid $pid)" >&2
+        kill -TERM "$pid"
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # After a hard kill the brain, the qemu machines and the namespace may
+    # outlive bigv-demo: end exactly those it recorded.
+    if [ -f "$state/processes" ]; then
+        while read -r kind value; do
+            case $kind in
+            pid) kill -KILL "$value" 2>/dev/null || true ;;
+            netns) ip netns del "$value" 2>/dev/null || true ;;
+            esac
+        done <"$state/processes"
+    fi
+    rm -rf "$state"
+    echo "demo: stopped and removed $state" >&2
+}
+
+case ${1:-up} in
+down)
+    down
+    exit 0
+    ;;
+up) ;;
+*)
+    echo "usage: tools/demo.sh [up|down]" >&2
+    exit 2
+    ;;
+esac
+
+if running; then
+    echo "demo: already running (pid $(cat "$state/pid")); tools/demo.sh down first" >&2
+    exit 1
+fi
+bash tools/setup-host.sh
+bash tools/fetch-kernel.sh >/dev/null
+
+echo "demo: building (the first run takes several minutes)" >&2
+cargo build --locked -q -p bigv-qemu-tests --bin bigv-demo -p bigv-cli --bin bigv -p bigv-brain --bin bigv-brain
 export PATH="$bin:$PATH"
 
 rm -rf "$state" && mkdir -p "$state"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
-
-BIGV_BOOTSTRAP_USER=$BIGV_USER BIGV_BOOTSTRAP_PASSWORD=$BIGV_PASS RUST_LOG=warn \
-    bigv-brain --data-dir "$state/brain" --api-listen "$api" --spine-listen "$spine" \
-    >"$state/brain.out" 2>"$state/brain.log" &
-pids+=($!)
-for _ in $(seq 100); do
-    grep -q certificate "$state/brain.out" 2>/dev/null && break
-    sleep 0.2
+setsid bigv-demo --state "$state" --api "$api" >"$state/demo.log" 2>&1 </dev/null &
+echo $! >"$state/pid"
+echo "demo: bigv-demo (pid $!) is building the node image and booting the machines; its log: $state/demo.log" >&2
+tail -n +1 -f --pid="$(cat "$state/pid")" "$state/demo.log" >&2 &
+tailer=$!
+# The image build, then three PXE boots under TCG.
+for _ in $(seq 1800); do
+    [ -f "$state/ready" ] && break
+    running || break
+    sleep 1
 done
-pin=$(grep -o 'sha256:[0-9a-f]*' "$state/brain.out") || { cat "$state/brain.log" >&2; exit 1; }
+kill "$tailer" 2>/dev/null || true
+if [ ! -f "$state/ready" ]; then
+    echo "demo: the cluster did not come up; logs in $state (tools/demo.sh down removes them)" >&2
+    exit 1
+fi
 
-bigv-sim fleet --brain "$spine" --fingerprint "$pin" --heads 3 --tails 2 \
-    >"$state/sim.out" 2>"$state/sim.log" &
-pids+=($!)
-
+# The bootstrap operator of qemu-tests/src/brain.rs.
+export BIGV_USER=admin BIGV_PASS=correct-horse-battery
 bigv --endpoint "http://$api" login --make-current
-for _ in $(seq 100); do
-    [ "$(bigv admin show heads 2>/dev/null | grep -c online)" -ge 3 ] && break
-    sleep 0.2
-done
 bigv admin add vlan 1
 bigv admin add ip range 192.0.2.0/24 1
-bigv admin add image bookworm 2G --description "Debian 12 (template)"
 bigv admin add account demo
 bigv admin show heads
+bigv admin show tails
 bigv admin show storage pools
 
 cat <<TXT
 
-The demo cluster is up: brain API http://$api (store in $state/brain),
-spine $spine (certificate $pin), 3 simulated heads and 2 simulated tails.
-bigv is logged in as $BIGV_USER (profile "default"). In another terminal try:
+The demo cluster is up: brain API http://$api (its store in $state/brain),
+2 heads and 1 tail booted over PXE in qemu (consoles in $state/logs).
+bigv is logged in as $BIGV_USER (profile "default"). Try:
 
     export PATH="$bin:\$PATH"
-    bigv add server web1.default.demo --image bookworm --memory 2G --disc sata:25G
-    bigv show server web1.default.demo
     bigv admin show heads
+    bigv show account demo
 
-Ctrl-C here stops the brain and the simulated nodes.
+tools/demo.sh down stops the cluster and removes $state.
 TXT
-wait "${pids[0]}"

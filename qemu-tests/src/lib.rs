@@ -10,6 +10,7 @@
 //! [`timings`] (the table each scenario prints).
 
 pub mod brain;
+pub mod cluster;
 pub mod image;
 pub mod logs;
 pub mod netns;
@@ -32,15 +33,16 @@ pub fn slow_tests_enabled(name: &str) -> bool {
     false
 }
 
-/// The cargo target directory this test binary was built in
-/// (`<target>/debug/deps/<test>` → `<target>`).
+/// The cargo target directory this test or binary was built in
+/// (`<target>/debug/deps/<test>` or `<target>/debug/<bin>` → `<target>`).
 pub fn target_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("the test binary's path");
+    let in_deps = exe.parent().is_some_and(|p| p.ends_with("deps"));
     exe.ancestors()
-        .nth(3)
+        .nth(if in_deps { 3 } else { 2 })
         .map(PathBuf::from)
         .unwrap_or_else(|| bigv_image::workspace_root().join("target"))
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 pub struct Logs {
     dir: PathBuf,
     files: Vec<PathBuf>,
+    /// Kept whatever happens (the demo's logs).
+    keep: bool,
 }
 
 impl Logs {
@@ -13,7 +15,21 @@ impl Logs {
         let dir = std::env::temp_dir().join(format!("bigv-{scenario}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the log folder");
-        Logs { dir, files: vec![] }
+        Logs {
+            dir,
+            files: vec![],
+            keep: false,
+        }
+    }
+
+    /// Logs in `dir` (created), never removed: the demo's, for its user.
+    pub fn kept_in(dir: &Path) -> Logs {
+        std::fs::create_dir_all(dir).expect("creating the log folder");
+        Logs {
+            dir: dir.to_owned(),
+            files: vec![],
+            keep: true,
+        }
     }
 
     /// A file in the folder, remembered for the failure report.
@@ -30,6 +46,9 @@ impl Logs {
 
 impl Drop for Logs {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if std::thread::panicking() {
             eprintln!("scenario failed; logs kept:");
             for f in &self.files {

@@ -1,0 +1,301 @@
+//! A whole cluster, as scenarios and the demo bring it up: the node image,
+//! a real `bigv-brain` in its own namespace with that image as the
+//! cluster's target, and blank machines that PXE-boot from it, join the
+//! spine, are accepted and become ready.
+//!
+//! The steps are separate ([`Cluster::power_on`], [`Cluster::wait_joined`],
+//! [`Cluster::accept_all`], [`Cluster::wait_ready`]) so a scenario can check
+//! what it cares about between them; [`Cluster::bring_up`] runs them all.
+//! Dropping a cluster powers the machines off, stops the brain and deletes
+//! the namespace, in that order.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::brain::{self, Admin, BrainProcess};
+use crate::logs::Logs;
+use crate::netns::Netns;
+use crate::timings::Timings;
+use crate::vm::{Vm, VmSpec};
+
+/// The milestones of every node's row in [`Cluster::timings`].
+pub const COLUMNS: [&str; 4] = ["dhcp", "spine join", "accepted", "ready"];
+
+/// One boot under TCG on a loaded CI machine (kernel, both initrds over
+/// HTTP, modules, DHCP, the agent's TLS join), with several machines
+/// booting at once on two cores.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Head,
+    Tail,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Head => "head",
+            Role::Tail => "tail",
+        }
+    }
+
+    /// The admin list the node appears in.
+    pub fn list(self) -> &'static str {
+        match self {
+            Role::Head => "/admin/heads",
+            Role::Tail => "/admin/tails",
+        }
+    }
+}
+
+/// A machine to rack: its role, boot NIC MAC and memory.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub role: Role,
+    pub mac: String,
+    pub memory_mib: u32,
+}
+
+impl NodeSpec {
+    /// Head `n` (from 1): a CPU with SVM so KVM works inside it, and 3 GiB:
+    /// the head keeps 2 GiB for itself (`reserve_memory_mib`: the image
+    /// lives in RAM) and offers the rest to VMs.
+    pub fn head(n: u8) -> NodeSpec {
+        NodeSpec {
+            role: Role::Head,
+            mac: format!("52:54:00:8e:01:{n:02x}"),
+            memory_mib: 3072,
+        }
+    }
+
+    /// Tail `n` (from 1): no disc, so it serves the RAM scratch pool.
+    pub fn tail(n: u8) -> NodeSpec {
+        NodeSpec {
+            role: Role::Tail,
+            mac: format!("52:54:00:8e:02:{n:02x}"),
+            memory_mib: 768,
+        }
+    }
+
+    fn cpu(&self) -> Option<&'static str> {
+        (self.role == Role::Head).then_some("qemu64,+svm,+npt")
+    }
+}
+
+pub struct Node {
+    pub spec: NodeSpec,
+    pub vm: Vm,
+}
+
+impl Node {
+    /// Its row in the timings table: `head 52:54:…`.
+    pub fn row(&self) -> String {
+        format!("{} {}", self.spec.role.name(), self.spec.mac)
+    }
+}
+
+/// Field order is drop order: machines, then the brain, then the
+/// namespace they all live in.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub brain: BrainProcess,
+    pub ns: Netns,
+    /// The node image's version (the cluster's target).
+    pub version: String,
+    pub timings: Timings,
+}
+
+impl Cluster {
+    /// Builds (or reuses) the node image, stores it in the brain's data
+    /// directory `data` and starts the brain in a new namespace `tag` with
+    /// `taps` taps for machines. Does not enter the namespace.
+    pub fn start(tag: &str, taps: usize, data: &Path, logs: &mut Logs) -> Cluster {
+        let (image, version) = crate::image::build_cached();
+        let bin = brain::binary();
+        brain::add_image(&bin, data, &image);
+        let ns = Netns::create(tag, taps);
+        let brain = BrainProcess::start(&ns, &bin, data, &logs.file("brain.log"));
+        eprintln!("brain pid {} in namespace {}", brain.pid(), ns.name);
+        Cluster {
+            nodes: vec![],
+            brain,
+            ns,
+            version,
+            timings: Timings::new(&COLUMNS),
+        }
+    }
+
+    /// Waits (bounded) until the brain has made our image the cluster's
+    /// target: it picks the first image it finds.
+    pub async fn wait_for_target_image(&mut self, admin: &Admin) {
+        let version = self.version.clone();
+        until(
+            "the image to be the cluster's target",
+            60,
+            &mut self.brain,
+            async || {
+                (admin.get("/admin/settings").await["node_image_version"] == version.as_str())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Powers on a blank machine on the next free tap.
+    pub fn power_on(&mut self, spec: NodeSpec, logs: &mut Logs) -> &Node {
+        let tap = self
+            .ns
+            .taps
+            .get(self.nodes.len())
+            .unwrap_or_else(|| panic!("no tap left for {spec:?}"))
+            .clone();
+        let name = format!("{}-{}", spec.role.name(), spec.mac.replace(':', ""));
+        let vm = Vm::power_on(
+            &self.ns,
+            &VmSpec {
+                mac: &spec.mac,
+                tap: &tap,
+                memory_mib: spec.memory_mib,
+                cpu: spec.cpu(),
+            },
+            &logs.file(&format!("{name}-serial.log")),
+            &logs.file(&format!("{name}-qemu.log")),
+        );
+        eprintln!("{name} powered on: qemu pid {}", vm.pid());
+        let node = Node { spec, vm };
+        self.timings.row(&node.row(), node.vm.powered_on);
+        self.nodes.push(node);
+        self.nodes.last().unwrap()
+    }
+
+    /// Waits until every machine is online on the spine; returns each
+    /// one's entry in its admin list, in power-on order. Marks `dhcp`
+    /// (iPXE's lease on its console) and `spine join`.
+    pub async fn wait_joined(&mut self, admin: &Admin) -> Vec<Value> {
+        let deadline = Instant::now() + BOOT_LIMIT;
+        let mut joined: Vec<Option<Value>> = vec![None; self.nodes.len()];
+        while joined.iter().any(Option::is_none) {
+            for (i, n) in self.nodes.iter_mut().enumerate() {
+                if n.vm.saw("net0: 10.0.0.") {
+                    self.timings.mark(&n.row(), "dhcp");
+                }
+                assert!(!n.vm.exited(), "{}: qemu exited", n.row());
+                if joined[i].is_none()
+                    && let Some(v) = admin.node(n.spec.role.list(), &n.spec.mac).await
+                    && v["online"] == true
+                {
+                    self.timings.mark(&n.row(), "spine join");
+                    joined[i] = Some(v);
+                }
+            }
+            assert!(!self.brain.exited(), "the brain exited");
+            if Instant::now() > deadline {
+                let missing: Vec<_> = self
+                    .nodes
+                    .iter()
+                    .zip(&joined)
+                    .filter(|(_, j)| j.is_none())
+                    .map(|(n, _)| n.row())
+                    .collect();
+                panic!(
+                    "{missing:?} did not join the spine within {BOOT_LIMIT:?}\n{}",
+                    self.timings.render()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        joined.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Accepts every machine, as an operator does (`bigv admin accept`).
+    pub async fn accept_all(&mut self, admin: &Admin) {
+        for n in &self.nodes {
+            admin
+                .post(
+                    &format!("{}/{}/accept", n.spec.role.list(), n.spec.mac),
+                    json!({}),
+                )
+                .await;
+            self.timings.mark(&n.row(), "accepted");
+        }
+    }
+
+    /// Waits until every machine is accepted and online; returns their
+    /// admin entries in power-on order.
+    pub async fn wait_ready(&mut self, admin: &Admin) -> Vec<Value> {
+        let mut ready = vec![];
+        for i in 0..self.nodes.len() {
+            let (list, mac, row) = {
+                let n = &self.nodes[i];
+                (n.spec.role.list(), n.spec.mac.clone(), n.row())
+            };
+            let v = until(&format!("{row} to be ready"), 60, &mut self.brain, async || {
+                admin
+                    .node(list, &mac)
+                    .await
+                    .filter(|v| v["admission"] == "accepted" && v["online"] == true)
+            })
+            .await;
+            self.timings.mark(&row, "ready");
+            ready.push(v);
+        }
+        ready
+    }
+
+    /// The whole rack-and-power-on path with roles given by MAC
+    /// (`POST /admin/machines`) and manual admission: power on all of
+    /// `specs` at once, wait for them to join, accept them, wait until
+    /// they are ready. Returns their admin entries.
+    pub async fn bring_up(
+        &mut self,
+        admin: &Admin,
+        specs: &[NodeSpec],
+        logs: &mut Logs,
+    ) -> Vec<Value> {
+        admin
+            .put(
+                "/admin/settings",
+                json!({"admission": "manual", "enrollment": "closed"}),
+            )
+            .await;
+        for s in specs {
+            admin
+                .post(
+                    "/admin/machines",
+                    json!({"mac": s.mac, "role": s.role.name()}),
+                )
+                .await;
+        }
+        self.wait_for_target_image(admin).await;
+        for s in specs {
+            self.power_on(s.clone(), logs);
+        }
+        self.wait_joined(admin).await;
+        self.accept_all(admin).await;
+        self.wait_ready(admin).await
+    }
+}
+
+/// Polls `f` every half second for `secs`; fails early if the brain died.
+pub async fn until<T>(
+    what: &str,
+    secs: u64,
+    brain: &mut BrainProcess,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(!brain.exited(), "the brain exited while waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
