@@ -35,12 +35,17 @@ down() {
         for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
         kill -KILL "$pid" 2>/dev/null || true
     fi
-    # After a hard kill the brain, the qemu machines and the namespace may
-    # outlive bigv-demo: end exactly those it recorded.
+    # bigv-demo removes its processes file once it has ended them all; left
+    # behind (after a hard kill), it names the brain, the qemu machines and
+    # the namespace that outlived it: end exactly those, if still theirs.
     if [ -f "$state/processes" ]; then
         while read -r kind value; do
             case $kind in
-            pid) kill -KILL "$value" 2>/dev/null || true ;;
+            pid)
+                if grep -qaE 'qemu-system|bigv-brain' "/proc/$value/cmdline" 2>/dev/null; then
+                    kill -KILL "$value" 2>/dev/null || true
+                fi
+                ;;
             netns) ip netns del "$value" 2>/dev/null || true ;;
             esac
         done <"$state/processes"

@@ -9,8 +9,8 @@
 //! forwards `--api` on the host's loopback to it, so the `bigv` CLI on
 //! the host talks to the cluster and nothing else leaves the namespace.
 //! When the cluster is ready it writes `STATE/ready` (the endpoint); the
-//! PIDs it started and the namespace name are in `STATE/processes`, for
-//! `tools/demo.sh down` to clean up even after a hard kill.
+//! PIDs it started and the namespace name are in `STATE/processes` while
+//! they run, for `tools/demo.sh down` to clean up after a hard kill.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,6 +86,9 @@ fn main() -> ExitCode {
     });
     eprintln!("bigv-demo: stopping the machines, the brain and the namespace");
     drop(cluster);
+    // All ended: nothing left for `down` to clean up (and those PIDs may
+    // belong to someone else from now on).
+    let _ = std::fs::remove_file(args.state.join("processes"));
     ExitCode::SUCCESS
 }
 
