@@ -9,7 +9,7 @@
 //! Dropping a cluster powers the machines off, stops the brain and deletes
 //! the namespace, in that order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -80,7 +80,8 @@ impl NodeSpec {
         }
     }
 
-    fn cpu(&self) -> Option<&'static str> {
+    /// `-cpu` for its machine.
+    pub fn cpu(&self) -> Option<&'static str> {
         (self.role == Role::Head).then_some("qemu64,+svm,+npt")
     }
 }
@@ -103,7 +104,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub brain: BrainProcess,
     pub ns: Netns,
-    /// The node image's version (the cluster's target).
+    /// The node image's folder and version (the cluster's target).
+    pub image: PathBuf,
     pub version: String,
     pub timings: Timings,
 }
@@ -123,6 +125,7 @@ impl Cluster {
             nodes: vec![],
             brain,
             ns,
+            image,
             version,
             timings: Timings::new(&COLUMNS),
         }
@@ -160,6 +163,7 @@ impl Cluster {
                 tap: &tap,
                 memory_mib: spec.memory_mib,
                 cpu: spec.cpu(),
+                direct: None,
             },
             &logs.file(&format!("{name}-serial.log")),
             &logs.file(&format!("{name}-qemu.log")),
@@ -232,12 +236,17 @@ impl Cluster {
                 let n = &self.nodes[i];
                 (n.spec.role.list(), n.spec.mac.clone(), n.row())
             };
-            let v = until(&format!("{row} to be ready"), 60, &mut self.brain, async || {
-                admin
-                    .node(list, &mac)
-                    .await
-                    .filter(|v| v["admission"] == "accepted" && v["online"] == true)
-            })
+            let v = until(
+                &format!("{row} to be ready"),
+                60,
+                &mut self.brain,
+                async || {
+                    admin
+                        .node(list, &mac)
+                        .await
+                        .filter(|v| v["admission"] == "accepted" && v["online"] == true)
+                },
+            )
             .await;
             self.timings.mark(&row, "ready");
             ready.push(v);

@@ -1,6 +1,8 @@
 //! A blank machine: qemu (TCG) with no disc, one virtio NIC on a tap of
-//! the namespace's bridge, network boot (`-boot n`, Debian's iPXE ROM),
-//! its serial console written to a file. Killed by PID on drop.
+//! the namespace's bridge, network boot (`-boot n`, Debian's iPXE ROM) —
+//! or, to compare against, the same machine booted directly with
+//! `-kernel/-initrd` — its serial console written to a file. Killed by PID
+//! on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -14,6 +16,17 @@ pub struct VmSpec<'a> {
     pub memory_mib: u32,
     /// `-cpu`: heads get `qemu64,+svm,+npt` so KVM works inside them.
     pub cpu: Option<&'a str>,
+    /// None: PXE, as real nodes boot. Some: qemu loads the kernel itself.
+    pub direct: Option<&'a DirectBoot>,
+}
+
+/// What iPXE would have loaded, handed to qemu instead.
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    /// One file: the kernel unpacks concatenated archives in order, as
+    /// it does the several initrds iPXE loads.
+    pub initrd: PathBuf,
+    pub cmdline: String,
 }
 
 pub struct Vm {
@@ -33,10 +46,20 @@ impl Vm {
             cmd.args(["-cpu", cpu]);
         }
         let err = std::fs::File::create(stderr).expect("qemu's stderr file");
-        let child = cmd
+        cmd
             // -nographic (not -display none) is what turns on SeaBIOS's and
             // iPXE's serial console: the DHCP and script lines are there.
-            .args(["-nographic", "-nodefaults", "-no-reboot", "-boot", "n"])
+            .args(["-nographic", "-nodefaults", "-no-reboot"]);
+        match spec.direct {
+            None => cmd.args(["-boot", "n"]),
+            Some(d) => cmd
+                .arg("-kernel")
+                .arg(&d.kernel)
+                .arg("-initrd")
+                .arg(&d.initrd)
+                .args(["-append", &d.cmdline]),
+        };
+        let child = cmd
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .args([

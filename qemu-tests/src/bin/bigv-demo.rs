@@ -52,7 +52,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    listener.set_nonblocking(true).expect("a non-blocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
     let mut logs = Logs::kept_in(&args.state.join("logs"));
     let taps = usize::from(args.heads) + usize::from(args.tails);
     let mut cluster = Cluster::start("demo", taps, &args.state.join("brain"), &mut logs);
