@@ -670,3 +670,60 @@ async fn emptying_a_head_or_pool_records_the_operation_and_keeps_new_work_off() 
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_nodes_log_lines_are_shown_to_operators() {
+    use bigv_spine::logs::{LogBuffer, LogLine};
+    use bigv_spine::sim::{SimHardware, SimNode};
+    let tb = TestBrain::start().await;
+    let su = tb.su().await;
+    let logs = LogBuffer::new();
+    for (i, m) in ["agent started", "pool sata1 mounted", "disc 7 created"]
+        .into_iter()
+        .enumerate()
+    {
+        logs.push(LogLine {
+            at_ms: i as u64,
+            level: "INFO".into(),
+            source: if i == 0 { "init" } else { "agent" }.into(),
+            message: m.into(),
+        });
+    }
+    let mut config = SimNode::config(&tb.brain.spine_addr.to_string(), "t-logs", "v1");
+    config.tls_pin = Some(tb.brain.fingerprint);
+    config.keepalive = fast_keepalive();
+    config.logs = Some(logs);
+    let node = SimNode::new(
+        config,
+        SimHardware::Tail {
+            pools: [("sata1".to_string(), ("sata".to_string(), 1 << 20))].into(),
+        },
+    );
+    let task = tokio::spawn(node.clone().run());
+    let lines = eventually("the tail's log lines", 20, || async {
+        let (s, v) = tb.get(&su, "/admin/tails/t-logs/logs").await;
+        (s == StatusCode::OK && v.as_array().is_some_and(|a| a.len() == 3)).then_some(v)
+    })
+    .await;
+    assert_eq!(lines[0]["source"], "init", "{lines}");
+    assert_eq!(lines[2]["message"], "disc 7 created", "{lines}");
+    let (s, v) = tb.get(&su, "/admin/tails/t-logs/logs?lines=1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v[0]["message"], "disc 7 created");
+    for bad in ["0", "1001", "lots"] {
+        let (s, v) = tb
+            .get(&su, &format!("/admin/tails/t-logs/logs?lines={bad}"))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["lines"].is_array(), "{v}");
+    }
+    // Not a head: 404; without a session: 401.
+    let (s, _) = tb.get(&su, "/admin/heads/t-logs/logs").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = tb
+        .call(reqwest::Method::GET, None, "/admin/tails/t-logs/logs", None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    task.abort();
+}

@@ -97,6 +97,30 @@ async fn scenario(cluster: &mut Cluster, logs: &mut Logs) {
         assert_eq!(node["image_version"], version, "{node}");
         assert_eq!(node["image_mismatch"], false, "{node}");
     }
+    // Each node's init and agent log lines reach the brain over the spine.
+    for n in &cluster.nodes {
+        let path = format!("{}/{}/logs?lines=1000", n.spec.role.list(), n.spec.mac);
+        let admin = &admin;
+        let lines = bigv_qemu_tests::cluster::until(
+            "the node's log lines at the brain",
+            30,
+            &mut cluster.brain,
+            async || {
+                let v = admin.get(&path).await;
+                let has = |source: &str, text: &str| {
+                    v.as_array().is_some_and(|a| {
+                        a.iter().any(|l| {
+                            l["source"] == source
+                                && l["message"].as_str().is_some_and(|m| m.contains(text))
+                        })
+                    })
+                };
+                (has("init", "agent started") && has("agent", "joined the spine")).then_some(v)
+            },
+        )
+        .await;
+        assert!(lines.as_array().unwrap().len() >= 2, "{lines}");
+    }
     for n in &cluster.nodes {
         assert!(
             cluster.timings.get(&n.row(), "dhcp").is_some(),

@@ -6,12 +6,14 @@
 //! - [`node`]: the node end (real agents and the simulator).
 //! - [`server`]: the brain end.
 //! - [`tls`]: the brain's certificate and the nodes' pinned verifier.
+//! - [`logs`]: node log lines on their way to the brain.
 //! - [`sim`]: simulated heads and tails that speak the real protocol.
 //!
 //! The wire format and connection state machine are in `docs/spine.md`.
 
 pub mod codec;
 pub mod link;
+pub mod logs;
 pub mod message;
 pub mod node;
 pub mod resource;
@@ -21,8 +23,8 @@ pub mod tls;
 
 pub use link::{Keepalive, SessionError};
 pub use message::{
-    ErrorCode, Generation, Hello, OrderError, Outcome, PROTOCOL_VERSION, PowerAction, Role, Tag,
-    ToBrain, ToNode,
+    ErrorCode, Generation, Hello, MIN_PROTOCOL_VERSION, OrderError, Outcome, PROTOCOL_VERSION,
+    PowerAction, Role, Tag, ToBrain, ToNode,
 };
 pub use node::{Backoff, NodeAgent, NodeConfig, NodeHandler, Notifier};
 pub use resource::{Resource, ResourceError, ResourceName, ResourceValue};

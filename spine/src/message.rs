@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::resource::{Resource, ResourceName};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. 2 added `log` frames.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version this build's brain still accepts (a version 1 node
+/// simply never sends `log` frames).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// An order's tag, chosen by the brain, echoed in the node's reply.
 pub type Tag = u64;
@@ -150,6 +153,10 @@ pub enum ToBrain {
     /// The node could not understand the brain; it closes after sending.
     ProtocolError {
         message: String,
+    },
+    /// Recent log lines (version 2; see `logs.rs`).
+    Log {
+        lines: Vec<crate::logs::LogLine>,
     },
 }
 

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     /// Limit on connecting and on waiting for `welcome`.
     pub handshake_timeout: Duration,
     pub backoff: Backoff,
+    /// Log lines to send while a session is up (real agents; `None` sends
+    /// none).
+    pub logs: Option<crate::logs::LogBuffer>,
 }
 
 impl NodeConfig {
@@ -78,6 +81,7 @@ impl NodeConfig {
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             backoff: Backoff::default(),
+            logs: None,
         }
     }
 }
@@ -150,6 +154,9 @@ impl Notifier {
         }
     }
 }
+
+/// How often buffered log lines go to the brain.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 pub struct NodeAgent<H> {
     config: NodeConfig,
@@ -290,8 +297,16 @@ impl<H: NodeHandler> NodeAgent<H> {
 
         let mut liveness = Liveness::new(self.config.keepalive);
         let mut ticker = liveness.ticker();
+        let mut log_ticker = tokio::time::interval(LOG_EVERY);
         loop {
             tokio::select! {
+                _ = log_ticker.tick(), if self.config.logs.is_some() => {
+                    if let Some(logs) = &self.config.logs {
+                        while !logs.is_empty() {
+                            send(&link.out, ToBrain::Log { lines: logs.drain() }).await?;
+                        }
+                    }
+                }
                 frame = link.next() => {
                     liveness.heard();
                     match frame {

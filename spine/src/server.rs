@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::link::{BoxStream, Keepalive, Link, Liveness, SessionError};
 use crate::message::{
-    Generation, Hello, OrderError, Outcome, PROTOCOL_VERSION, PowerAction, Role, Tag, ToBrain,
-    ToNode,
+    Generation, Hello, MIN_PROTOCOL_VERSION, OrderError, Outcome, PROTOCOL_VERSION, PowerAction,
+    Role, Tag, ToBrain, ToNode,
 };
 use crate::resource::{Resource, ResourceName, ResourceValue};
 
@@ -47,7 +47,7 @@ impl Default for ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             hello_timeout: Duration::from_secs(10),
             order_timeout: Duration::from_secs(60),
-            min_version: PROTOCOL_VERSION,
+            min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             brain_version: env!("CARGO_PKG_VERSION").to_owned(),
             tls: None,
@@ -189,6 +189,8 @@ struct Conn {
 struct Inner {
     config: ServerConfig,
     nodes: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Each node's recent log lines, kept across its reconnects.
+    logs: Mutex<HashMap<String, crate::logs::NodeLogs>>,
     events: mpsc::Sender<SpineEvent>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
@@ -223,6 +225,7 @@ impl SpineServer {
         let inner = Arc::new(Inner {
             config,
             nodes: Mutex::default(),
+            logs: Mutex::default(),
             events,
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
@@ -249,6 +252,13 @@ impl SpineServer {
         let mut list: Vec<NodeInfo> = nodes.values().map(|c| c.info.clone()).collect();
         list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         list
+    }
+
+    /// The node's last `n` log lines, oldest first (empty if it never
+    /// sent any since this brain started).
+    pub fn logs(&self, node_id: &str, n: usize) -> Vec<crate::logs::LogLine> {
+        let logs = self.inner.logs.lock().expect("log table poisoned");
+        logs.get(node_id).map_or_else(Vec::new, |l| l.last(n))
     }
 }
 
@@ -552,6 +562,11 @@ async fn drive(
                 continue;
             }
             ToBrain::Pong { .. } => continue,
+            ToBrain::Log { lines } => {
+                let mut logs = inner.logs.lock().expect("log table poisoned");
+                logs.entry(node_id.clone()).or_default().extend(lines);
+                continue;
+            }
             ToBrain::Reply { tag, outcome } => {
                 let waiter = conn
                     .pending

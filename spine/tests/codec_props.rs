@@ -319,6 +319,18 @@ fn to_brain() -> impl Strategy<Value = ToBrain> {
         any::<u64>().prop_map(|seq| ToBrain::Ping { seq }),
         any::<u64>().prop_map(|seq| ToBrain::Pong { seq }),
         text().prop_map(|message| ToBrain::ProtocolError { message }),
+        prop::collection::vec(
+            (any::<u64>(), text(), text(), text()).prop_map(|(at_ms, level, source, message)| {
+                bigv_spine::logs::LogLine {
+                    at_ms,
+                    level,
+                    source,
+                    message,
+                }
+            }),
+            0..4
+        )
+        .prop_map(|lines| ToBrain::Log { lines }),
     ]
 }
 

@@ -208,7 +208,10 @@ async fn version_mismatch_is_explicit_and_closes() {
             node_version,
             brain_min,
             brain_max,
-        }) => assert_eq!((node_version, brain_min, brain_max), (1, 7, 9)),
+        }) => assert_eq!(
+            (node_version, brain_min, brain_max),
+            (bigv_spine::PROTOCOL_VERSION, 7, 9)
+        ),
         other => panic!("expected version mismatch, got {other:?}"),
     }
     let SpineEvent::Rejected { reason, .. } = wait_for(&mut events, "rejection", |e| {
@@ -218,7 +221,8 @@ async fn version_mismatch_is_explicit_and_closes() {
     else {
         unreachable!()
     };
-    assert!(reason.contains("speaks protocol 1"), "{reason}");
+    let speaks = format!("speaks protocol {}", bigv_spine::PROTOCOL_VERSION);
+    assert!(reason.contains(&speaks), "{reason}");
     assert!(server.nodes().is_empty());
 }
 
@@ -470,4 +474,58 @@ async fn signals_and_template_copies_are_delivered_once() {
     for task in tasks {
         task.abort();
     }
+}
+
+#[tokio::test]
+async fn a_nodes_log_lines_reach_the_brain_and_survive_its_reconnect() {
+    use bigv_spine::logs::{LogBuffer, LogLine};
+    let (server, mut events) = start_server(server_config()).await;
+    let addr = server.local_addr().to_string();
+    let logs = LogBuffer::new();
+    let line = |m: &str| LogLine {
+        at_ms: 1,
+        level: "INFO".into(),
+        source: "init".into(),
+        message: m.into(),
+    };
+    // Written before the spine is up: kept until it is.
+    logs.push(line("agent started"));
+    let mut config = SimNode::config(&addr, "t1", "v1");
+    config.keepalive = fast_keepalive();
+    config.logs = Some(logs.clone());
+    let node = SimNode::new(config, tail(1024));
+    let task = tokio::spawn(node.clone().run());
+    wait_ready(&mut events, "t1").await;
+    logs.push(line("pool sata1 mounted"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.logs("t1", 10).len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.logs("t1", 10)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The brain keeps them across the node's reconnect.
+    node.drop_connection();
+    wait_ready(&mut events, "t1").await;
+    logs.push(line("back"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.logs("t1", 10).len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.logs("t1", 10)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: Vec<String> = server
+        .logs("t1", 10)
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(got, ["agent started", "pool sata1 mounted", "back"]);
+    assert_eq!(server.logs("t1", 1).len(), 1);
+    assert!(server.logs("nobody", 10).is_empty());
+    task.abort();
 }

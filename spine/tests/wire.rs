@@ -9,7 +9,8 @@ use bigv_spine::codec::encode_frame;
 use bigv_spine::sim::SimNode;
 use bigv_spine::tls::{BrainIdentity, Fingerprint};
 use bigv_spine::{
-    Hello, PROTOCOL_VERSION, Role, ServerConfig, SessionError, SpineEvent, ToBrain, ToNode,
+    Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Role, ServerConfig, SessionError, SpineEvent,
+    ToBrain, ToNode,
 };
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -142,7 +143,7 @@ async fn a_version_mismatch_frame_precedes_the_close() {
         frames,
         [ToNode::VersionMismatch {
             node_version: 99,
-            brain_min: PROTOCOL_VERSION,
+            brain_min: MIN_PROTOCOL_VERSION,
             brain_max: PROTOCOL_VERSION,
         }]
     );

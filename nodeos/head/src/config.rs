@@ -198,6 +198,7 @@ impl HeadConfig {
             addresses: self.addresses.clone(),
         };
         let mut config = NodeConfig::new(self.spine.clone(), hello);
+        config.logs = bigv_spine::logs::installed();
         config.tls_pin = self.fingerprint()?;
         Ok(config)
     }

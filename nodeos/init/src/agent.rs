@@ -11,6 +11,7 @@
 //! | `BIGV_IMAGE_VERSION` | the version of the image actually running (`/etc/bigv/version`, else `bigv.version`), reported in `hello` so the brain can flag a node on the wrong image |
 //! | `BIGV_BOOT_INTERFACE` | the boot NIC's name, e.g. `eth0` |
 //! | `BIGV_ADDRESS` | the address DHCP gave the boot NIC |
+//! | `BIGV_INIT_LOG` | init's log file, which the agent sends on to the brain |
 //! | `BIGV_STORAGE_ADDRESS` | tails: the address NBD clients reach (the same, for now) |
 //! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` (pools on a data disc that failed to mount are left out) |
 //!
@@ -28,6 +29,10 @@ pub const EXIT_POWEROFF: i32 = 11;
 
 /// A tail with no `bigv.pool=` serves from a tmpfs pool: enough to join
 /// the spine and be tried out, not for real discs (see docs/boot.md).
+/// Init's own log lines (also on the console), which the agent sends on
+/// to the brain (spine `log` frames).
+pub const INIT_LOG: &str = "/run/bigv/init.log";
+
 pub const DEFAULT_TAIL_POOL: &str = "scratch:ram:/run/bigv/pools/scratch";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +76,7 @@ pub fn agent_env(
         ("BIGV_IMAGE_VERSION", image_version.to_owned()),
         ("BIGV_BOOT_INTERFACE", nic.name.clone()),
         ("BIGV_ADDRESS", address.to_string()),
+        ("BIGV_INIT_LOG", INIT_LOG.to_owned()),
     ];
     if config.role == Role::Tail {
         env.push(("BIGV_STORAGE_ADDRESS", address.to_string()));

@@ -26,13 +26,24 @@ fn main() {
     // Before anything that could read randomness or write to the console.
     let mounted = system::mount_filesystems();
     system::ensure_console();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let logs = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new("info").unwrap_or_default())
-        .init();
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new("info").unwrap_or_default());
+    // The console, and a file the agent sends on to the brain.
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(agent::INIT_LOG)
+    {
+        Ok(f) => {
+            use tracing_subscriber::fmt::writer::MakeWriterExt;
+            logs.with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
+                .init()
+        }
+        Err(_) => logs.with_writer(std::io::stderr).init(),
+    }
     if let Err(e) = mounted {
         fatal::fatal(&Chain(&e));
     }

@@ -145,6 +145,7 @@ impl TailConfig {
             addresses: vec![self.storage_address.to_string()],
         };
         let mut config = NodeConfig::new(self.spine.clone(), hello);
+        config.logs = bigv_spine::logs::installed();
         config.tls_pin = self.fingerprint()?;
         Ok(config)
     }

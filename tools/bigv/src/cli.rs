@@ -769,6 +769,19 @@ pub enum AdminShow {
     Machines,
     /// The cluster settings
     Settings,
+    /// A node's recent log lines (its agent's and init's): logs head|tail NAME
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// head or tail
+    pub role: String,
+    /// Its label, node id or number
+    pub name: String,
+    /// How many of the most recent lines (1-1000)
+    #[arg(long, default_value_t = 100)]
+    pub lines: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -88,6 +88,29 @@ pub fn table_text(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         .join("\n")
 }
 
+/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS.mmm` (proleptic
+/// Gregorian, civil-from-days).
+pub fn utc_ms(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        at_ms % 1000
+    )
+}
+
 pub fn opt(v: &Option<impl ToString>) -> String {
     v.as_ref().map_or_else(|| "-".into(), |x| x.to_string())
 }
@@ -293,6 +316,13 @@ pub fn wait_for<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_ms_is_civil_time() {
+        assert_eq!(utc_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(utc_ms(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(utc_ms(1_796_519_025_007), "2026-12-06 01:03:45.007");
+    }
     use serde_json::json;
 
     #[test]

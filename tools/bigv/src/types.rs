@@ -371,6 +371,16 @@ pub struct Machine {
     pub discs: Vec<String>,
 }
 
+/// A node's log line (`/admin/heads/{id}/logs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LogLine {
+    pub at_ms: u64,
+    pub level: String,
+    pub source: String,
+    pub message: String,
+}
+
 /// A long operation the brain carries out (`/admin/migration_jobs`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

@@ -419,3 +419,30 @@ fn machines_on_the_boot_lan_are_registered_and_listed() {
         .fails(157);
     assert!(run.stderr.contains("node_image_version"), "{run:?}");
 }
+
+#[test]
+fn a_nodes_logs_are_asked_for_by_role_and_name() {
+    let h = operator(1, 1, Admission::Accepted);
+    let run = h.bigv(&["admin", "show", "logs", "tail", "tail1"]).ok();
+    // Simulated nodes send no log lines (real agents do: spine `log` frames).
+    assert_eq!(
+        run.stdout,
+        "No log lines from tail tail1 since the brain started.\n"
+    );
+    let run = h
+        .bigv(&["admin", "show", "logs", "tail", "tail1", "--json"])
+        .ok();
+    assert_eq!(run.stdout.trim(), "[]");
+    let run = h
+        .bigv(&["admin", "show", "logs", "brain", "tail1"])
+        .fails(7);
+    assert!(run.stderr.contains("not head or tail"), "{run:?}");
+    let run = h
+        .bigv(&["admin", "show", "logs", "head", "tail1"])
+        .fails(156);
+    assert!(run.stderr.contains("head tail1"), "{run:?}");
+    let run = h
+        .bigv(&["admin", "show", "logs", "tail", "tail1", "--lines", "0"])
+        .fails(157);
+    assert!(run.stderr.contains("lines"), "{run:?}");
+}

@@ -35,6 +35,7 @@
 mod boot;
 mod images;
 mod network;
+mod node_logs;
 mod nodes;
 mod operations;
 mod pools;
@@ -62,6 +63,7 @@ use crate::model::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(nodes::router())
+        .merge(node_logs::router())
         .merge(pools::router())
         .merge(network::router())
         .merge(images::router())

@@ -19,7 +19,9 @@ use crate::client::prompt_password;
 use crate::error::{CliError, Exit, Result};
 use crate::names::{human_size, parse_size, seg};
 use crate::output::{self, Progress, note, opt};
-use crate::types::{Disc, Head, Image, IpRange, Machine, NodeImage, Operation, Pool, Tail, Vlan};
+use crate::types::{
+    Disc, Head, Image, IpRange, LogLine, Machine, NodeImage, Operation, Pool, Tail, Vlan,
+};
 
 fn read<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
     serde_json::from_value(value.clone()).map_err(|e| {
@@ -645,6 +647,61 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
                                 i.files.len(),
                                 size(i),
                                 opt(&i.kernel_version)
+                            )
+                        })
+                        .collect()
+                },
+            );
+        }
+        AdminShow::Logs(l) => {
+            let list = match l.role.as_str() {
+                "head" => "heads",
+                "tail" => "tails",
+                _ => {
+                    return Err(CliError::new(
+                        Exit::Usage,
+                        format!("{:?} is not head or tail", l.role),
+                    ));
+                }
+            };
+            let value = get(
+                ctx,
+                &format!("/admin/{list}/{}/logs?lines={}", seg(&l.name), l.lines),
+                &format!("{} {}", l.role, l.name),
+            )?;
+            let lines: Vec<LogLine> = read(&value, "the log lines")?;
+            ctx.out.show(
+                &value,
+                &["Time (UTC)", "Level", "Source", "Message"],
+                || {
+                    lines
+                        .iter()
+                        .map(|x| {
+                            vec![
+                                output::utc_ms(x.at_ms),
+                                x.level.clone(),
+                                x.source.clone(),
+                                x.message.clone(),
+                            ]
+                        })
+                        .collect()
+                },
+                || {
+                    if lines.is_empty() {
+                        return format!(
+                            "No log lines from {} {} since the brain started.\n",
+                            l.role, l.name
+                        );
+                    }
+                    lines
+                        .iter()
+                        .map(|x| {
+                            format!(
+                                "{} {:<5} {:<5} {}\n",
+                                output::utc_ms(x.at_ms),
+                                x.level,
+                                x.source,
+                                x.message
                             )
                         })
                         .collect()
