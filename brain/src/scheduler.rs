@@ -122,28 +122,36 @@ impl Facts {
                 && !crate::boot::check::image_check(model, node).is_mismatch();
             match node.role {
                 Role::Head => {
-                    let resources = handle.map(|h| h.resources()).unwrap_or_default();
-                    let total = match resources.get(&ResourceName::Global(GlobalKind::Memory)) {
-                        Some((ResourceValue::Memory(m), _)) => m.total,
-                        _ => 0,
-                    };
                     let placed: Vec<&Vm> = placed_on
                         .get(node.node_id.as_str())
                         .cloned()
                         .unwrap_or_default();
-                    // VMs the head runs that the model does not place there
-                    // (rogues being removed, migrations) still use memory.
-                    let unplaced: u64 = resources
-                        .iter()
-                        .filter_map(|(name, (value, _))| match value {
-                            ResourceValue::Vm(spec)
-                                if !placed.iter().any(|v| Some(v.id) == vm_of_resource(name)) =>
-                            {
-                                Some(spec.memory)
-                            }
-                            _ => None,
+                    // Read in place: copying every head's table (every VM
+                    // spec in the cluster) made this the API's hot spot.
+                    let (total, unplaced) = handle.map_or((0, 0), |h| {
+                        h.with_resources(|resources| {
+                            let total =
+                                match resources.get(&ResourceName::Global(GlobalKind::Memory)) {
+                                    Some((ResourceValue::Memory(m), _)) => m.total,
+                                    _ => 0,
+                                };
+                            // VMs the head runs that the model does not place
+                            // there (rogues being removed, migrations) still
+                            // use memory.
+                            let unplaced: u64 = resources
+                                .iter()
+                                .filter_map(|(name, (value, _))| match value {
+                                    ResourceValue::Vm(spec) => {
+                                        let id = vm_of_resource(name);
+                                        let ours = placed.iter().any(|v| Some(v.id) == id);
+                                        (!ours).then_some(spec.memory)
+                                    }
+                                    _ => None,
+                                })
+                                .sum();
+                            (total, unplaced)
                         })
-                        .sum();
+                    });
                     let promised: u64 = placed.iter().map(|v| v.memory).sum::<u64>() + unplaced;
                     facts.heads.insert(
                         node.node_id.clone(),
@@ -158,12 +166,14 @@ impl Facts {
                     );
                 }
                 Role::Tail => {
-                    let resources = handle.map(|h| h.resources()).unwrap_or_default();
-                    let reported =
-                        match resources.get(&ResourceName::Global(GlobalKind::StoragePools)) {
-                            Some((ResourceValue::StoragePools(p), _)) => p.clone(),
-                            _ => BTreeMap::new(),
-                        };
+                    let reported = handle.map_or_else(BTreeMap::new, |h| {
+                        h.with_resources(|resources| {
+                            match resources.get(&ResourceName::Global(GlobalKind::StoragePools)) {
+                                Some((ResourceValue::StoragePools(p), _)) => p.clone(),
+                                _ => BTreeMap::new(),
+                            }
+                        })
+                    });
                     for pool in model.pools_of(&node.node_id) {
                         let allocated = allocated_in.get(pool.label.as_str()).copied().unwrap_or(0);
                         let size = reported.get(&pool.name).map_or(0, |p| p.size);

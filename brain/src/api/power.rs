@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use bigv_spine::SpineServer;
-use bigv_spine::resource::{SignalKind, TemplateCopy, VmSignal};
+use bigv_spine::resource::{ResourceValue, SignalKind, TemplateCopy, VmRunState, VmSignal};
 use serde_json::json;
 
 use super::access::Caller;
@@ -24,7 +24,7 @@ use super::{AppState, views};
 use crate::model::{
     Disc, Level, Model, Operation, OperationId, OperationKind, OperationState, Target, Vm, VmId,
 };
-use crate::scheduler::{Facts, NoCapacity};
+use crate::scheduler::{Facts, NoCapacity, vm_resource};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -183,6 +183,7 @@ async fn signal(
         .then(|| data.clone())
         .flatten();
     let echo_kind = kind;
+    let spine = state.spine.clone();
     state
         .db
         .write(move |tx| {
@@ -192,6 +193,18 @@ async fn signal(
             if !found.power_on {
                 return Err(ApiError::refused(format!(
                     "{} is powered off: signals can only be sent to a running server",
+                    found.name
+                )));
+            }
+            // §5.5: "only valid on a running VM". One that is still being
+            // placed, imaged or started has no process to take the signal,
+            // and a start clears any signal recorded before it (a signal is
+            // for the process it was sent to), so accepting it would drop
+            // it silently.
+            if !runs_on_its_head(&spine, found) {
+                return Err(ApiError::refused(format!(
+                    "{} is not running yet: signals can only be sent to a running server; \
+                     try again once it has started",
                     found.name
                 )));
             }
@@ -213,6 +226,21 @@ async fn signal(
         echo["data"] = json!(data);
     }
     Ok(Json(echo).into_response())
+}
+
+/// Whether the head the model places `vm` on reports its guest running
+/// (or paused, or migrating away: a qemu process that can take a signal).
+pub fn runs_on_its_head(spine: &SpineServer, vm: &Vm) -> bool {
+    let Some(head) = vm.head.as_deref().and_then(|h| spine.node(h)) else {
+        return false;
+    };
+    matches!(
+        head.resource(&vm_resource(vm.id)),
+        Some((ResourceValue::Vm(spec), _)) if matches!(
+            spec.state,
+            Some(VmRunState::Running | VmRunState::Paused | VmRunState::Migrating)
+        )
+    )
 }
 
 /// Orders `image` onto the VM's first disc: a new template-copy `seq`,

@@ -226,6 +226,7 @@ fn converged() -> (Model, Snapshot) {
         model.discs.insert(v, disc);
         model.nics.insert(v, nic);
     }
+    model.reindex();
     (model, snap)
 }
 

@@ -120,6 +120,17 @@ async fn main() -> Result<()> {
         format!("{} / {}", ms(pct(&created, 50)), ms(pct(&created, 99))),
         "",
     );
+    // The growth curve: latency as the model fills, in tenths of the run
+    // (requests in the order they finished).
+    let tenth = created.len().div_ceil(10).max(1);
+    for (i, part) in created.chunks(tenth).enumerate() {
+        let from = i * tenth;
+        table.row(
+            &format!("  vm_create p50 / p99, VMs {}–{}", from, from + part.len()),
+            format!("{} / {}", ms(pct(part, 50)), ms(pct(part, 99))),
+            "",
+        );
+    }
     client
         .wait_for("every VM to run", phase, |c| c.running == args.vms)
         .await?;
