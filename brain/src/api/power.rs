@@ -56,18 +56,17 @@ impl Planner {
     /// placements are left for the request to book.
     pub fn new(model: &Model, spine: &SpineServer, subject: Option<VmId>) -> Planner {
         let mut facts = Facts::gather(model, spine);
-        for v in model.vms.values() {
+        // The model's indexes list what is not placed yet, so this costs
+        // what is pending, not the size of the cluster.
+        for v in model.unplaced_vms() {
             if Some(v.id) != subject
-                && wants_to_run(v)
-                && v.head.is_none()
                 && let Ok(head) = facts.pick_head(model, v, &[])
             {
                 facts.reserve_head(&head, v.id, v.memory);
             }
         }
-        for d in model.discs.values() {
+        for d in model.unplaced_discs() {
             if Some(d.vm_id) != subject
-                && d.storage_pool.is_none()
                 && let Ok(pool) = facts.pick_pool(&d.storage_grade, d.size, &[])
             {
                 facts.reserve_pool(&pool, d.size);

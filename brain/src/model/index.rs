@@ -159,9 +159,30 @@ pub struct Indexes {
     vms_by_name: BTreeMap<(GroupId, String), BTreeSet<VmId>>,
     discs_by_vm: HashMap<VmId, BTreeSet<DiscId>>,
     nics_by_vm: HashMap<VmId, BTreeSet<NicId>>,
+    /// What placement needs (`scheduler::Facts::gather`, run by every
+    /// request that may start a VM): VMs that want to run by the head the
+    /// model places them on, and those not placed yet; disc sizes by pool,
+    /// and discs not placed yet.
+    placed_on: HashMap<String, Placed>,
+    unplaced_vms: BTreeSet<VmId>,
+    allocated_in: HashMap<String, u64>,
+    unplaced_discs: BTreeSet<DiscId>,
     /// Record counts when last indexed, to catch maps changed behind the
     /// index's back (debug builds).
     seen: [usize; 4],
+}
+
+/// The VMs wanting to run that the model places on one head.
+#[derive(Debug, Clone, Default)]
+pub struct Placed {
+    /// MiB, summed.
+    pub memory: u64,
+    pub vms: BTreeSet<VmId>,
+}
+
+/// Whether the reconciler will try to run it (as `api::power::wants_to_run`).
+fn wants_to_run(vm: &Vm) -> bool {
+    !vm.deleted && (vm.power_on || vm.autoreboot_on)
 }
 
 fn downcast<R: Record, T: 'static>(r: Option<&R>) -> Option<&T> {
@@ -235,6 +256,31 @@ impl Indexes {
                 self.vms_by_name.remove(&key);
             }
         }
+        if !wants_to_run(v) {
+            return;
+        }
+        match (&v.head, add) {
+            (None, true) => {
+                self.unplaced_vms.insert(v.id);
+            }
+            (None, false) => {
+                self.unplaced_vms.remove(&v.id);
+            }
+            (Some(head), true) => {
+                let placed = self.placed_on.entry(head.clone()).or_default();
+                placed.memory += v.memory;
+                placed.vms.insert(v.id);
+            }
+            (Some(head), false) => {
+                if let Some(placed) = self.placed_on.get_mut(head) {
+                    placed.memory -= v.memory;
+                    placed.vms.remove(&v.id);
+                    if placed.vms.is_empty() {
+                        self.placed_on.remove(head);
+                    }
+                }
+            }
+        }
     }
 
     fn disc(&mut self, d: &Disc, add: bool) {
@@ -242,6 +288,20 @@ impl Indexes {
             self.discs_by_vm.entry(d.vm_id).or_default().insert(d.id);
         } else {
             remove_from(&mut self.discs_by_vm, d.vm_id, &d.id);
+        }
+        match (&d.storage_pool, add) {
+            (None, true) => {
+                self.unplaced_discs.insert(d.id);
+            }
+            (None, false) => {
+                self.unplaced_discs.remove(&d.id);
+            }
+            (Some(pool), true) => *self.allocated_in.entry(pool.clone()).or_default() += d.size,
+            (Some(pool), false) => {
+                if let Some(sum) = self.allocated_in.get_mut(pool) {
+                    *sum -= d.size;
+                }
+            }
         }
     }
 }
@@ -326,6 +386,32 @@ impl Model {
             .into_iter()
             .flatten()
             .filter_map(|id| self.vm(*id))
+    }
+
+    /// The VMs wanting to run that the model places on `head`.
+    pub fn placed_on(&self, head: &str) -> Option<&Placed> {
+        self.index().placed_on.get(head)
+    }
+
+    /// VMs that want to run and have no head yet, by id.
+    pub fn unplaced_vms(&self) -> impl Iterator<Item = &Vm> {
+        self.index()
+            .unplaced_vms
+            .iter()
+            .filter_map(|id| self.vm(*id))
+    }
+
+    /// MiB of disc sizes the model puts in `pool`.
+    pub fn allocated_in(&self, pool: &str) -> u64 {
+        self.index().allocated_in.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Discs with no pool yet, by id.
+    pub fn unplaced_discs(&self) -> impl Iterator<Item = &Disc> {
+        self.index()
+            .unplaced_discs
+            .iter()
+            .filter_map(|id| self.disc(*id))
     }
 
     pub(super) fn disc_ids_of(&self, vm: VmId) -> impl Iterator<Item = DiscId> + '_ {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 pub use db::{Db, DbError, Tx};
 pub use ids::*;
-pub use index::{AddressSet, Indexes, Runs, number as address_number};
+pub use index::{AddressSet, Indexes, Placed, Runs, number as address_number};
 pub use records::*;
 
 use crate::store::{Schema, Table, TableInfo, TableKey};
