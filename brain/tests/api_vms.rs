@@ -380,7 +380,8 @@ async fn signals_go_only_to_running_servers() {
     eventually("the server to run", 10, || {
         let model = tb.brain.db.read();
         let vm = model.vms.values().next().unwrap();
-        let running = bigv_brain::api::power::runs_on_its_head(&tb.brain.spine, vm);
+        let running = bigv_brain::api::power::guest(&tb.brain.spine, vm)
+            == bigv_brain::api::power::Guest::Running;
         async move { running.then_some(()) }
     })
     .await;

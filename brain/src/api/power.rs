@@ -199,8 +199,9 @@ async fn signal(
             // placed, imaged or started has no process to take the signal,
             // and a start clears any signal recorded before it (a signal is
             // for the process it was sent to), so accepting it would drop
-            // it silently.
-            if !runs_on_its_head(&spine, found) {
+            // it silently. A VM on a head out of reach may still run: its
+            // signal is recorded and goes out when the head is back.
+            if guest(&spine, found) == Guest::NotRunning {
                 return Err(ApiError::refused(format!(
                     "{} is not running yet: signals can only be sent to a running server; \
                      try again once it has started",
@@ -227,19 +228,38 @@ async fn signal(
     Ok(Json(echo).into_response())
 }
 
-/// Whether the head the model places `vm` on reports its guest running
-/// (or paused, or migrating away: a qemu process that can take a signal).
-pub fn runs_on_its_head(spine: &SpineServer, vm: &Vm) -> bool {
-    let Some(head) = vm.head.as_deref().and_then(|h| spine.node(h)) else {
-        return false;
+/// What the brain knows about a VM's guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guest {
+    /// Its head reports it running (or paused, or migrating away): a qemu
+    /// process that can take a signal.
+    Running,
+    /// Not placed, or its connected head does not report it running: not
+    /// started yet (being placed, imaged or started) or stopped.
+    NotRunning,
+    /// Its head is not connected (or has not finished its dump): unknown,
+    /// not dead (BRIEF decision 4); it may well still run.
+    Unknown,
+}
+
+pub fn guest(spine: &SpineServer, vm: &Vm) -> Guest {
+    let Some(head) = vm.head.as_deref() else {
+        return Guest::NotRunning;
     };
-    matches!(
-        head.resource(&vm_resource(vm.id)),
-        Some((ResourceValue::Vm(spec), _)) if matches!(
-            spec.state,
-            Some(VmRunState::Running | VmRunState::Paused | VmRunState::Migrating)
-        )
-    )
+    let Some(handle) = spine.node(head).filter(|h| h.is_ready()) else {
+        return Guest::Unknown;
+    };
+    match handle.resource(&vm_resource(vm.id)) {
+        Some((ResourceValue::Vm(spec), _))
+            if matches!(
+                spec.state,
+                Some(VmRunState::Running | VmRunState::Paused | VmRunState::Migrating)
+            ) =>
+        {
+            Guest::Running
+        }
+        _ => Guest::NotRunning,
+    }
 }
 
 /// Orders `image` onto the VM's first disc: a new template-copy `seq`,

@@ -410,7 +410,8 @@ impl Harness {
             let names = [id.0.to_string(), format!("vm.{}", id.0)];
             // The brain must know too: it takes signals only for a VM its
             // head reports running.
-            let known = bigv_brain::api::power::runs_on_its_head(&brain.spine, &vm);
+            let known = bigv_brain::api::power::guest(&brain.spine, &vm)
+                == bigv_brain::api::power::Guest::Running;
             (known && node.vms().keys().any(|k| names.contains(k))).then_some(node)
         })
     }
