@@ -223,9 +223,8 @@ async fn a_signal_to_a_vm_that_has_not_started_is_refused_until_it_runs() {
     update_vm(&tb, id, |vm| vm.memory = 1024).await;
     let head = wait_running(&tb, &fleet, id, 10).await;
     eventually("the brain to see the VM running", 10, || {
-        let seen = reported_vm(&tb, &head, id).is_some_and(|(spec, _)| {
-            spec.state == Some(VmRunState::Running)
-        });
+        let seen = reported_vm(&tb, &head, id)
+            .is_some_and(|(spec, _)| spec.state == Some(VmRunState::Running));
         async move { seen.then_some(()) }
     })
     .await;

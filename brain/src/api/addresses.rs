@@ -455,7 +455,10 @@ mod tests {
             let steps = a.steps();
             // A second one in the same write skips the first as well.
             let next = a.primary(None).addresses;
-            assert_eq!(next[0].address, IpAddr::from(std::net::Ipv4Addr::from(base + taken + 1)));
+            assert_eq!(
+                next[0].address,
+                IpAddr::from(std::net::Ipv4Addr::from(base + taken + 1))
+            );
             steps
         };
         let small = steps_with(100);

@@ -56,7 +56,8 @@ impl Tx<'_> {
     pub fn put<R: Record>(&mut self, record: R) -> Result<(), DbError> {
         let key = record.key();
         self.txn.insert(R::TABLE, key.borrow(), &record)?;
-        self.applies.push(Box::new(move |m: &mut Model| m.insert(record)));
+        self.applies
+            .push(Box::new(move |m: &mut Model| m.insert(record)));
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use super::{DiscId, Disc, GroupId, IpRecord, Model, Nic, NicId, Record, Vm, VmId};
+use super::{Disc, DiscId, GroupId, IpRecord, Model, Nic, NicId, Record, Vm, VmId};
 
 /// A set of numbers kept as maximal runs (`start → end`, inclusive), so
 /// finding the first number not in it is one lookup however many are in.
@@ -496,7 +496,10 @@ mod tests {
         let mut gone = vm(3, 1, "web1");
         gone.deleted = true;
         m.insert(gone);
-        assert_eq!(m.vm_named_live(GroupId(1), "web1").map(|v| v.id), Some(VmId(1)));
+        assert_eq!(
+            m.vm_named_live(GroupId(1), "web1").map(|v| v.id),
+            Some(VmId(1))
+        );
         assert_eq!(m.vms_named(GroupId(1), "web1").count(), 2);
         // Rename and move: the old key goes, the new one answers.
         m.insert(vm(1, 2, "db1"));

@@ -193,6 +193,11 @@ async fn main() -> Result<()> {
 
     brain.stop().await?;
     let _ = sim.kill().await;
+    // The data directory (store, logs) is removed when `dir` drops.
+    let store = std::fs::metadata(dir.path().join("brain").join("store.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    table.row("store file", format!("{} MiB", store >> 20), "");
     table.print(&args);
     Ok(())
 }
