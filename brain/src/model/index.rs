@@ -17,7 +17,7 @@ use super::{Disc, DiscId, GroupId, IpRecord, Model, Nic, NicId, Record, Vm, VmId
 
 /// A set of numbers kept as maximal runs (`start → end`, inclusive), so
 /// finding the first number not in it is one lookup however many are in.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Runs {
     runs: BTreeMap<u128, u128>,
     len: usize,
@@ -102,7 +102,7 @@ impl Runs {
 }
 
 /// Addresses, IPv4 and IPv6 apart.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressSet {
     v4: Runs,
     v6: Runs,
@@ -146,7 +146,7 @@ pub fn number(addr: &IpAddr) -> (bool, u128) {
 }
 
 /// The derived lookups. See the module documentation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Indexes {
     /// Every address an [`IpRecord`] holds.
     pub addresses: AddressSet,
@@ -165,7 +165,8 @@ pub struct Indexes {
     /// and discs not placed yet.
     placed_on: HashMap<String, Placed>,
     unplaced_vms: BTreeSet<VmId>,
-    allocated_in: HashMap<String, u64>,
+    /// Pool → (MiB, discs).
+    allocated_in: HashMap<String, (u64, usize)>,
     unplaced_discs: BTreeSet<DiscId>,
     /// Record counts when last indexed, to catch maps changed behind the
     /// index's back (debug builds).
@@ -173,7 +174,7 @@ pub struct Indexes {
 }
 
 /// The VMs wanting to run that the model places on one head.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placed {
     /// MiB, summed.
     pub memory: u64,
@@ -296,10 +297,18 @@ impl Indexes {
             (None, false) => {
                 self.unplaced_discs.remove(&d.id);
             }
-            (Some(pool), true) => *self.allocated_in.entry(pool.clone()).or_default() += d.size,
+            (Some(pool), true) => {
+                let (size, discs) = self.allocated_in.entry(pool.clone()).or_default();
+                *size += d.size;
+                *discs += 1;
+            }
             (Some(pool), false) => {
-                if let Some(sum) = self.allocated_in.get_mut(pool) {
-                    *sum -= d.size;
+                if let Some((size, discs)) = self.allocated_in.get_mut(pool) {
+                    *size -= d.size;
+                    *discs -= 1;
+                    if *discs == 0 {
+                        self.allocated_in.remove(pool);
+                    }
                 }
             }
         }
@@ -403,7 +412,10 @@ impl Model {
 
     /// MiB of disc sizes the model puts in `pool`.
     pub fn allocated_in(&self, pool: &str) -> u64 {
-        self.index().allocated_in.get(pool).copied().unwrap_or(0)
+        self.index()
+            .allocated_in
+            .get(pool)
+            .map_or(0, |(size, _)| *size)
     }
 
     /// Discs with no pool yet, by id.
@@ -526,5 +538,85 @@ mod tests {
         m.remove::<Nic>(&9);
         assert!(!m.mac_taken("fe:ff:00:00:00:01"));
         assert_eq!(m.nics_of(VmId(1)).count(), 0);
+    }
+
+    /// Whatever sequence of writes reaches a model, its indexes equal the
+    /// ones rebuilt from scratch: VMs placed, moved, resized, powered off,
+    /// soft-deleted and removed; discs placed, moved and removed; NICs and
+    /// addresses coming and going.
+    #[test]
+    fn indexes_kept_in_step_equal_indexes_rebuilt() {
+        let mut m = Model::default();
+        // A small deterministic generator (no dependency needed).
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for step in 0..5_000 {
+            let id = next(12) + 1;
+            match next(6) {
+                0 | 1 => {
+                    let mut v = vm(id, next(3) + 1, &format!("vm{}", next(10)));
+                    v.memory = 256 * (next(4) + 1);
+                    v.power_on = next(3) > 0;
+                    v.autoreboot_on = next(2) > 0;
+                    v.deleted = next(8) == 0;
+                    v.head = (next(3) > 0).then(|| format!("head-{}", next(4)));
+                    m.insert(v);
+                }
+                2 => {
+                    let d = Disc {
+                        id: DiscId(id),
+                        vm_id: VmId(next(12) + 1),
+                        label: "disc-1".into(),
+                        size: 1024 * (next(3) + 1),
+                        storage_grade: "sata".into(),
+                        storage_pool: (next(3) > 0).then(|| format!("pool-{}", next(3))),
+                        address: None,
+                        generation: 0,
+                        iops_limit: None,
+                        template: None,
+                    };
+                    m.insert(d);
+                }
+                3 => {
+                    m.insert(Nic {
+                        id: NicId(id),
+                        vm_id: VmId(next(12) + 1),
+                        label: None,
+                        mac: format!("fe:ff:00:00:00:{:02x}", next(30)),
+                        vlan_num: 1,
+                        ips: vec![],
+                        extra_ips: BTreeMap::new(),
+                    });
+                    m.insert(IpRecord {
+                        address: format!("10.0.0.{}", next(60)),
+                        range_id: super::super::IpRangeId(1),
+                        nic_id: None,
+                        rdns: None,
+                    });
+                }
+                4 => {
+                    m.remove::<Vm>(&id);
+                    m.remove::<Disc>(&(next(12) + 1));
+                }
+                _ => {
+                    m.remove::<Nic>(&id);
+                    m.remove::<IpRecord>(&format!("10.0.0.{}", next(60)));
+                }
+            }
+            if step % 50 == 0 {
+                let kept = m.index().clone();
+                m.reindex();
+                assert_eq!(kept, *m.index(), "after step {step}");
+            }
+        }
+        let kept = m.index().clone();
+        m.reindex();
+        assert_eq!(kept, *m.index());
+        assert!(!m.index().placed_on.is_empty() && !m.index().allocated_in.is_empty());
     }
 }
