@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bigv_spine::SpineServer;
 use bigv_spine::resource::{GlobalKind, ResourceName, ResourceValue};
 
-use crate::model::{Admission, AffinityPolicy, Disc, Model, Placed, Role, Vm, VmId};
+use crate::model::{Admission, AffinityPolicy, Disc, Model, Placed, Pool, Role, Vm, VmId};
 
 /// The spine name of a VM's resource: ids, not names, so renames and
 /// moves between groups never change it.
@@ -98,6 +98,14 @@ impl Facts {
         // summing every VM and disc per request made vm_create grow with
         // the cluster.
         let no_vms = Placed::default();
+        // Pools by tail, grouped once (a scan per tail costs tails × pools).
+        let mut pools_of: BTreeMap<&str, Vec<&Pool>> = BTreeMap::new();
+        for pool in model.pools.values() {
+            pools_of
+                .entry(pool.node_id.as_str())
+                .or_default()
+                .push(pool);
+        }
         for node in model.nodes.values() {
             let handle = spine.node(&node.node_id);
             let ready = handle.as_ref().is_some_and(|h| h.is_ready());
@@ -158,7 +166,7 @@ impl Facts {
                             }
                         })
                     });
-                    for pool in model.pools_of(&node.node_id) {
+                    for pool in pools_of.get(node.node_id.as_str()).into_iter().flatten() {
                         let allocated = model.allocated_in(&pool.label);
                         let size = reported.get(&pool.name).map_or(0, |p| p.size);
                         facts.pools.insert(
