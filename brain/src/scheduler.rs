@@ -4,12 +4,12 @@
 //! check capacity up front and the reconciler can place with the same
 //! rules.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bigv_spine::SpineServer;
 use bigv_spine::resource::{GlobalKind, ResourceName, ResourceValue};
 
-use crate::model::{Admission, AffinityPolicy, Disc, Model, Role, Vm, VmId};
+use crate::model::{Admission, AffinityPolicy, Disc, Model, Placed, Pool, Role, Vm, VmId};
 
 /// The spine name of a VM's resource: ids, not names, so renames and
 /// moves between groups never change it.
@@ -86,10 +86,6 @@ pub struct Facts {
     pub reserve_heads: usize,
 }
 
-fn wants_to_run(vm: &Vm) -> bool {
-    !vm.deleted && (vm.power_on || vm.autoreboot_on)
-}
-
 impl Facts {
     /// Snapshots what the model promises and what the spine reports.
     pub fn gather(model: &Model, spine: &SpineServer) -> Facts {
@@ -97,19 +93,18 @@ impl Facts {
             reserve_heads: model.settings.reserve_heads,
             ..Facts::default()
         };
-        // Indexed once: scanning every VM and disc per node would cost
-        // nodes × records on a large cluster.
-        let mut placed_on: HashMap<&str, Vec<&Vm>> = HashMap::new();
-        for vm in model.vms.values().filter(|v| wants_to_run(v)) {
-            if let Some(head) = vm.head.as_deref() {
-                placed_on.entry(head).or_default().push(vm);
-            }
-        }
-        let mut allocated_in: HashMap<&str, u64> = HashMap::new();
-        for disc in model.discs.values() {
-            if let Some(pool) = disc.storage_pool.as_deref() {
-                *allocated_in.entry(pool).or_default() += disc.size;
-            }
+        // What the model places where comes from its indexes, kept as
+        // records change: every request that may start a VM gathers, and
+        // summing every VM and disc per request made vm_create grow with
+        // the cluster.
+        let no_vms = Placed::default();
+        // Pools by tail, grouped once (a scan per tail costs tails × pools).
+        let mut pools_of: BTreeMap<&str, Vec<&Pool>> = BTreeMap::new();
+        for pool in model.pools.values() {
+            pools_of
+                .entry(pool.node_id.as_str())
+                .or_default()
+                .push(pool);
         }
         for node in model.nodes.values() {
             let handle = spine.node(&node.node_id);
@@ -122,29 +117,34 @@ impl Facts {
                 && !crate::boot::check::image_check(model, node).is_mismatch();
             match node.role {
                 Role::Head => {
-                    let resources = handle.map(|h| h.resources()).unwrap_or_default();
-                    let total = match resources.get(&ResourceName::Global(GlobalKind::Memory)) {
-                        Some((ResourceValue::Memory(m), _)) => m.total,
-                        _ => 0,
-                    };
-                    let placed: Vec<&Vm> = placed_on
-                        .get(node.node_id.as_str())
-                        .cloned()
-                        .unwrap_or_default();
-                    // VMs the head runs that the model does not place there
-                    // (rogues being removed, migrations) still use memory.
-                    let unplaced: u64 = resources
-                        .iter()
-                        .filter_map(|(name, (value, _))| match value {
-                            ResourceValue::Vm(spec)
-                                if !placed.iter().any(|v| Some(v.id) == vm_of_resource(name)) =>
-                            {
-                                Some(spec.memory)
-                            }
-                            _ => None,
+                    let placed = model.placed_on(&node.node_id).unwrap_or(&no_vms);
+                    // Read in place: copying every head's table (every VM
+                    // spec in the cluster) made this the API's hot spot.
+                    let (total, unplaced) = handle.map_or((0, 0), |h| {
+                        h.with_resources(|resources| {
+                            let total =
+                                match resources.get(&ResourceName::Global(GlobalKind::Memory)) {
+                                    Some((ResourceValue::Memory(m), _)) => m.total,
+                                    _ => 0,
+                                };
+                            // VMs the head runs that the model does not place
+                            // there (rogues being removed, migrations) still
+                            // use memory.
+                            let unplaced: u64 = resources
+                                .iter()
+                                .filter_map(|(name, (value, _))| match value {
+                                    ResourceValue::Vm(spec) => {
+                                        let ours = vm_of_resource(name)
+                                            .is_some_and(|id| placed.vms.contains(&id));
+                                        (!ours).then_some(spec.memory)
+                                    }
+                                    _ => None,
+                                })
+                                .sum();
+                            (total, unplaced)
                         })
-                        .sum();
-                    let promised: u64 = placed.iter().map(|v| v.memory).sum::<u64>() + unplaced;
+                    });
+                    let promised: u64 = placed.memory + unplaced;
                     facts.heads.insert(
                         node.node_id.clone(),
                         HeadFacts {
@@ -152,20 +152,22 @@ impl Facts {
                             label: node.label.clone(),
                             total_memory: total,
                             free_memory: total.saturating_sub(promised),
-                            vms: placed.iter().map(|v| v.id).collect(),
+                            vms: placed.vms.iter().copied().collect(),
                             usable,
                         },
                     );
                 }
                 Role::Tail => {
-                    let resources = handle.map(|h| h.resources()).unwrap_or_default();
-                    let reported =
-                        match resources.get(&ResourceName::Global(GlobalKind::StoragePools)) {
-                            Some((ResourceValue::StoragePools(p), _)) => p.clone(),
-                            _ => BTreeMap::new(),
-                        };
-                    for pool in model.pools_of(&node.node_id) {
-                        let allocated = allocated_in.get(pool.label.as_str()).copied().unwrap_or(0);
+                    let reported = handle.map_or_else(BTreeMap::new, |h| {
+                        h.with_resources(|resources| {
+                            match resources.get(&ResourceName::Global(GlobalKind::StoragePools)) {
+                                Some((ResourceValue::StoragePools(p), _)) => p.clone(),
+                                _ => BTreeMap::new(),
+                            }
+                        })
+                    });
+                    for pool in pools_of.get(node.node_id.as_str()).into_iter().flatten() {
+                        let allocated = model.allocated_in(&pool.label);
                         let size = reported.get(&pool.name).map_or(0, |p| p.size);
                         facts.pools.insert(
                             pool.label.clone(),

@@ -375,6 +375,16 @@ async fn signals_go_only_to_running_servers() {
         json!({"autoreboot_on": true, "power_on": true}),
     )
     .await;
+    // Only a VM its head reports running takes signals (the refusal of
+    // one not started yet is tested in reconcile_power.rs).
+    eventually("the server to run", 10, || {
+        let model = tb.brain.db.read();
+        let vm = model.vms.values().next().unwrap();
+        let running = bigv_brain::api::power::guest(&tb.brain.spine, vm)
+            == bigv_brain::api::power::Guest::Running;
+        async move { running.then_some(()) }
+    })
+    .await;
     let read = || {
         let model = tb.brain.db.read();
         let vm = model.vms.values().next().unwrap();

@@ -7,9 +7,11 @@ mod reconcile_support;
 
 use std::time::Duration;
 
-use bigv_spine::resource::{SignalKind, VmSignal};
+use bigv_spine::resource::{SignalKind, VmRunState, VmSignal};
 use common::*;
 use reconcile_support::*;
+use reqwest::StatusCode;
+use serde_json::json;
 
 #[tokio::test]
 async fn a_crashed_vm_with_autoreboot_on_is_started_again() {
@@ -180,4 +182,64 @@ async fn the_cd_and_signals_reach_a_running_vm_without_a_restart() {
         || sim_heads_running(&fleet, id).len() == 1 && vm(&tb, id).power_on,
     )
     .await;
+}
+
+/// bigv-api.md §5.5: a signal is "only valid on a running VM". One that
+/// wants to run but has not started (here: too big for any head, so it
+/// waits unplaced) is refused with a 400 naming the reason, and nothing is
+/// recorded that a later start would silently drop; once it runs, the same
+/// signal is accepted and reaches its head.
+#[tokio::test]
+async fn a_signal_to_a_vm_that_has_not_started_is_refused_until_it_runs() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(
+        &tb,
+        NewVm {
+            memory: 2 * HEAD_MEMORY,
+            ..NewVm::running("web1")
+        },
+    )
+    .await;
+    let su = tb.su().await;
+    let signal = "/accounts/alice/groups/default/virtual_machines/web1/signal";
+    // Give the reconciler passes to try (and fail) to place it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = vm(&tb, id);
+    assert!(waiting.power_on && waiting.head.is_none(), "{waiting:?}");
+    for body in [
+        json!({"signal": "reset"}),
+        json!({"signal": "powerdown"}),
+        json!({"signal": "sendkey", "data": "ctrl-alt-delete"}),
+    ] {
+        let (status, e) = tb.post(&su, signal, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        let text = e.as_str().expect("a plain-text refusal");
+        assert!(text.contains("web1 is not running yet"), "{text}");
+    }
+    assert_eq!(vm(&tb, id).signal, None, "a refused signal is not recorded");
+
+    update_vm(&tb, id, |vm| vm.memory = 1024).await;
+    let head = wait_running(&tb, &fleet, id, 10).await;
+    eventually("the brain to see the VM running", 10, || {
+        let seen = reported_vm(&tb, &head, id)
+            .is_some_and(|(spec, _)| spec.state == Some(VmRunState::Running));
+        async move { seen.then_some(()) }
+    })
+    .await;
+    let (status, echo) = tb.post(&su, signal, json!({"signal": "reset"})).await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    let name = id.0.to_string();
+    let delivered = eventually("the reset to reach the head", 10, || {
+        let got = sim(&fleet, &head)
+            .vms()
+            .get(&name)
+            .and_then(|v| v.signal.clone());
+        async move { got }
+    })
+    .await;
+    assert_eq!(delivered.kind, SignalKind::Reset);
+    assert_eq!(delivered.seq, 1);
+    assert_eq!(sim_heads_running(&fleet, id), [head]);
 }

@@ -293,6 +293,16 @@ impl NodeHandle {
             .clone()
     }
 
+    /// Reads the resource table in place: `f` runs under the table's lock,
+    /// so keep it short. Cheaper than [`NodeHandle::resources`] for a
+    /// summary of a large table, which copies every resource.
+    pub fn with_resources<R>(
+        &self,
+        f: impl FnOnce(&BTreeMap<ResourceName, (ResourceValue, Generation)>) -> R,
+    ) -> R {
+        f(&self.conn.resources.lock().expect("resource table poisoned"))
+    }
+
     pub fn resource(&self, name: &ResourceName) -> Option<(ResourceValue, Generation)> {
         let table = self.conn.resources.lock().expect("resource table poisoned");
         table.get(name).cloned()

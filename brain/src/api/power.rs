@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use bigv_spine::SpineServer;
-use bigv_spine::resource::{SignalKind, TemplateCopy, VmSignal};
+use bigv_spine::resource::{ResourceValue, SignalKind, TemplateCopy, VmRunState, VmSignal};
 use serde_json::json;
 
 use super::access::Caller;
@@ -24,7 +24,7 @@ use super::{AppState, views};
 use crate::model::{
     Disc, Level, Model, Operation, OperationId, OperationKind, OperationState, Target, Vm, VmId,
 };
-use crate::scheduler::{Facts, NoCapacity};
+use crate::scheduler::{Facts, NoCapacity, vm_resource};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -56,18 +56,17 @@ impl Planner {
     /// placements are left for the request to book.
     pub fn new(model: &Model, spine: &SpineServer, subject: Option<VmId>) -> Planner {
         let mut facts = Facts::gather(model, spine);
-        for v in model.vms.values() {
+        // The model's indexes list what is not placed yet, so this costs
+        // what is pending, not the size of the cluster.
+        for v in model.unplaced_vms() {
             if Some(v.id) != subject
-                && wants_to_run(v)
-                && v.head.is_none()
                 && let Ok(head) = facts.pick_head(model, v, &[])
             {
                 facts.reserve_head(&head, v.id, v.memory);
             }
         }
-        for d in model.discs.values() {
+        for d in model.unplaced_discs() {
             if Some(d.vm_id) != subject
-                && d.storage_pool.is_none()
                 && let Ok(pool) = facts.pick_pool(&d.storage_grade, d.size, &[])
             {
                 facts.reserve_pool(&pool, d.size);
@@ -183,6 +182,7 @@ async fn signal(
         .then(|| data.clone())
         .flatten();
     let echo_kind = kind;
+    let spine = state.spine.clone();
     state
         .db
         .write(move |tx| {
@@ -192,6 +192,19 @@ async fn signal(
             if !found.power_on {
                 return Err(ApiError::refused(format!(
                     "{} is powered off: signals can only be sent to a running server",
+                    found.name
+                )));
+            }
+            // §5.5: "only valid on a running VM". One that is still being
+            // placed, imaged or started has no process to take the signal,
+            // and a start clears any signal recorded before it (a signal is
+            // for the process it was sent to), so accepting it would drop
+            // it silently. A VM on a head out of reach may still run: its
+            // signal is recorded and goes out when the head is back.
+            if guest(&spine, found) == Guest::NotRunning {
+                return Err(ApiError::refused(format!(
+                    "{} is not running yet: signals can only be sent to a running server; \
+                     try again once it has started",
                     found.name
                 )));
             }
@@ -213,6 +226,40 @@ async fn signal(
         echo["data"] = json!(data);
     }
     Ok(Json(echo).into_response())
+}
+
+/// What the brain knows about a VM's guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guest {
+    /// Its head reports it running (or paused, or migrating away): a qemu
+    /// process that can take a signal.
+    Running,
+    /// Not placed, or its connected head does not report it running: not
+    /// started yet (being placed, imaged or started) or stopped.
+    NotRunning,
+    /// Its head is not connected (or has not finished its dump): unknown,
+    /// not dead (BRIEF decision 4); it may well still run.
+    Unknown,
+}
+
+pub fn guest(spine: &SpineServer, vm: &Vm) -> Guest {
+    let Some(head) = vm.head.as_deref() else {
+        return Guest::NotRunning;
+    };
+    let Some(handle) = spine.node(head).filter(|h| h.is_ready()) else {
+        return Guest::Unknown;
+    };
+    match handle.resource(&vm_resource(vm.id)) {
+        Some((ResourceValue::Vm(spec), _))
+            if matches!(
+                spec.state,
+                Some(VmRunState::Running | VmRunState::Paused | VmRunState::Migrating)
+            ) =>
+        {
+            Guest::Running
+        }
+        _ => Guest::NotRunning,
+    }
 }
 
 /// Orders `image` onto the VM's first disc: a new template-copy `seq`,

@@ -56,17 +56,15 @@ impl Tx<'_> {
     pub fn put<R: Record>(&mut self, record: R) -> Result<(), DbError> {
         let key = record.key();
         self.txn.insert(R::TABLE, key.borrow(), &record)?;
-        self.applies.push(Box::new(move |m: &mut Model| {
-            R::map(m).insert(key, record);
-        }));
+        self.applies
+            .push(Box::new(move |m: &mut Model| m.insert(record)));
         Ok(())
     }
 
     pub fn delete<R: Record>(&mut self, key: R::Key) -> Result<(), DbError> {
         self.txn.remove(R::TABLE, key.borrow())?;
-        self.applies.push(Box::new(move |m: &mut Model| {
-            R::map(m).remove::<R::Key>(&key);
-        }));
+        self.applies
+            .push(Box::new(move |m: &mut Model| m.remove::<R>(&key)));
         Ok(())
     }
 

@@ -120,6 +120,17 @@ async fn main() -> Result<()> {
         format!("{} / {}", ms(pct(&created, 50)), ms(pct(&created, 99))),
         "",
     );
+    // The growth curve: latency as the model fills, in tenths of the run
+    // (requests in the order they finished).
+    let tenth = created.len().div_ceil(10).max(1);
+    for (i, part) in created.chunks(tenth).enumerate() {
+        let from = i * tenth;
+        table.row(
+            &format!("  vm_create p50 / p99, VMs {}–{}", from, from + part.len()),
+            format!("{} / {}", ms(pct(part, 50)), ms(pct(part, 99))),
+            "",
+        );
+    }
     client
         .wait_for("every VM to run", phase, |c| c.running == args.vms)
         .await?;
@@ -182,6 +193,11 @@ async fn main() -> Result<()> {
 
     brain.stop().await?;
     let _ = sim.kill().await;
+    // The data directory (store, logs) is removed when `dir` drops.
+    let store = std::fs::metadata(dir.path().join("brain").join("store.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    table.row("store file", format!("{} MiB", store >> 20), "");
     table.print(&args);
     Ok(())
 }

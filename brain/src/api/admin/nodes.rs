@@ -66,12 +66,14 @@ fn online(state: &AppState, node: &Node) -> bool {
 /// model's placement is `virtual_machines_count`).
 fn running_vms(state: &AppState, node: &Node) -> usize {
     state.spine.node(&node.node_id).map_or(0, |h| {
-        h.resources()
-            .values()
-            .filter(|(value, _)| {
-                matches!(value, ResourceValue::Vm(vm) if vm.state == Some(VmRunState::Running))
-            })
-            .count()
+        h.with_resources(|table| {
+            table
+                .values()
+                .filter(|(value, _)| {
+                    matches!(value, ResourceValue::Vm(vm) if vm.state == Some(VmRunState::Running))
+                })
+                .count()
+        })
     })
 }
 

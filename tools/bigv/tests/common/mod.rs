@@ -404,10 +404,15 @@ impl Harness {
     /// started it there.
     pub fn running_on(&self, id: VmId) -> std::sync::Arc<bigv_spine::sim::SimNode> {
         self.eventually("the server to run on a simulated head", 20, || {
-            let head = self.brain().db.read().vm(id)?.head.clone()?;
-            let node = self.fleet.as_ref()?.node(&head)?.clone();
+            let brain = self.brain();
+            let vm = brain.db.read().vm(id)?.clone();
+            let node = self.fleet.as_ref()?.node(vm.head.as_deref()?)?.clone();
             let names = [id.0.to_string(), format!("vm.{}", id.0)];
-            node.vms().keys().any(|k| names.contains(k)).then_some(node)
+            // The brain must know too: it takes signals only for a VM its
+            // head reports running.
+            let known = bigv_brain::api::power::guest(&brain.spine, &vm)
+                == bigv_brain::api::power::Guest::Running;
+            (known && node.vms().keys().any(|k| names.contains(k))).then_some(node)
         })
     }
 
