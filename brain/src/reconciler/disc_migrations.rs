@@ -194,6 +194,13 @@ fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
     let Some(pool) = p.pool(label) else {
         return finish(p, op, Err(format!("pool {label} no longer exists")));
     };
+    let e = pools_evacuation(p, &[label], pool.migration_concurrency as usize);
+    evacuate(p, op, e);
+}
+
+/// What emptying pools means: the discs in any of `labels` move to pools
+/// on other tails, `concurrency` at a time.
+pub(super) fn pools_evacuation(p: &Pass<'_>, labels: &[&str], concurrency: usize) -> Evacuation<DiscId> {
     let remaining: Vec<DiscId> = p
         .model
         .discs
@@ -201,27 +208,24 @@ fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
         .map(|id| DiscId(*id))
         .filter(|id| {
             p.disc(*id)
-                .is_some_and(|d| d.storage_pool.as_deref() == Some(label))
+                .and_then(|d| d.storage_pool.as_deref())
+                .is_some_and(|l| labels.contains(&l))
         })
         .collect();
-    evacuate(
-        p,
-        op,
-        Evacuation {
-            remaining,
-            moves: |kind| match kind {
-                OperationKind::MigrateDisc { disc_id, .. } => Some(*disc_id),
-                _ => None,
-            },
-            child: |disc_id| OperationKind::MigrateDisc {
-                disc_id,
-                to_pool: None,
-            },
-            concurrency: pool.migration_concurrency as usize,
-            name: |_, disc| format!("disc {}", disc.0),
-            phase: "moving discs",
+    Evacuation {
+        remaining,
+        moves: |kind| match kind {
+            OperationKind::MigrateDisc { disc_id, .. } => Some(*disc_id),
+            _ => None,
         },
-    );
+        child: |disc_id| OperationKind::MigrateDisc {
+            disc_id,
+            to_pool: None,
+        },
+        concurrency,
+        name: |_, disc| format!("disc {}", disc.0),
+        phase: "moving discs",
+    }
 }
 
 /// The emptiest pool of the disc's grade on another tail.

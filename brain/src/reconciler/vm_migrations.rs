@@ -218,6 +218,13 @@ fn create_destination(
 
 /// Emptying a head: its VMs migrate away, a couple at a time.
 fn empty_head(p: &mut Pass<'_>, op: &Operation, node_id: &str) {
+    let e = head_evacuation(p, node_id);
+    evacuate(p, op, e);
+}
+
+/// What emptying a head means: the VMs the model places on it migrate to
+/// heads the scheduler picks (anti-affinity honoured), a couple at a time.
+pub(super) fn head_evacuation(p: &Pass<'_>, node_id: &str) -> Evacuation<VmId> {
     let remaining: Vec<VmId> = p
         .model
         .vms
@@ -228,25 +235,21 @@ fn empty_head(p: &mut Pass<'_>, op: &Operation, node_id: &str) {
                 .is_some_and(|v| !v.deleted && v.head.as_deref() == Some(node_id))
         })
         .collect();
-    evacuate(
-        p,
-        op,
-        Evacuation {
-            remaining,
-            moves: |kind| match kind {
-                OperationKind::MigrateVm { vm_id, .. } => Some(*vm_id),
-                _ => None,
-            },
-            child: |vm_id| OperationKind::MigrateVm {
-                vm_id,
-                to_head: None,
-            },
-            concurrency: EMPTY_HEAD_CONCURRENCY,
-            name: |p, vm| {
-                p.vm(vm)
-                    .map_or_else(|| format!("VM {}", vm.0), |v| v.name.clone())
-            },
-            phase: "migrating servers",
+    Evacuation {
+        remaining,
+        moves: |kind| match kind {
+            OperationKind::MigrateVm { vm_id, .. } => Some(*vm_id),
+            _ => None,
         },
-    );
+        child: |vm_id| OperationKind::MigrateVm {
+            vm_id,
+            to_head: None,
+        },
+        concurrency: EMPTY_HEAD_CONCURRENCY,
+        name: |p, vm| {
+            p.vm(vm)
+                .map_or_else(|| format!("VM {}", vm.0), |v| v.name.clone())
+        },
+        phase: "migrating servers",
+    }
 }
