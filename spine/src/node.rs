@@ -186,7 +186,11 @@ impl<H: NodeHandler> NodeAgent<H> {
     /// Declares `version` as the image version in every later hello (a
     /// node that rebooted onto another image; the simulator uses it).
     pub fn set_image_version(&self, version: impl Into<String>) {
-        *self.shared.image_version.lock().expect("image version poisoned") = Some(version.into());
+        *self
+            .shared
+            .image_version
+            .lock()
+            .expect("image version poisoned") = Some(version.into());
     }
 
     /// The image version the next hello declares.

@@ -200,7 +200,11 @@ fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
 
 /// What emptying pools means: the discs in any of `labels` move to pools
 /// on other tails, `concurrency` at a time.
-pub(super) fn pools_evacuation(p: &Pass<'_>, labels: &[&str], concurrency: usize) -> Evacuation<DiscId> {
+pub(super) fn pools_evacuation(
+    p: &Pass<'_>,
+    labels: &[&str],
+    concurrency: usize,
+) -> Evacuation<DiscId> {
     let remaining: Vec<DiscId> = p
         .model
         .discs
@@ -278,7 +282,8 @@ fn create_destination(
         return;
     };
     tracing::info!(disc = disc.id.0, tail = %dest_tail, "creating the migration's destination");
-    p.order(dest_tail, Action::Create(resource), disc.generation + 1);
+    let generation = bump(p, disc.id, disc.generation);
+    p.order(dest_tail, Action::Create(resource), generation);
     set_phase(p, op, "preparing", None);
 }
 
@@ -297,7 +302,8 @@ fn follow_acl(p: &mut Pass<'_>, disc: &Disc, dest_tail: &str, at_dest: &Reported
     };
     if let Ok(resource) = Resource::new(at_dest.name.clone(), bigv_spine::ResourceValue::Disc(spec))
     {
-        p.order(dest_tail, Action::Update(resource), at_dest.generation + 1);
+        let generation = bump(p, disc.id, at_dest.generation);
+        p.order(dest_tail, Action::Update(resource), generation);
     }
 }
 
@@ -353,6 +359,24 @@ fn adopt_and_clean(p: &mut Pass<'_>) {
 
 fn remove(p: &mut Pass<'_>, node: &str, copy: &ReportedDisc) {
     if p.may_order(node, &copy.name) {
-        p.order(node, Action::Remove(copy.name.clone()), copy.generation + 1);
+        let generation = match copy.name.clone() {
+            bigv_spine::ResourceName::Disc { id, .. } => match id.parse().ok().map(DiscId) {
+                Some(id) if p.model.disc(id).is_some() => bump(p, id, copy.generation),
+                _ => copy.generation + 1,
+            },
+            _ => copy.generation + 1,
+        };
+        p.order(node, Action::Remove(copy.name.clone()), generation);
     }
+}
+
+/// The next generation for an order about the disc, above both its record
+/// and what the node reports, kept in the record: a tail remembers the
+/// generations it applied, so a number used once must never be used again
+/// for another order (a disc moving back to a tail it left would have its
+/// create taken for a repeat and ignored).
+fn bump(p: &mut Pass<'_>, id: DiscId, reported: u64) -> u64 {
+    let record = p.disc_mut(id);
+    record.generation = record.generation.max(reported) + 1;
+    record.generation
 }

@@ -281,7 +281,9 @@ impl Reconciler {
             tokio::spawn(async move {
                 match handle.power(action).await {
                     Ok(()) => tracing::info!(%node, ?action, "node acknowledged its power order"),
-                    Err(e) => tracing::warn!(%node, ?action, error = %e, "power order failed; a later pass may repeat it"),
+                    Err(e) => {
+                        tracing::warn!(%node, ?action, error = %e, "power order failed; a later pass may repeat it")
+                    }
                 }
                 wake.notify_one();
             });

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use bigv_spine::{PowerAction, ResourceName};
 use bigv_spine::resource::MigrationOrder;
+use bigv_spine::{PowerAction, ResourceName};
 
 use tokio::time::Instant;
 

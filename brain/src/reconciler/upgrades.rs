@@ -50,8 +50,7 @@ const REORDER_AFTER: Duration = Duration::from_secs(15);
 pub(super) fn plan(p: &mut Pass<'_>) {
     let model = p.model;
     for op in model.operations.values() {
-        if op.state == OperationState::Running && matches!(op.kind, OperationKind::Upgrade { .. })
-        {
+        if op.state == OperationState::Running && matches!(op.kind, OperationKind::Upgrade { .. }) {
             step(p, op);
         }
     }
@@ -76,7 +75,14 @@ fn step(p: &mut Pass<'_>, op: &Operation) {
     };
     let mut nodes = nodes.clone();
     let mut detail = String::new();
-    let outcome = advance(p, op, version, *reboot_timeout_secs, &mut nodes, &mut detail);
+    let outcome = advance(
+        p,
+        op,
+        version,
+        *reboot_timeout_secs,
+        &mut nodes,
+        &mut detail,
+    );
     let mut next = op.clone();
     next.done = nodes
         .iter()
@@ -165,9 +171,11 @@ fn advance(
                 }
             }
             UpgradeStep::Failed => {
-                return Outcome::Failed(n.note.clone().unwrap_or_else(|| {
-                    format!("{} failed", n.label)
-                }));
+                return Outcome::Failed(
+                    n.note
+                        .clone()
+                        .unwrap_or_else(|| format!("{} failed", n.label)),
+                );
             }
             UpgradeStep::Done | UpgradeStep::Skipped => {}
         }
@@ -348,9 +356,11 @@ fn order_reboot(p: &mut Pass<'_>, node_id: &str) {
 /// Ordered to reboot: waits for the node to leave the spine (or to be
 /// back on a new connection already).
 fn rebooting(p: &mut Pass<'_>, n: &mut UpgradeNode, version: &str) {
-    let current = p.snap.nodes.get(&n.node_id).map(|s| {
-        (s.info.conn, s.info.image_version == version)
-    });
+    let current = p
+        .snap
+        .nodes
+        .get(&n.node_id)
+        .map(|s| (s.info.conn, s.info.image_version == version));
     let sent = p.recall.reboots.get(&n.node_id).copied();
     let gone = match (current, sent) {
         (None, _) => true,
@@ -398,7 +408,9 @@ fn booting(
         .and_then(|record| expected_version(p.model, record))
         .map(str::to_owned);
     let problem = if reported != version {
-        Some(format!("came back on image version {reported}, expected {version}"))
+        Some(format!(
+            "came back on image version {reported}, expected {version}"
+        ))
     } else {
         booted
             .filter(|b| b != version)

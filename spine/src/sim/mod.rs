@@ -602,11 +602,14 @@ impl SimNode {
                         self.agent.set_image_version(v);
                     }
                     tracing::debug!(node = self.node_id(), version = %self.agent.image_version(), "sim node rebooted");
-                    self.reboots.lock().expect("reboots poisoned").push(SimReboot {
-                        down_at,
-                        up_at: Some(std::time::Instant::now()),
-                        version: self.agent.image_version(),
-                    });
+                    self.reboots
+                        .lock()
+                        .expect("reboots poisoned")
+                        .push(SimReboot {
+                            down_at,
+                            up_at: Some(std::time::Instant::now()),
+                            version: self.agent.image_version(),
+                        });
                 }
                 Ok(PowerAction::Poweroff) => {
                     self.handler.stop_all("the node powered off");

@@ -5,7 +5,7 @@
 //! (reconciler/upgrades.rs). One upgrade runs at a time.
 //!
 //! - `POST /admin/upgrades {version, reboot_timeout?}` → 202 and the
-//!   upgrade; `reboot_timeout` (seconds, 10–86400, default 900) bounds
+//!   upgrade; `reboot_timeout` (seconds, 1–86400, default 900) bounds
 //!   how long each node may take from its reboot order to being back.
 //! - `GET /admin/upgrades`: every upgrade, oldest first.
 //! - `GET /admin/upgrades/{id}`: one; `latest` is the newest.
@@ -147,7 +147,7 @@ async fn start(
     let mut f = body(&headers, &bytes)?;
     let version = f.required_string("version");
     let timeout = if f.has("reboot_timeout") && !f.is_null("reboot_timeout") {
-        f.u64_in("reboot_timeout", 10, 86400)
+        f.u64_in("reboot_timeout", 1, 86400)
     } else {
         Some(DEFAULT_REBOOT_TIMEOUT_SECS)
     };
@@ -190,7 +190,9 @@ async fn start(
             let nodes: Vec<UpgradeNode> = order
                 .into_iter()
                 .map(|node| {
-                    let online = spine.node(&node.node_id).map(|h| h.info().image_version.clone());
+                    let online = spine
+                        .node(&node.node_id)
+                        .map(|h| h.info().image_version.clone());
                     let (step, note) = match online {
                         None => (
                             UpgradeStep::Skipped,
