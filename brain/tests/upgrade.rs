@@ -332,7 +332,7 @@ async fn every_node_is_emptied_rebooted_onto_the_version_and_readmitted_in_turn(
 async fn a_node_back_on_the_wrong_version_stops_the_rollout_with_a_clear_message() {
     let tb = TestBrain::start().await;
     store_image(&tb, "v2").await;
-    let fleet = fleet(&tb, 2, 1);
+    let fleet = fleet(&tb, 2, 2);
     joined(&tb, &fleet).await;
     let by_label = labels(&tb);
     sim(&fleet, &by_label["head1"]).boot_version("v2");
@@ -370,12 +370,14 @@ async fn a_node_back_on_the_wrong_version_stops_the_rollout_with_a_clear_message
     assert_eq!(failed["state"], "failed", "{failed:#}");
     let error = failed["error"].as_str().unwrap();
     assert!(
-        error.starts_with("head2 came back on image version v1, expected v2; the upgrade stopped with 1 of 3 nodes done"),
+        error.starts_with("head2 came back on image version v1, expected v2; the upgrade stopped with 1 of 4 nodes done"),
         "{error}"
     );
     assert_eq!(failed["nodes"][1]["step"], "failed");
     assert_eq!(failed["nodes"][2]["step"], "pending", "tail1 untouched");
+    assert_eq!(failed["nodes"][3]["step"], "pending", "tail2 untouched");
     assert!(sim(&fleet, &by_label["tail1"]).reboots().is_empty());
+    assert!(sim(&fleet, &by_label["tail2"]).reboots().is_empty());
     let model = tb.brain.db.read().clone();
     assert_eq!(
         model.nodes[&by_label["head2"]].usage_strategy.as_deref(),
@@ -449,7 +451,7 @@ async fn a_restarted_brain_resumes_the_upgrade() {
 async fn cancelling_puts_the_node_being_emptied_back_and_touches_nothing_else() {
     let tb = TestBrain::start().await;
     store_image(&tb, "v2").await;
-    let fleet = fleet(&tb, 2, 1);
+    let fleet = fleet(&tb, 2, 2);
     joined(&tb, &fleet).await;
     let by_label = labels(&tb);
     // The VM goes to head1, the first in line: head2 takes nothing yet.
@@ -504,4 +506,29 @@ async fn cancelling_puts_the_node_being_emptied_back_and_touches_nothing_else() 
     .await;
     let (status, _) = tb.get(&su, "/admin/upgrades/99").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_could_not_empty_a_node_is_refused_up_front() {
+    let tb = TestBrain::start().await;
+    store_image(&tb, "v2").await;
+    let fleet = fleet(&tb, 2, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    wait_running(&tb, &fleet, id, 20).await;
+    let su = tb.su().await;
+    let (status, body) = tb
+        .post(&su, "/admin/upgrades", json!({"version": "v2"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body.as_str().unwrap(),
+        "tail1 holds sata discs and no other tail in service has a sata pool to take them; a rolling upgrade moves them off each tail before its reboot"
+    );
+    let model = tb.brain.db.read();
+    assert!(model.operations.is_empty());
+    assert_eq!(
+        model.settings.node_image_version, None,
+        "the target did not move"
+    );
 }

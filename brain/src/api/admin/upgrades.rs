@@ -120,6 +120,73 @@ pub(super) fn add_progress(map: &mut Map<String, Value>, nodes: &[UpgradeNode]) 
     map.insert("nodes_total".into(), json!(nodes.len()));
 }
 
+/// Why some node the upgrade will reboot could not be emptied, if so: a
+/// head holding VMs with no other head in service, or a tail holding discs
+/// of a grade no other tail in service has a pool of. Checked up front so
+/// the upgrade does not stop half-way (room is the scheduler's business at
+/// each move).
+fn cannot_empty(
+    model: &Model,
+    spine: &bigv_spine::SpineServer,
+    nodes: &[UpgradeNode],
+) -> Option<String> {
+    let in_service = |n: &Node| {
+        n.admission == crate::model::Admission::Accepted
+            && n.usage_strategy.as_deref() != Some("empty")
+            && spine.node(&n.node_id).is_some_and(|h| h.is_ready())
+    };
+    for u in nodes.iter().filter(|u| u.step == UpgradeStep::Pending) {
+        match u.role {
+            Role::Head => {
+                let vms = model
+                    .vms
+                    .values()
+                    .filter(|v| !v.deleted && v.head.as_deref() == Some(u.node_id.as_str()))
+                    .count();
+                let other = model
+                    .nodes
+                    .values()
+                    .any(|n| n.role == Role::Head && n.node_id != u.node_id && in_service(n));
+                if vms > 0 && !other {
+                    return Some(format!(
+                        "{} runs {vms} server(s) and no other head is in service to take them; a rolling upgrade moves them off each head before its reboot",
+                        u.label
+                    ));
+                }
+            }
+            Role::Tail => {
+                let mine: Vec<&str> = model
+                    .pools_of(&u.node_id)
+                    .map(|p| p.label.as_str())
+                    .collect();
+                let mut grades: Vec<&str> = model
+                    .discs
+                    .values()
+                    .filter(|d| d.storage_pool.as_deref().is_some_and(|p| mine.contains(&p)))
+                    .map(|d| d.storage_grade.as_str())
+                    .collect();
+                grades.sort_unstable();
+                grades.dedup();
+                for grade in grades {
+                    let other = model.pools.values().any(|p| {
+                        p.grade == grade
+                            && p.node_id != u.node_id
+                            && p.usage_strategy.as_deref() != Some("empty")
+                            && model.nodes.get(&p.node_id).is_some_and(in_service)
+                    });
+                    if !other {
+                        return Some(format!(
+                            "{} holds {grade} discs and no other tail in service has a {grade} pool to take them; a rolling upgrade moves them off each tail before its reboot",
+                            u.label
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
 fn is_upgrade(op: &Operation) -> bool {
     matches!(op.kind, OperationKind::Upgrade { .. })
 }
@@ -218,6 +285,9 @@ async fn start(
                     }
                 })
                 .collect();
+            if let Some(problem) = cannot_empty(model, &spine, &nodes) {
+                return Err(ApiError::refused(problem));
+            }
             let from_version = model.settings.node_image_version.clone();
             let mut settings = model.settings.clone();
             let total = nodes.len() as u64;
