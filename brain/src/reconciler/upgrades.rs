@@ -213,19 +213,28 @@ fn advance(
 
 /// The node's turn comes: skip it, or take it out of service.
 fn begin(p: &mut Pass<'_>, n: &mut UpgradeNode, version: &str) {
-    n.started_at = Some(p.now);
     let Some(record) = p.node(&n.node_id).cloned() else {
         skip(n, p.now, "the node is no longer known".into());
         return;
     };
-    let Some(reported) = p.snap.nodes.get(&n.node_id).map(|s| &s.info.image_version) else {
-        skip(
-            n,
-            p.now,
-            format!("offline when its turn came; it boots {version} when it comes back"),
-        );
+    let Some(reported) = p
+        .snap
+        .nodes
+        .get(&n.node_id)
+        .map(|s| s.info.image_version.clone())
+    else {
+        // Gone only a moment (or the brain just restarted and it has not
+        // reconnected yet): wait. Gone for good: leave it.
+        if p.liveness(&n.node_id) == Liveness::Fenced {
+            skip(
+                n,
+                p.now,
+                format!("offline when its turn came; it boots {version} when it comes back"),
+            );
+        }
         return;
     };
+    n.started_at = Some(p.now);
     if reported == version {
         skip(n, p.now, format!("already on {version}"));
         return;
@@ -363,7 +372,11 @@ fn rebooting(p: &mut Pass<'_>, n: &mut UpgradeNode, version: &str) {
         .map(|s| (s.info.conn, s.info.image_version == version));
     let sent = p.recall.reboots.get(&n.node_id).copied();
     let gone = match (current, sent) {
-        (None, _) => true,
+        (None, Some(_)) => true,
+        // A restarted brain, with the node not back yet: it may be
+        // rebooting, or the order may never have gone out. Its hello
+        // tells (the version), so wait for it.
+        (None, None) => false,
         (Some((conn, _)), Some((ordered_on, _))) if conn != ordered_on => true,
         (Some((_, on_version)), None) if on_version => {
             // A restarted brain: it went down and came back meanwhile.
