@@ -532,3 +532,43 @@ async fn an_upgrade_that_could_not_empty_a_node_is_refused_up_front() {
         "the target did not move"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_brain_resumes_emptying_a_node() {
+    let tb = TestBrain::start().await;
+    store_image(&tb, "v2").await;
+    let fleet = fleet(&tb, 2, 2);
+    joined(&tb, &fleet).await;
+    for node in &fleet.nodes {
+        node.boot_version("v2");
+    }
+    let by_label = labels(&tb);
+    let head = by_label["head1"].clone();
+    set_usage(&tb, &by_label["head2"], Some("empty")).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    assert_eq!(wait_running(&tb, &fleet, id, 20).await, head);
+    set_usage(&tb, &by_label["head2"], None).await;
+    // Its live migration takes 3 s: the brain restarts in the middle.
+    sim(&fleet, &head).mirror_time(Duration::from_secs(3));
+    start_upgrade(&tb, json!({"version": "v2", "reboot_timeout": 60})).await;
+    let su = tb.su().await;
+    eventually("head1 to be emptied", 20, || {
+        let (tb, su) = (&tb, su.clone());
+        async move {
+            let (_, op) = tb.get(&su, "/admin/upgrades/latest").await;
+            (op["current_step"] == "evacuating" && op["phase"].as_str()?.contains("0 of 1"))
+                .then_some(())
+        }
+    })
+    .await;
+    let tb = restart_same_spine(tb).await;
+    let done = upgrade_ends(&tb, 90).await;
+    assert_eq!(done["state"], "done", "{done:#}");
+    for node in &fleet.nodes {
+        assert_eq!(node.image_version(), "v2");
+        assert_eq!(node.reboots().len(), 1, "{}", node.node_id());
+    }
+    never_stopped_never_twice(&fleet, &[id]);
+    // Off head1 while it rebooted, back onto it while head2 did.
+    assert_eq!(sim_heads_running(&fleet, id), [head]);
+}
