@@ -95,6 +95,9 @@ struct Shared {
     /// overtaken by an older snapshot.
     outbox: tokio::sync::Mutex<Option<mpsc::Sender<ToBrain>>>,
     session: Mutex<CancellationToken>,
+    /// Replaces the config's `hello.image_version` from the next session
+    /// on (the simulator's reboot onto another image).
+    image_version: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -174,6 +177,7 @@ impl<H: NodeHandler> NodeAgent<H> {
                 order_locks: Mutex::default(),
                 outbox: tokio::sync::Mutex::new(None),
                 session: Mutex::new(CancellationToken::new()),
+                image_version: Mutex::new(None),
             }),
         }
     }
@@ -184,6 +188,26 @@ impl<H: NodeHandler> NodeAgent<H> {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// Declares `version` as the image version in every later hello (a
+    /// node that rebooted onto another image; the simulator uses it).
+    pub fn set_image_version(&self, version: impl Into<String>) {
+        *self
+            .shared
+            .image_version
+            .lock()
+            .expect("image version poisoned") = Some(version.into());
+    }
+
+    /// The image version the next hello declares.
+    pub fn image_version(&self) -> String {
+        self.shared
+            .image_version
+            .lock()
+            .expect("image version poisoned")
+            .clone()
+            .unwrap_or_else(|| self.config.hello.image_version.clone())
     }
 
     /// Runs sessions forever, backing off between them, until the brain
@@ -273,6 +297,7 @@ impl<H: NodeHandler> NodeAgent<H> {
     ) -> Result<PowerAction, SessionError> {
         let mut hello = self.config.hello.clone();
         hello.protocol_version = crate::PROTOCOL_VERSION;
+        hello.image_version = self.image_version();
         send(&link.out, ToBrain::Hello(hello)).await?;
         self.await_welcome(link).await?;
 

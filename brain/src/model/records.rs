@@ -390,6 +390,81 @@ pub enum OperationKind {
         vm_id: VmId,
         distribution: String,
     },
+    /// A rolling upgrade: every node in turn is emptied, rebooted onto
+    /// `version`, checked and put back into service (reconciler/upgrades.rs).
+    Upgrade {
+        version: String,
+        /// The cluster's target before the upgrade set it to `version`.
+        #[serde(default)]
+        from_version: Option<String>,
+        /// How long a node may take from its reboot order to being back
+        /// on the spine with `version`.
+        reboot_timeout_secs: u64,
+        /// The nodes in the order they are upgraded.
+        nodes: Vec<UpgradeNode>,
+    },
+}
+
+/// Where one node is in a rolling upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeStep {
+    /// Not reached yet.
+    Pending,
+    /// Left alone: already on the version, or offline (`note` says).
+    Skipped,
+    /// Out of service, its VMs (head) or discs (tail) moving away.
+    Evacuating,
+    /// Empty; the reboot is ordered and it has not gone down yet.
+    Rebooting,
+    /// Gone from the spine; waiting for it to come back.
+    Booting,
+    /// Back on the version and in service again.
+    Done,
+    /// Came back on another version, or not in time: the upgrade stopped.
+    Failed,
+}
+
+impl UpgradeStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeStep::Pending => "pending",
+            UpgradeStep::Skipped => "skipped",
+            UpgradeStep::Evacuating => "evacuating",
+            UpgradeStep::Rebooting => "rebooting",
+            UpgradeStep::Booting => "booting",
+            UpgradeStep::Done => "done",
+            UpgradeStep::Failed => "failed",
+        }
+    }
+}
+
+/// One node of a rolling upgrade, with the times (unix seconds) each step
+/// began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeNode {
+    pub node_id: String,
+    pub label: String,
+    pub role: Role,
+    pub step: UpgradeStep,
+    /// Why it was skipped or failed.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Its usage strategy before the upgrade took it out of service, put
+    /// back when it is re-admitted.
+    #[serde(default)]
+    pub usage_strategy: Option<String>,
+    /// VMs or discs it held when its evacuation began.
+    #[serde(default)]
+    pub to_move: u64,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub reboot_at: Option<u64>,
+    #[serde(default)]
+    pub down_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,6 +194,17 @@ fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
     let Some(pool) = p.pool(label) else {
         return finish(p, op, Err(format!("pool {label} no longer exists")));
     };
+    let e = pools_evacuation(p, &[label], pool.migration_concurrency as usize);
+    evacuate(p, op, e);
+}
+
+/// What emptying pools means: the discs in any of `labels` move to pools
+/// on other tails, `concurrency` at a time.
+pub(super) fn pools_evacuation(
+    p: &Pass<'_>,
+    labels: &[&str],
+    concurrency: usize,
+) -> Evacuation<DiscId> {
     let remaining: Vec<DiscId> = p
         .model
         .discs
@@ -201,27 +212,24 @@ fn empty_pool(p: &mut Pass<'_>, op: &Operation, label: &str) {
         .map(|id| DiscId(*id))
         .filter(|id| {
             p.disc(*id)
-                .is_some_and(|d| d.storage_pool.as_deref() == Some(label))
+                .and_then(|d| d.storage_pool.as_deref())
+                .is_some_and(|l| labels.contains(&l))
         })
         .collect();
-    evacuate(
-        p,
-        op,
-        Evacuation {
-            remaining,
-            moves: |kind| match kind {
-                OperationKind::MigrateDisc { disc_id, .. } => Some(*disc_id),
-                _ => None,
-            },
-            child: |disc_id| OperationKind::MigrateDisc {
-                disc_id,
-                to_pool: None,
-            },
-            concurrency: pool.migration_concurrency as usize,
-            name: |_, disc| format!("disc {}", disc.0),
-            phase: "moving discs",
+    Evacuation {
+        remaining,
+        moves: |kind| match kind {
+            OperationKind::MigrateDisc { disc_id, .. } => Some(*disc_id),
+            _ => None,
         },
-    );
+        child: |disc_id| OperationKind::MigrateDisc {
+            disc_id,
+            to_pool: None,
+        },
+        concurrency,
+        name: |_, disc| format!("disc {}", disc.0),
+        phase: "moving discs",
+    }
 }
 
 /// The emptiest pool of the disc's grade on another tail.
@@ -274,7 +282,8 @@ fn create_destination(
         return;
     };
     tracing::info!(disc = disc.id.0, tail = %dest_tail, "creating the migration's destination");
-    p.order(dest_tail, Action::Create(resource), disc.generation + 1);
+    let generation = bump(p, disc.id, disc.generation);
+    p.order(dest_tail, Action::Create(resource), generation);
     set_phase(p, op, "preparing", None);
 }
 
@@ -293,7 +302,8 @@ fn follow_acl(p: &mut Pass<'_>, disc: &Disc, dest_tail: &str, at_dest: &Reported
     };
     if let Ok(resource) = Resource::new(at_dest.name.clone(), bigv_spine::ResourceValue::Disc(spec))
     {
-        p.order(dest_tail, Action::Update(resource), at_dest.generation + 1);
+        let generation = bump(p, disc.id, at_dest.generation);
+        p.order(dest_tail, Action::Update(resource), generation);
     }
 }
 
@@ -349,6 +359,24 @@ fn adopt_and_clean(p: &mut Pass<'_>) {
 
 fn remove(p: &mut Pass<'_>, node: &str, copy: &ReportedDisc) {
     if p.may_order(node, &copy.name) {
-        p.order(node, Action::Remove(copy.name.clone()), copy.generation + 1);
+        let generation = match copy.name.clone() {
+            bigv_spine::ResourceName::Disc { id, .. } => match id.parse().ok().map(DiscId) {
+                Some(id) if p.model.disc(id).is_some() => bump(p, id, copy.generation),
+                _ => copy.generation + 1,
+            },
+            _ => copy.generation + 1,
+        };
+        p.order(node, Action::Remove(copy.name.clone()), generation);
     }
+}
+
+/// The next generation for an order about the disc, above both its record
+/// and what the node reports, kept in the record: a tail remembers the
+/// generations it applied, so a number used once must never be used again
+/// for another order (a disc moving back to a tail it left would have its
+/// create taken for a repeat and ignored).
+fn bump(p: &mut Pass<'_>, id: DiscId, reported: u64) -> u64 {
+    let record = p.disc_mut(id);
+    record.generation = record.generation.max(reported) + 1;
+    record.generation
 }

@@ -21,7 +21,10 @@
 //! - `fencing.rs`: unknown heads, and when their VMs may move.
 //! - `discs.rs`: pools, storage addresses, ACLs, resizes, strays.
 //! - `vms.rs`: placement, start/stop/reboot, rogues, the VM resource.
-//! - `operations.rs`: finishing reimages.
+//! - `operations.rs`: finishing reimages; emptying, shared by the
+//!   emptying of heads and pools and by upgrades.
+//! - `vm_migrations.rs`, `disc_migrations.rs`: live migrations, emptying.
+//! - `upgrades.rs`: rolling upgrades, node by node.
 //! - `orders.rs`: orders, in-flight tracking and retry backoff.
 //! - `scale.rs` (tests): passes at benchmark size.
 
@@ -35,6 +38,7 @@ mod pass;
 #[cfg(test)]
 mod scale;
 mod snapshot;
+mod upgrades;
 mod vm_migrations;
 mod vms;
 
@@ -42,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bigv_spine::{OrderFailure, ResourceName, SpineEvent, SpineServer};
+use bigv_spine::{OrderFailure, PowerAction, ResourceName, SpineEvent, SpineServer};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -253,6 +257,7 @@ impl Reconciler {
         let writes = changes.writes();
         let orders = changes.orders.len();
         self.dispatch(changes.orders);
+        self.power(changes.power_orders);
         tracing::debug!(
             elapsed_us = began.elapsed().as_micros() as u64,
             writes,
@@ -261,6 +266,28 @@ impl Reconciler {
             "reconcile pass"
         );
         wrote || writes > 0
+    }
+
+    /// Sends reboot and power-off orders, each as its own task. Nothing
+    /// waits for them: the node's disconnect (or not) is what the next
+    /// passes look at, and the order's outcome is only logged.
+    fn power(&self, orders: Vec<(String, PowerAction)>) {
+        for (node, action) in orders {
+            let Some(handle) = self.spine.node(&node) else {
+                tracing::debug!(%node, "node left before its power order went out");
+                continue;
+            };
+            let wake = self.wake.clone();
+            tokio::spawn(async move {
+                match handle.power(action).await {
+                    Ok(()) => tracing::info!(%node, ?action, "node acknowledged its power order"),
+                    Err(e) => {
+                        tracing::warn!(%node, ?action, error = %e, "power order failed; a later pass may repeat it")
+                    }
+                }
+                wake.notify_one();
+            });
+        }
     }
 
     /// Sends each order as its own task, at most `MAX_ORDERS_IN_FLIGHT`

@@ -112,14 +112,42 @@ pub(super) struct Evacuation<T> {
     pub phase: &'static str,
 }
 
-/// Drives an emptying: done when nothing remains; failed when a move it
-/// started (a later operation id) failed; otherwise starts moves, each its
-/// own operation (visible and cancellable one by one), up to the
-/// concurrency.
+/// Where an emptying stands after [`drive_evacuation`].
+pub(super) enum Emptying {
+    /// Nothing remains.
+    Empty,
+    /// A move it started failed; the text names the piece and why.
+    Failed(String),
+    /// Pieces are moving: `moved` of `total` are gone.
+    Moving { moved: u64, total: u64 },
+}
+
+/// Drives an emptying operation: done when nothing remains; failed when
+/// a move it started failed; otherwise moving, with its progress.
 pub(super) fn evacuate<T: Copy + PartialEq>(p: &mut Pass<'_>, op: &Operation, e: Evacuation<T>) {
+    let phase = e.phase;
     let total = op.total.max(e.remaining.len() as u64);
+    match drive_evacuation(p, op, total, e) {
+        Emptying::Empty => finish(p, op, Ok(())),
+        Emptying::Failed(why) => finish(p, op, Err(why)),
+        Emptying::Moving { moved, total } => set_phase(p, op, phase, Some((moved, total))),
+    }
+}
+
+/// One step of emptying on behalf of `op` (an emptying or an upgrade):
+/// starts moves, each its own operation (visible and cancellable one by
+/// one), up to the concurrency. A failed move counts if it was started
+/// after `op` (a later operation id). `total` is how many pieces there
+/// were when the emptying began.
+pub(super) fn drive_evacuation<T: Copy + PartialEq>(
+    p: &mut Pass<'_>,
+    op: &Operation,
+    total: u64,
+    e: Evacuation<T>,
+) -> Emptying {
+    let total = total.max(e.remaining.len() as u64);
     if e.remaining.is_empty() {
-        return finish(p, op, Ok(()));
+        return Emptying::Empty;
     }
     let mut moving = vec![];
     for other in p.model.operations.values() {
@@ -131,7 +159,7 @@ pub(super) fn evacuate<T: Copy + PartialEq>(p: &mut Pass<'_>, op: &Operation, e:
             OperationState::Failed if other.id.0 > op.id.0 => {
                 let why = other.error.clone().unwrap_or_default();
                 let name = (e.name)(p, piece);
-                return finish(p, op, Err(format!("{name} could not move: {why}")));
+                return Emptying::Failed(format!("{name} could not move: {why}"));
             }
             _ => {}
         }
@@ -158,6 +186,8 @@ pub(super) fn evacuate<T: Copy + PartialEq>(p: &mut Pass<'_>, op: &Operation, e:
             updated_at: p.now,
         });
     }
-    let done = total - e.remaining.len() as u64;
-    set_phase(p, op, e.phase, Some((done, total)));
+    Emptying::Moving {
+        moved: total - e.remaining.len() as u64,
+        total,
+    }
 }

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use bigv_spine::ResourceName;
 use bigv_spine::resource::MigrationOrder;
+use bigv_spine::{PowerAction, ResourceName};
 
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ use crate::scheduler::Facts;
 use super::fencing::{Absences, Liveness};
 use super::orders::{Action, Ledger, Order};
 use super::snapshot::Snapshot;
-use super::{disc_migrations, discs, nodes, operations, vm_migrations, vms};
+use super::{disc_migrations, discs, nodes, operations, upgrades, vm_migrations, vms};
 
 /// What the reconciler remembers between passes. None of it is needed for
 /// safety after a restart: it only avoids repeating orders, spinning on
@@ -36,6 +36,10 @@ pub(crate) struct Recall {
     /// The last reason logged for a VM or disc that could not be placed.
     pub unplaced_vms: HashMap<VmId, String>,
     pub unplaced_discs: HashMap<DiscId, String>,
+    /// Reboots ordered by an upgrade: the node's connection when it was
+    /// ordered, and when. A different connection (or none) means it went
+    /// down; the same one after a while means the order got lost.
+    pub reboots: HashMap<String, (u64, Instant)>,
     /// When (clock seconds) entries about vanished records were last
     /// dropped.
     last_prune: u64,
@@ -110,6 +114,8 @@ pub(crate) struct Pass<'a> {
     /// Operations to create (their ids are given when they are stored).
     pub new_operations: Vec<Operation>,
     pub orders: Vec<Order>,
+    /// Reboot and power-off orders (not about a resource).
+    pub power_orders: Vec<(String, PowerAction)>,
     /// Nodes each resource was ordered to by this pass: never twice in one.
     ordered: HashMap<ResourceName, Vec<String>>,
     /// (VM, disc) pairs, sorted: a VM's discs in creation order.
@@ -143,6 +149,7 @@ pub(crate) struct Changes {
     pub operations: Vec<Operation>,
     pub new_operations: Vec<Operation>,
     pub orders: Vec<Order>,
+    pub power_orders: Vec<(String, PowerAction)>,
 }
 
 impl Changes {
@@ -257,6 +264,7 @@ impl<'a> Pass<'a> {
             operations: vec![],
             new_operations: vec![],
             orders: vec![],
+            power_orders: vec![],
             ordered: HashMap::new(),
             discs_by_vm,
             reported_on,
@@ -283,6 +291,7 @@ impl<'a> Pass<'a> {
         vms::plan(self);
         vm_migrations::plan(self);
         disc_migrations::plan(self);
+        upgrades::plan(self);
         discs::plan(self);
         vms::remove_rogues(self);
         discs::remove_strays(self);
@@ -298,6 +307,7 @@ impl<'a> Pass<'a> {
             operations: self.operations,
             new_operations: self.new_operations,
             orders: self.orders,
+            power_orders: self.power_orders,
         }
     }
 
@@ -313,6 +323,29 @@ impl<'a> Pass<'a> {
         self.vms
             .entry(id.0)
             .or_insert_with(|| model.vm(id).expect("VM id from the model").clone())
+    }
+
+    /// The node record as this pass sees it (its own changes included).
+    pub fn node(&self, node_id: &str) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .rev()
+            .find(|n| n.node_id == node_id)
+            .or_else(|| self.model.nodes.get(node_id))
+    }
+
+    /// The node record, to change; `None` for a node the model lacks.
+    /// Changes by earlier steps of this pass are kept.
+    pub fn node_mut(&mut self, node_id: &str) -> Option<&mut Node> {
+        let i = match self.nodes.iter().rposition(|n| n.node_id == node_id) {
+            Some(i) => i,
+            None => {
+                let node = self.model.nodes.get(node_id)?.clone();
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        self.nodes.get_mut(i)
     }
 
     pub fn disc(&self, id: DiscId) -> Option<&Disc> {

@@ -85,6 +85,12 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
     let seq = op.id.0;
     let at_source = at.vms.get(&vm_id);
     let at_dest = to.vms.get(&vm_id);
+    // From here on both heads may open the discs, and what the destination
+    // runs is the migration's, not a rogue, even while the model still
+    // places the VM on the source: the two heads report the switch-over
+    // on separate connections, so a pass may see the source's copy gone
+    // before the destination's says it runs.
+    p.vm_handover.insert(vm_id, dest.clone());
 
     // Switched over: the guest runs on the destination.
     if let Some((spec, generation)) =
@@ -94,7 +100,12 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
             // The source's qemu is left paused after the switch-over.
             let name = vm_resource(vm_id);
             if p.may_order(&source, &name) {
-                p.order(&source, Action::Remove(name), source_generation + 1);
+                // Every generation ordered is kept in the record, so a later
+                // create on this head (moving back) is never taken for a
+                // repeat of an order it already applied.
+                let generation = p.vm_mut(vm_id).generation.max(*source_generation) + 1;
+                p.vm_mut(vm_id).generation = generation;
+                p.order(&source, Action::Remove(name), generation);
             }
             return set_phase(p, op, "switching over", None);
         }
@@ -121,8 +132,6 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
         return finish(p, op, Err(format!("the migration failed: {why}")));
     }
 
-    // From here on both heads may open the discs.
-    p.vm_handover.insert(vm_id, dest.clone());
     let (Some(source_address), Some(dest_address)) = (
         p.node_address(&source).map(str::to_owned),
         p.node_address(&dest).map(str::to_owned),
@@ -218,6 +227,13 @@ fn create_destination(
 
 /// Emptying a head: its VMs migrate away, a couple at a time.
 fn empty_head(p: &mut Pass<'_>, op: &Operation, node_id: &str) {
+    let e = head_evacuation(p, node_id);
+    evacuate(p, op, e);
+}
+
+/// What emptying a head means: the VMs the model places on it migrate to
+/// heads the scheduler picks (anti-affinity honoured), a couple at a time.
+pub(super) fn head_evacuation(p: &Pass<'_>, node_id: &str) -> Evacuation<VmId> {
     let remaining: Vec<VmId> = p
         .model
         .vms
@@ -228,25 +244,21 @@ fn empty_head(p: &mut Pass<'_>, op: &Operation, node_id: &str) {
                 .is_some_and(|v| !v.deleted && v.head.as_deref() == Some(node_id))
         })
         .collect();
-    evacuate(
-        p,
-        op,
-        Evacuation {
-            remaining,
-            moves: |kind| match kind {
-                OperationKind::MigrateVm { vm_id, .. } => Some(*vm_id),
-                _ => None,
-            },
-            child: |vm_id| OperationKind::MigrateVm {
-                vm_id,
-                to_head: None,
-            },
-            concurrency: EMPTY_HEAD_CONCURRENCY,
-            name: |p, vm| {
-                p.vm(vm)
-                    .map_or_else(|| format!("VM {}", vm.0), |v| v.name.clone())
-            },
-            phase: "migrating servers",
+    Evacuation {
+        remaining,
+        moves: |kind| match kind {
+            OperationKind::MigrateVm { vm_id, .. } => Some(*vm_id),
+            _ => None,
         },
-    );
+        child: |vm_id| OperationKind::MigrateVm {
+            vm_id,
+            to_head: None,
+        },
+        concurrency: EMPTY_HEAD_CONCURRENCY,
+        name: |p, vm| {
+            p.vm(vm)
+                .map_or_else(|| format!("VM {}", vm.0), |v| v.name.clone())
+        },
+        phase: "migrating servers",
+    }
 }

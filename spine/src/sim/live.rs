@@ -13,7 +13,7 @@ use crate::resource::{
     VmSpec,
 };
 
-use super::{SimHandler, mirror};
+use super::{GuestEventKind, SimHandler, mirror};
 
 /// Progress as the source reports it when the migration starts.
 pub(super) fn started(order: &VmMigrationOrder, memory_mib: u64) -> VmMigrationProgress {
@@ -61,14 +61,18 @@ pub(super) async fn run(source: Arc<SimHandler>, vm: String, order: VmMigrationO
     // Switch-over: the guest runs on the destination, the source ends.
     let running = {
         let mut state = destination.state();
-        state.vms.get_mut(&vm).map(|v| {
+        let arrived = state.vms.get_mut(&vm).map(|v| {
             if let Some(endpoint) = v.incoming.take().and_then(|i| i.endpoint) {
                 mirror::forget(&endpoint);
             }
             v.state = Some(VmRunState::Running);
             v.started_at = started_at;
             v.clone()
-        })
+        });
+        if arrived.is_some() {
+            destination.guest_event(&mut state, &vm, GuestEventKind::MigratedIn);
+        }
+        arrived
     };
     let Some(running) = running else { return };
     destination
@@ -80,6 +84,7 @@ pub(super) async fn run(source: Arc<SimHandler>, vm: String, order: VmMigrationO
         let mut state = source.state();
         state.vms.remove(&vm);
         state.mirrors.remove(&name);
+        source.guest_event(&mut state, &vm, GuestEventKind::MigratedOut);
     }
     source.notifier().destroyed(name).await;
     source.report(None).await;

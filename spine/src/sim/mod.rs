@@ -44,8 +44,46 @@ impl SimHardware {
     }
 }
 
+/// What happened to a guest on a simulated head: tests read these to
+/// tell a guest that kept running (moved only by live migration) from one
+/// that was stopped or started twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestEventKind {
+    /// A fresh guest started (a create without `incoming`).
+    Booted,
+    /// The guest arrived by live migration and runs here now.
+    MigratedIn,
+    /// The guest left by live migration (it runs on the destination).
+    MigratedOut,
+    /// The guest stopped here: removed, powered down, crashed, or the
+    /// node rebooted under it.
+    Stopped(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct GuestEvent {
+    pub at: std::time::Instant,
+    pub node: String,
+    /// The VM's name on the spine (`vm.NAME` without `vm.`).
+    pub vm: String,
+    pub kind: GuestEventKind,
+}
+
+/// One reboot a simulated node carried out.
+#[derive(Debug, Clone)]
+pub struct SimReboot {
+    /// When it acknowledged the order and went down.
+    pub down_at: std::time::Instant,
+    /// When it started reconnecting (`None` while still down).
+    pub up_at: Option<std::time::Instant>,
+    /// The image version it came back with.
+    pub version: String,
+}
+
 #[derive(Default)]
 struct SimState {
+    /// Every guest start, stop and move on this node, oldest first.
+    guests: Vec<GuestEvent>,
     vms: BTreeMap<String, VmSpec>,
     discs: BTreeMap<ResourceName, DiscSpec>,
     /// Mirrors running from this tail: their `migrate_to.seq` and task.
@@ -64,6 +102,7 @@ struct SimHandler {
     fail_mirrors: AtomicBool,
     /// Test knob: how long a mirror from this tail copies, ms.
     mirror_ms: std::sync::atomic::AtomicU64,
+    node_id: OnceLock<String>,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> OrderError {
@@ -80,6 +119,35 @@ fn now_unix() -> u64 {
 impl SimHandler {
     fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
         self.state.lock().expect("sim state poisoned")
+    }
+
+    fn node_id(&self) -> String {
+        self.node_id.get().cloned().unwrap_or_default()
+    }
+
+    /// Notes a guest event in `state`.
+    fn guest_event(&self, state: &mut SimState, vm: &str, kind: GuestEventKind) {
+        state.guests.push(GuestEvent {
+            at: std::time::Instant::now(),
+            node: self.node_id(),
+            vm: vm.to_owned(),
+            kind,
+        });
+    }
+
+    /// Every guest stops: the node reboots or powers off.
+    fn stop_all(&self, why: &'static str) {
+        let mut state = self.state();
+        let running: Vec<String> = state
+            .vms
+            .iter()
+            .filter(|(_, v)| v.incoming.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for vm in running {
+            self.guest_event(&mut state, &vm, GuestEventKind::Stopped(why));
+        }
+        state.vms.clear();
     }
 
     fn notifier(&self) -> &Notifier {
@@ -191,9 +259,11 @@ impl SimHandler {
         if new_signal.is_some_and(|s| s.kind == SignalKind::Powerdown) {
             // The simulated guest obeys ACPI at once: qemu exits.
             state.vms.remove(name);
+            self.guest_event(&mut state, name, GuestEventKind::Stopped("powered down"));
             return Ok(None);
         }
         let resource = ResourceName::vm(name);
+        let mut booted = false;
         match old {
             None if spec.incoming.is_some() => {
                 // Waiting for the migration stream: no guest runs here yet.
@@ -210,6 +280,7 @@ impl SimHandler {
                 spec.started_at = old.started_at;
             }
             _ => {
+                booted = old.is_none();
                 spec.incoming = None;
                 spec.state = Some(VmRunState::Running);
                 spec.started_at = Some(old.and_then(|v| v.started_at).unwrap_or_else(now_unix));
@@ -218,6 +289,9 @@ impl SimHandler {
         }
         self.steer_migration(&mut state, name, &mut spec);
         state.vms.insert(name.to_owned(), spec.clone());
+        if booted {
+            self.guest_event(&mut state, name, GuestEventKind::Booted);
+        }
         Ok(Some(Resource::vm(name, spec)))
     }
 
@@ -398,6 +472,9 @@ impl NodeHandler for SimHandler {
                         task.abort();
                     }
                     let gone = state.vms.remove(vm);
+                    if gone.as_ref().is_some_and(|v| v.incoming.is_none()) {
+                        self.guest_event(&mut state, vm, GuestEventKind::Stopped("removed"));
+                    }
                     if let Some(endpoint) = gone
                         .as_ref()
                         .and_then(|v| v.incoming.as_ref()?.endpoint.clone())
@@ -439,7 +516,16 @@ pub struct SimNode {
     powered_off: Mutex<bool>,
     power_on: Notify,
     sessions: std::sync::atomic::AtomicU64,
+    /// Test knob: how long a reboot keeps the node off the spine.
+    reboot_delay: Mutex<Duration>,
+    /// Test knob: the image version the node comes back with after a
+    /// reboot (`None`: the one it had, as a machine booting the same image).
+    boot_version: Mutex<Option<String>>,
+    reboots: Mutex<Vec<SimReboot>>,
 }
+
+/// How long a simulated reboot keeps a node away unless a test says.
+pub const DEFAULT_REBOOT_DELAY: Duration = Duration::from_millis(200);
 
 impl SimNode {
     /// A node that will connect to `brain_addr` once [`SimNode::run`] runs.
@@ -452,6 +538,7 @@ impl SimNode {
             me: OnceLock::new(),
             fail_mirrors: AtomicBool::new(false),
             mirror_ms: mirror::DEFAULT_COPY_MS.into(),
+            node_id: OnceLock::from(config.hello.node_id.clone()),
         });
         let _ = handler.me.set(Arc::downgrade(&handler));
         let agent = NodeAgent::new(config, handler.clone());
@@ -463,6 +550,9 @@ impl SimNode {
             powered_off: Mutex::new(false),
             power_on: Notify::new(),
             sessions: 0.into(),
+            reboot_delay: Mutex::new(DEFAULT_REBOOT_DELAY),
+            boot_version: Mutex::new(None),
+            reboots: Mutex::default(),
         })
     }
 
@@ -503,10 +593,26 @@ impl SimNode {
             match self.agent.session().await {
                 Ok(PowerAction::Reboot) => {
                     // A reboot loses every VM and forgets nothing on discs.
-                    self.handler.state().vms.clear();
+                    self.handler.stop_all("the node rebooted");
+                    let down_at = std::time::Instant::now();
+                    let delay = *self.reboot_delay.lock().expect("knob poisoned");
+                    tokio::time::sleep(delay).await;
+                    let version = self.boot_version.lock().expect("knob poisoned").clone();
+                    if let Some(v) = version {
+                        self.agent.set_image_version(v);
+                    }
+                    tracing::debug!(node = self.node_id(), version = %self.agent.image_version(), "sim node rebooted");
+                    self.reboots
+                        .lock()
+                        .expect("reboots poisoned")
+                        .push(SimReboot {
+                            down_at,
+                            up_at: Some(std::time::Instant::now()),
+                            version: self.agent.image_version(),
+                        });
                 }
                 Ok(PowerAction::Poweroff) => {
-                    self.handler.state().vms.clear();
+                    self.handler.stop_all("the node powered off");
                     *self.powered_off.lock().expect("power poisoned") = true;
                 }
                 Err(e) => tracing::debug!(node = self.node_id(), error = %e, "sim session ended"),
@@ -530,6 +636,34 @@ impl SimNode {
         }
     }
 
+    /// Makes reboots keep the node off the spine for `delay` (default
+    /// [`DEFAULT_REBOOT_DELAY`]); a long one stands for a node that does
+    /// not come back.
+    pub fn reboot_delay(&self, delay: Duration) {
+        *self.reboot_delay.lock().expect("knob poisoned") = delay;
+    }
+
+    /// The image version the node declares after its next reboot (as if
+    /// it network-booted that image).
+    pub fn boot_version(&self, version: &str) {
+        *self.boot_version.lock().expect("knob poisoned") = Some(version.to_owned());
+    }
+
+    /// The image version its next hello declares.
+    pub fn image_version(&self) -> String {
+        self.agent.image_version()
+    }
+
+    /// The reboots it carried out, oldest first.
+    pub fn reboots(&self) -> Vec<SimReboot> {
+        self.reboots.lock().expect("reboots poisoned").clone()
+    }
+
+    /// Every guest start, stop and move on this node, oldest first.
+    pub fn guest_log(&self) -> Vec<GuestEvent> {
+        self.handler.state().guests.clone()
+    }
+
     /// The VMs this node runs now.
     pub fn vms(&self) -> BTreeMap<String, VmSpec> {
         self.handler.state().vms.clone()
@@ -541,7 +675,15 @@ impl SimNode {
 
     /// The VM's qemu "dies": the brain hears `destroyed`.
     pub async fn crash_vm(&self, name: &str) -> bool {
-        let existed = self.handler.state().vms.remove(name).is_some();
+        let existed = {
+            let mut state = self.handler.state();
+            let existed = state.vms.remove(name).is_some();
+            if existed {
+                self.handler
+                    .guest_event(&mut state, name, GuestEventKind::Stopped("crashed"));
+            }
+            existed
+        };
         if existed {
             self.handler
                 .notifier()
@@ -635,6 +777,13 @@ impl SimFleet {
 
     pub fn node(&self, node_id: &str) -> Option<&Arc<SimNode>> {
         self.nodes.iter().find(|n| n.node_id() == node_id)
+    }
+
+    /// Every node's guest events, in the order they happened.
+    pub fn guest_log(&self) -> Vec<GuestEvent> {
+        let mut all: Vec<GuestEvent> = self.nodes.iter().flat_map(|n| n.guest_log()).collect();
+        all.sort_by_key(|e| e.at);
+        all
     }
 }
 

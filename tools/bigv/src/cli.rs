@@ -1023,4 +1023,34 @@ pub enum Admin {
     /// Forget a boot LAN machine
     #[command(subcommand)]
     Delete(AdminDelete),
+    /// Roll every head and tail onto a node image version, one at a time
+    #[command(subcommand)]
+    Upgrade(UpgradeCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeStartArgs {
+    /// A stored node image version (see `admin show node-images`)
+    pub version: String,
+    /// Seconds each node may take from its reboot order to being back (default 900)
+    #[arg(long, value_name = "SECS")]
+    pub reboot_timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeIdArg {
+    /// The upgrade's id (default: the latest)
+    pub id: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCmd {
+    /// Start an upgrade to VERSION and follow it (--no-wait returns at once)
+    Start(UpgradeStartArgs),
+    /// Show an upgrade: nodes done, the current node and its step, timings
+    Show(UpgradeIdArg),
+    /// Follow an upgrade until it ends, with a progress bar on a terminal
+    Watch(UpgradeIdArg),
+    /// Stop the running upgrade (a node being emptied goes back into service)
+    Cancel(UpgradeIdArg),
 }

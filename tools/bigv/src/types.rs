@@ -406,6 +406,46 @@ impl Operation {
     }
 }
 
+/// A rolling upgrade (`/admin/upgrades/{id}`): an operation with its nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Upgrade {
+    pub id: OperationId,
+    pub description: String,
+    pub state: String,
+    pub phase: String,
+    pub progress: u64,
+    pub error: Option<String>,
+    pub version: String,
+    pub from_version: Option<String>,
+    pub reboot_timeout_secs: u64,
+    pub nodes: Vec<UpgradeNode>,
+    pub current_node: Option<String>,
+    pub nodes_done: u64,
+    pub nodes_total: u64,
+    pub created_at: String,
+}
+
+impl Upgrade {
+    pub fn finished(&self) -> bool {
+        self.state != "running"
+    }
+}
+
+/// One node of an upgrade.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct UpgradeNode {
+    pub label: String,
+    pub role: String,
+    pub step: String,
+    pub note: Option<String>,
+    pub to_move: u64,
+    pub evacuate_secs: Option<u64>,
+    pub reboot_secs: Option<u64>,
+    pub total_secs: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ mod nodes;
 mod operations;
 mod pools;
 mod settings;
+mod upgrades;
 mod users;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,7 @@ pub fn router() -> Router<AppState> {
         .merge(boot::router())
         .merge(operations::router())
         .merge(settings::router())
+        .merge(upgrades::router())
         .merge(users::router())
 }
 

@@ -45,7 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/migration_jobs/{id}", get(show_job))
 }
 
-fn state_name(state: OperationState) -> &'static str {
+pub(super) fn state_name(state: OperationState) -> &'static str {
     match state {
         OperationState::Running => "running",
         OperationState::Done => "done",
@@ -84,6 +84,7 @@ fn describe(model: &Model, kind: &OperationKind) -> String {
             vm_id,
             distribution,
         } => format!("reimage {} with {distribution}", vm_name(*vm_id)),
+        OperationKind::Upgrade { version, .. } => format!("upgrade the nodes to {version}"),
     }
 }
 
@@ -112,11 +113,14 @@ pub(super) fn operation_view(model: &Model, op: &Operation) -> Value {
         ] {
             map.insert(key.into(), value);
         }
+        if let OperationKind::Upgrade { nodes, .. } = &op.kind {
+            super::upgrades::add_progress(map, nodes);
+        }
     }
     view
 }
 
-fn new_operation(id: u64, kind: OperationKind, total: u64, now: u64) -> Operation {
+pub(super) fn new_operation(id: u64, kind: OperationKind, total: u64, now: u64) -> Operation {
     Operation {
         id: OperationId(id),
         kind,
@@ -158,7 +162,7 @@ fn vm_busy(model: &Model, vm: &Vm) -> Option<Operation> {
     .cloned()
 }
 
-fn busy_error(model: &Model, what: &str, op: &Operation) -> ApiError {
+pub(super) fn busy_error(model: &Model, what: &str, op: &Operation) -> ApiError {
     ApiError::refused(format!(
         "{what} already has operation {} running ({}); wait for it or cancel it first",
         op.id,

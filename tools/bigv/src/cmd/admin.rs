@@ -23,7 +23,7 @@ use crate::types::{
     Disc, Head, Image, IpRange, LogLine, Machine, NodeImage, Operation, Pool, Tail, Vlan,
 };
 
-fn read<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
+pub(super) fn read<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
     serde_json::from_value(value.clone()).map_err(|e| {
         CliError::new(
             Exit::ApiInternal,
@@ -157,6 +157,7 @@ pub fn dispatch(ctx: &Ctx, a: Admin) -> Result<()> {
             Ok(())
         }
         Admin::Add(add) => admin_add(ctx, add),
+        Admin::Upgrade(u) => super::upgrade::dispatch(ctx, u),
         Admin::Delete(AdminDelete::Machine(m)) => {
             ctx.client()?.delete(
                 &format!("/admin/machines/{}", seg(&m.name)),

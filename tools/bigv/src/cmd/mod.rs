@@ -10,6 +10,7 @@ pub mod definitions;
 pub mod discs;
 pub mod privileges;
 pub mod servers;
+pub mod upgrade;
 pub mod users;
 
 use std::cell::OnceCell;
