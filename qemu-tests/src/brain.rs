@@ -181,16 +181,6 @@ impl Admin {
         self.send(req, &format!("PUT {path}")).await
     }
 
-    /// `PUT path` with raw bytes (a template's content).
-    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Value {
-        let req = self
-            .http
-            .put(format!("http://{API}{path}"))
-            .header("content-type", "application/octet-stream")
-            .body(bytes);
-        self.send(req, &format!("PUT {path}")).await
-    }
-
     /// The node with this id in `/admin/heads` or `/admin/tails`.
     pub async fn node(&self, list: &str, id: &str) -> Option<Value> {
         self.get(list)

@@ -35,6 +35,17 @@ impl Bigv {
 
     /// Runs `bigv ARGS…`; returns stdout, or stdout+stderr as the error.
     pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
+        self.output(args).map(|(out, _)| out)
+    }
+
+    /// Runs `bigv ARGS…` and fails the test if it fails; returns stdout
+    /// and stderr together (where notes go).
+    pub fn run_all(&self, args: &[&str]) -> String {
+        let (out, err) = self.output(args).unwrap_or_else(|e| panic!("{e}"));
+        out + &err
+    }
+
+    fn output(&self, args: &[&str]) -> Result<(String, String), String> {
         let o = std::process::Command::new("ip")
             .args(["netns", "exec", &self.ns])
             .arg(&self.bin)
@@ -51,7 +62,7 @@ impl Bigv {
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         eprintln!("$ bigv {}\n{out}{err}", args.join(" "));
         if o.status.success() {
-            Ok(out)
+            Ok((out, err))
         } else {
             Err(format!("bigv {args:?}: {}\n{out}{err}", o.status))
         }
