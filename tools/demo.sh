@@ -108,7 +108,8 @@ bigv admin show storage pools
 cat <<TXT
 
 The demo cluster is up: brain API http://$api (its store in $state/brain),
-2 heads and 1 tail booted over PXE in qemu (consoles in $state/logs).
+2 heads and 1 tail booted over PXE in qemu (consoles in $state/logs); the
+tail serves a 20 GiB sata pool from a blank disc it formatted at boot.
 bigv is logged in as $BIGV_USER (profile "default"). Try:
 
     export PATH="$bin:\$PATH"

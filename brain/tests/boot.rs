@@ -219,6 +219,108 @@ async fn scripts_follow_registration_and_the_enrollment_policy() {
 }
 
 #[tokio::test]
+async fn a_tails_registered_pools_and_discs_reach_its_command_line() {
+    let tb = boot_brain().await;
+    let su = tb.su().await;
+    let (status, m) = tb
+        .post(
+            &su,
+            "/admin/machines",
+            json!({
+                "mac": TAIL_MAC,
+                "role": "tail",
+                "pools": ["sata1:sata:/srv/sata1", "scratch:ram:/run/bigv/pools/scratch"],
+                "discs": ["vdb:/srv/sata1:format"],
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{m}");
+    assert_eq!(m["discs"], json!(["vdb:/srv/sata1:format"]), "{m}");
+    let want = "bigv.pool=sata1:sata:/srv/sata1 bigv.pool=scratch:ram:/run/bigv/pools/scratch bigv.disc=vdb:/srv/sata1:format";
+    eventually("the tail's storage on its command line", 10, || async {
+        let (s, b) = script(&tb, TAIL_MAC).await;
+        (s == StatusCode::OK && b.contains(want)).then_some(())
+    })
+    .await;
+
+    // Registering again without them keeps them; an empty list clears.
+    let (status, m) = tb
+        .post(
+            &su,
+            "/admin/machines",
+            json!({"mac": TAIL_MAC, "role": "tail", "boot_address": "10.0.0.21"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["pools"].as_array().map(Vec::len), Some(2), "{m}");
+    assert_eq!(m["boot_address"], "10.0.0.21", "{m}");
+    tb.post(
+        &su,
+        "/admin/machines",
+        json!({"mac": TAIL_MAC, "role": "tail", "discs": [], "boot_address": null}),
+    )
+    .await;
+    eventually("the disc gone from the command line", 10, || async {
+        let (s, b) = script(&tb, TAIL_MAC).await;
+        (s == StatusCode::OK && b.contains("bigv.pool=sata1") && !b.contains("bigv.disc="))
+            .then_some(())
+    })
+    .await;
+
+    // Mistakes are refused naming the field, and change nothing.
+    for (body, field, says) in [
+        (
+            json!({"mac": TAIL_MAC, "role": "tail", "pools": ["sata1:sata:srv"]}),
+            "pools",
+            "NAME:GRADE:/DIR",
+        ),
+        (
+            json!({"mac": TAIL_MAC, "role": "tail", "pools": ["a:sata:/srv/a", "a:ssd:/srv/b"]}),
+            "pools",
+            "used twice",
+        ),
+        (
+            json!({"mac": TAIL_MAC, "role": "tail", "discs": ["vdb:/srv/a:wipe"]}),
+            "discs",
+            "DEV:/DIR",
+        ),
+        (
+            json!({"mac": TAIL_MAC, "role": "tail", "discs": "vdb:/srv/a"}),
+            "discs",
+            "list of strings",
+        ),
+        (
+            json!({"mac": STRANGER, "role": "head", "pools": ["a:sata:/srv/a"]}),
+            "pools",
+            "only tails",
+        ),
+    ] {
+        let (status, reply) = tb.post(&su, "/admin/machines", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+        let msg = reply[field].to_string();
+        assert!(msg.contains(says), "{field}: {reply}");
+    }
+    let (_, m) = tb.get(&su, &format!("/admin/machines/{TAIL_MAC}")).await;
+    assert_eq!(m["pools"].as_array().map(Vec::len), Some(2), "{m}");
+    assert_eq!(m["discs"], json!([]), "{m}");
+    assert_eq!(m["boot_address"], json!(null), "{m}");
+
+    // A head never gets storage arguments, even registered over a tail.
+    tb.post(
+        &su,
+        "/admin/machines",
+        json!({"mac": TAIL_MAC, "role": "head"}),
+    )
+    .await;
+    let body = eventually("the machine's head script", 10, || async {
+        let (s, b) = script(&tb, TAIL_MAC).await;
+        (s == StatusCode::OK && b.contains("bigv.role=head")).then_some(b)
+    })
+    .await;
+    assert!(!body.contains("bigv.pool="), "{body}");
+}
+
+#[tokio::test]
 async fn a_node_on_another_image_than_it_was_booted_with_is_flagged_and_unused() {
     let tb = TestBrain::start().await;
     let su = tb.su().await;
@@ -235,6 +337,8 @@ async fn a_node_on_another_image_than_it_was_booted_with_is_flagged_and_unused()
                 booted_version: Some("v2".into()),
                 first_seen: None,
                 last_boot_at: None,
+                pools: vec![],
+                discs: vec![],
             })
         })
         .await

@@ -51,12 +51,18 @@ impl Role {
     }
 }
 
-/// A machine to rack: its role, boot NIC MAC and memory.
+/// A machine to rack: its role, boot NIC MAC and memory; for a tail, a
+/// blank data disc and the storage the brain hands it at boot.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
     pub role: Role,
     pub mac: String,
     pub memory_mib: u32,
+    /// A sparse raw file of this size, the machine's disc `vda`.
+    pub data_disc_mib: Option<u64>,
+    /// Registered with the machine: `NAME:GRADE:/DIR`, `DEV:/DIR[:format]`.
+    pub pools: Vec<String>,
+    pub discs: Vec<String>,
 }
 
 impl NodeSpec {
@@ -68,15 +74,33 @@ impl NodeSpec {
             role: Role::Head,
             mac: format!("52:54:00:8e:01:{n:02x}"),
             memory_mib: 3072,
+            data_disc_mib: None,
+            pools: vec![],
+            discs: vec![],
         }
     }
 
-    /// Tail `n` (from 1): no disc, so it serves the RAM scratch pool.
+    /// Tail `n` (from 1): no disc and no pools, so it serves the RAM
+    /// scratch pool.
     pub fn tail(n: u8) -> NodeSpec {
         NodeSpec {
             role: Role::Tail,
             mac: format!("52:54:00:8e:02:{n:02x}"),
             memory_mib: 768,
+            data_disc_mib: None,
+            pools: vec![],
+            discs: vec![],
+        }
+    }
+
+    /// Tail `n` with a blank `mib` data disc that init formats (ext4) and
+    /// mounts on /srv/sata1, served as pool `sata1` of grade `sata`.
+    pub fn tail_with_sata_disc(n: u8, mib: u64) -> NodeSpec {
+        NodeSpec {
+            data_disc_mib: Some(mib),
+            pools: vec!["sata1:sata:/srv/sata1".into()],
+            discs: vec!["vda:/srv/sata1:format".into()],
+            ..NodeSpec::tail(n)
         }
     }
 
@@ -168,6 +192,12 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no tap left for {spec:?}"))
             .clone();
         let name = format!("{}-{}", spec.role.name(), spec.mac.replace(':', ""));
+        let disc = spec.data_disc_mib.map(|mib| {
+            let path = logs.file(&format!("{name}-disc.raw"));
+            let f = std::fs::File::create(&path).expect("the data disc file");
+            f.set_len(mib << 20).expect("sizing the data disc");
+            path
+        });
         let vm = Vm::power_on(
             &self.ns,
             &VmSpec {
@@ -176,6 +206,7 @@ impl Cluster {
                 memory_mib: spec.memory_mib,
                 cpu: spec.cpu(),
                 direct: None,
+                data_disc: disc.as_deref(),
             },
             &logs.file(&format!("{name}-serial.log")),
             &logs.file(&format!("{name}-qemu.log")),
@@ -286,7 +317,7 @@ impl Cluster {
             admin
                 .post(
                     "/admin/machines",
-                    json!({"mac": s.mac, "role": s.role.name()}),
+                    json!({"mac": s.mac, "role": s.role.name(), "pools": s.pools, "discs": s.discs}),
                 )
                 .await;
         }

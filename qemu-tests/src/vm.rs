@@ -18,6 +18,8 @@ pub struct VmSpec<'a> {
     pub cpu: Option<&'a str>,
     /// None: PXE, as real nodes boot. Some: qemu loads the kernel itself.
     pub direct: Option<&'a DirectBoot>,
+    /// A raw file attached as the machine's (virtio) data disc: `vda`.
+    pub data_disc: Option<&'a Path>,
 }
 
 /// What iPXE would have loaded, handed to qemu instead.
@@ -59,6 +61,12 @@ impl Vm {
                 .arg(&d.initrd)
                 .args(["-append", &d.cmdline]),
         };
+        if let Some(disc) = spec.data_disc {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                disc.display()
+            ));
+        }
         let child = cmd
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))

@@ -51,17 +51,20 @@ fn demo_up_and_down() {
 
     // bigv, as the script left it (logged in, profile default), sees the
     // cluster: two accepted heads and a tail, online.
-    let bigv = bigv_qemu_tests::target_dir().join("debug/bigv");
-    for (list, n) in [("heads", 2), ("tails", 1)] {
-        let o = Command::new(&bigv)
-            .args(["admin", "show", list, "--json"])
+    let bigv = |args: &[&str]| -> Value {
+        let o = Command::new(bigv_qemu_tests::target_dir().join("debug/bigv"))
+            .args(args)
+            .arg("--json")
             .env("BIGV_CONFIG_DIR", &config)
             .env_remove("BIGV_USER")
             .env_remove("BIGV_PASS")
             .output()
             .unwrap();
-        assert!(o.status.success(), "bigv admin show {list}: {o:?}");
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(o.status.success(), "bigv {args:?}: {o:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    for (list, n) in [("heads", 2), ("tails", 1)] {
+        let v = bigv(&["admin", "show", list]);
         let ready = v
             .as_array()
             .unwrap()
@@ -70,6 +73,20 @@ fn demo_up_and_down() {
             .count();
         assert_eq!(ready, n, "{list}: {v:#}");
     }
+    // The tail's blank data disc was formatted and mounted by init, as the
+    // brain's command line said, and is served as a sata pool.
+    let pools = bigv(&["admin", "show", "storage", "pools"]);
+    let sata = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["grade"] == "sata")
+        .unwrap_or_else(|| panic!("no sata pool: {pools:#}"));
+    let size_mib = sata["size"].as_u64().unwrap();
+    assert!(
+        (15 * 1024..=20 * 1024).contains(&size_mib),
+        "the 20 GiB disc's pool: {sata:#}"
+    );
 
     drop(guard);
     assert!(!state.exists(), "demo.sh down left {}", state.display());

@@ -13,6 +13,7 @@ pub mod check;
 pub mod images;
 pub mod manifest;
 pub mod policy;
+pub mod storage;
 pub mod task;
 
 use std::collections::HashMap;

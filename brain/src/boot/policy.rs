@@ -50,6 +50,8 @@ pub struct Entry {
     /// Known (a node or a registered machine) rather than enrolling.
     pub known: bool,
     pub address: Option<Ipv4Addr>,
+    /// Its storage (`storage::kernel_args`), for its command line.
+    pub storage_args: Vec<String>,
 }
 
 /// Where nodes find the brain and what they pin.
@@ -92,6 +94,7 @@ impl BootView {
                     role: m.role,
                     known: m.registered,
                     address: m.boot_address.as_deref().and_then(|a| a.parse().ok()),
+                    storage_args: super::storage::kernel_args(m),
                 },
             );
         }
@@ -103,6 +106,7 @@ impl BootView {
                 role: n.role,
                 known: true,
                 address: None,
+                storage_args: vec![],
             });
             e.role = n.role;
             e.known = true;
@@ -140,6 +144,12 @@ impl BootView {
         if role == Role::Head && image.files.contains_key(HEAD_INITRD) {
             initrds.push(HEAD_INITRD.to_string());
         }
+        let mut extra_args = self.params.extra_args.clone();
+        if role == Role::Tail
+            && let Some(e) = self.machines.get(&mac)
+        {
+            extra_args.extend(e.storage_args.iter().cloned());
+        }
         Some(NodeBoot {
             role: role_name(role).into(),
             image_version: image.version.clone(),
@@ -147,7 +157,7 @@ impl BootView {
             initrds,
             spine: self.params.spine,
             cert_sha256: self.params.cert_sha256,
-            extra_args: self.params.extra_args.clone(),
+            extra_args,
         })
     }
 }
@@ -285,6 +295,8 @@ mod tests {
             booted_version: None,
             first_seen: None,
             last_boot_at: None,
+            pools: vec![],
+            discs: vec![],
         };
         m.machines.insert(
             REGISTERED.into(),

@@ -39,6 +39,8 @@ fn machine_or_new(model: &Model, mac: MacAddr, role: Role, now: u64) -> Machine 
         booted_version: None,
         first_seen: Some(now),
         last_boot_at: None,
+        pools: vec![],
+        discs: vec![],
     }
 }
 

@@ -302,6 +302,13 @@ pub struct Machine {
     pub first_seen: Option<u64>,
     #[serde(default)]
     pub last_boot_at: Option<u64>,
+    /// Tails: storage pools, `NAME:GRADE:/DIR`, and data discs,
+    /// `DEV:/DIR[:format]`, handed over on the kernel command line
+    /// (`boot/storage.rs`); they apply from its next boot.
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub discs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -146,7 +146,12 @@ async fn direct_boot(
     // The boot services see a newly registered machine within a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let script = loop {
-        match http.get(&url).send().await.and_then(|r| r.error_for_status()) {
+        match http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+        {
             Ok(r) => break r.text().await.expect("the iPXE script"),
             Err(e) if std::time::Instant::now() > deadline => panic!("GET {url}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -196,6 +201,7 @@ async fn boot_once(
             memory_mib: spec.memory_mib,
             cpu: spec.cpu(),
             direct,
+            data_disc: None,
         },
         &logs.file(&format!("{name}-serial.log")),
         &logs.file(&format!("{name}-qemu.log")),

@@ -22,6 +22,9 @@ use clap::Parser;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Each tail's data disc (a sparse file in the state folder).
+const DISC_MIB: u64 = 20 * 1024;
+
 #[derive(Parser)]
 #[command(about = "Runs the BigV demo cluster in qemu until SIGTERM or Ctrl-C")]
 struct Args {
@@ -73,7 +76,7 @@ fn main() -> ExitCode {
         let admin = Admin::login(&mut cluster.brain).await;
         let specs: Vec<NodeSpec> = (1..=args.heads)
             .map(NodeSpec::head)
-            .chain((1..=args.tails).map(NodeSpec::tail))
+            .chain((1..=args.tails).map(|n| NodeSpec::tail_with_sata_disc(n, DISC_MIB)))
             .collect();
         cluster.bring_up(&admin, &specs, &mut logs).await;
         write_processes(&args.state, &cluster);

@@ -946,6 +946,13 @@ pub struct AddMachineArgs {
     /// A fixed IPv4 address on the boot LAN
     #[arg(long)]
     pub boot_address: Option<String>,
+    /// Tails: a storage pool NAME:GRADE:/DIR (repeatable), from its next boot
+    #[arg(long = "pool", value_name = "NAME:GRADE:/DIR")]
+    pub pools: Vec<String>,
+    /// Tails: a data disc DEV:/DIR[:format] to mount, formatted only if blank and
+    /// :format is given (repeatable), from its next boot
+    #[arg(long = "disc", value_name = "DEV:/DIR[:format]")]
+    pub discs: Vec<String>,
 }
 
 #[derive(Debug, Args)]

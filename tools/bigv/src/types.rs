@@ -364,6 +364,11 @@ pub struct Machine {
     pub label: Option<String>,
     pub image_version: Option<String>,
     pub image_mismatch: bool,
+    /// Tails: `NAME:GRADE:/DIR` and `DEV:/DIR[:format]`, from the next boot.
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub discs: Vec<String>,
 }
 
 /// A long operation the brain carries out (`/admin/migration_jobs`).

@@ -389,6 +389,36 @@ fn machines_on_the_boot_lan_are_registered_and_listed() {
         run.stdout,
         "▸ 52:54:00:aa:00:01 tail (registered), 10.0.0.31\n"
     );
+    // A tail's storage, handed over at its next boot.
+    h.bigv(&[
+        "admin",
+        "add",
+        "machine",
+        "52:54:00:aa:00:01",
+        "tail",
+        "--pool",
+        "sata1:sata:/srv/sata1",
+        "--disc",
+        "vdb:/srv/sata1:format",
+    ])
+    .ok();
+    let run = h.bigv(&["admin", "show", "machines"]).ok();
+    assert_eq!(
+        run.stdout,
+        "▸ 52:54:00:aa:00:01 tail (registered), 10.0.0.31, pools sata1:sata:/srv/sata1, discs vdb:/srv/sata1:format\n"
+    );
+    let run = h
+        .bigv(&[
+            "admin",
+            "add",
+            "machine",
+            "52:54:00:aa:00:01",
+            "tail",
+            "--disc",
+            "vdb:/srv/sata1:wipe",
+        ])
+        .fails(157);
+    assert!(run.stderr.contains("DEV:/DIR"), "{run:?}");
     let run = h
         .bigv(&["admin", "add", "machine", "52:54:00:aa:00:02", "brain"])
         .fails(157);

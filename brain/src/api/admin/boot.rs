@@ -9,10 +9,15 @@
 //! - `GET /admin/machines`: every machine the boot LAN knows: registered
 //!   by an operator, seen enrolling, or joined (then with its node's
 //!   label, admission and image check).
-//! - `POST /admin/machines` `{mac, role, boot_address?}`: registers a
-//!   machine so that it boots with that role (and fixed address) even
-//!   when enrollment is closed. Registering a machine seen enrolling
-//!   makes it registered with the role given.
+//! - `POST /admin/machines` `{mac, role, boot_address?, pools?, discs?}`:
+//!   registers a machine so that it boots with that role (and fixed
+//!   address) even when enrollment is closed. Registering a machine seen
+//!   enrolling makes it registered with the role given; registering one
+//!   again updates it: fields left out stay as they were, `null` clears
+//!   `boot_address`, `[]` clears `pools`/`discs`. Tails
+//!   only: `pools` (`["NAME:GRADE:/DIR", …]`) and `discs`
+//!   (`["DEV:/DIR[:format]", …]`) go onto its kernel command line
+//!   (`boot/storage.rs`) and apply from its next boot.
 //! - `DELETE /admin/machines/{mac}`: forgets a machine (its node record,
 //!   if any, stays: remove it from service with `usage_strategy`).
 
@@ -35,6 +40,7 @@ use crate::boot::check::{ImageCheck, image_check};
 
 use crate::boot::images::NodeImage;
 use crate::boot::policy::role_name;
+use crate::boot::storage;
 use crate::model::{Admission, Machine, Model, Role};
 
 pub fn router() -> Router<AppState> {
@@ -97,6 +103,8 @@ fn machine_view(model: &Model, m: &Machine) -> Value {
         "label": node.map(|n| n.label.clone()),
         "image_version": node.and_then(|n| n.image_version.clone()),
         "image_mismatch": check.is_mismatch(),
+        "pools": m.pools,
+        "discs": m.discs,
     })
 }
 
@@ -164,6 +172,8 @@ async fn register(
             }
         });
     let role = role(&mut f);
+    // None: keep what is stored; Some(None): clear it.
+    let clear_address = f.has("boot_address") && f.is_null("boot_address");
     let address = if f.has("boot_address") && !f.is_null("boot_address") {
         f.string("boot_address")
             .and_then(|s| match s.parse::<Ipv4Addr>() {
@@ -176,6 +186,15 @@ async fn register(
     } else {
         None
     };
+    let pools = storage_list(&mut f, "pools", storage::check_pools);
+    let discs = storage_list(&mut f, "discs", storage::check_discs);
+    if role == Some(Role::Head) {
+        for (name, v) in [("pools", &pools), ("discs", &discs)] {
+            if v.as_ref().is_some_and(|v| !v.is_empty()) {
+                f.error(name, "only tails have storage pools and data discs");
+            }
+        }
+    }
     let now = state.clock.now();
     let (status, key) = state
         .db
@@ -218,12 +237,31 @@ async fn register(
             let m = Machine {
                 mac: key.clone(),
                 role,
-                boot_address: address.map(|a| a.to_string()),
+                boot_address: match address {
+                    Some(a) => Some(a.to_string()),
+                    None if clear_address => None,
+                    None => existing.as_ref().and_then(|m| m.boot_address.clone()),
+                },
                 registered: true,
                 first_seen: existing.as_ref().and_then(|m| m.first_seen).or(Some(now)),
                 lease: existing.as_ref().and_then(|m| m.lease.clone()),
                 booted_version: existing.as_ref().and_then(|m| m.booted_version.clone()),
                 last_boot_at: existing.as_ref().and_then(|m| m.last_boot_at),
+                pools: pools
+                    .or_else(|| existing.as_ref().map(|m| m.pools.clone()))
+                    .unwrap_or_default(),
+                discs: discs
+                    .or_else(|| existing.as_ref().map(|m| m.discs.clone()))
+                    .unwrap_or_default(),
+            };
+            // A tail registered again as a head keeps no storage.
+            let m = match role {
+                Role::Head => Machine {
+                    pools: vec![],
+                    discs: vec![],
+                    ..m
+                },
+                Role::Tail => m,
             };
             tracing::info!(mac = %m.mac, role = role_name(role), address = ?m.boot_address, "machine registered");
             tx.put(m)?;
@@ -233,6 +271,26 @@ async fn register(
     let model = state.db.read();
     let m = model.machines.get(&key).ok_or(ApiError::NotFound)?;
     Ok((status, Json(machine_view(&model, m))))
+}
+
+/// `pools` or `discs`: absent (None, keep what is stored) or a list of
+/// strings each `check` accepts.
+fn storage_list(
+    f: &mut Fields,
+    name: &str,
+    check: fn(&[String]) -> Result<(), String>,
+) -> Option<Vec<String>> {
+    if !f.has(name) || f.is_null(name) {
+        return None;
+    }
+    let v = f.strings(name)?;
+    match check(&v) {
+        Ok(()) => Some(v),
+        Err(e) => {
+            f.error(name, e);
+            None
+        }
+    }
 }
 
 async fn forget(

@@ -692,6 +692,12 @@ fn show(ctx: &Ctx, s: AdminShow) -> Result<()> {
                             if let Some(v) = &m.booted_version {
                                 s.push_str(&format!(", booted {v}"));
                             }
+                            if !m.pools.is_empty() {
+                                s.push_str(&format!(", pools {}", m.pools.join(" ")));
+                            }
+                            if !m.discs.is_empty() {
+                                s.push_str(&format!(", discs {}", m.discs.join(" ")));
+                            }
                             if m.image_mismatch {
                                 s.push_str(&format!(
                                     ", {}",
@@ -947,6 +953,13 @@ fn admin_add(ctx: &Ctx, add: AdminAdd) -> Result<()> {
             let mut body = json!({"mac": m.mac, "role": m.role});
             if let Some(a) = &m.boot_address {
                 body["boot_address"] = json!(a);
+            }
+            // Left out unless given: registering again keeps what is stored.
+            if !m.pools.is_empty() {
+                body["pools"] = json!(m.pools);
+            }
+            if !m.discs.is_empty() {
+                body["discs"] = json!(m.discs);
             }
             client.post("/admin/machines", &body, "the machines")?;
             note(format!(
