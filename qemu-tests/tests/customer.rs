@@ -40,7 +40,7 @@ use bigv_qemu_tests::netns::BRAIN_ADDRESS;
 use bigv_qemu_tests::timings::Timings;
 use bigv_qemu_tests::vm::Vm;
 use bigv_test_guest::lines;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// From `bigv start` to the guest's `DISC OK` on the head's console:
 /// template fetch and copy (first time), qemu under nested KVM, the
@@ -149,26 +149,22 @@ fn boot(head: &Vm, n: usize) -> Option<(String, Option<String>)> {
 
 async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timings {
     let admin = Admin::login(&mut cluster.brain).await;
-    // The tail's pool is a RAM scratch pool (no data disc): sparse discs
-    // may exceed it. Set before the pool exists (it takes the default).
-    admin
-        .put("/admin/settings", json!({"default_overcommit_ratio": 10.0}))
-        .await;
-    // A head with SVM (KVM inside) and 3 GiB; a tail with RAM for its
-    // scratch pool (half its memory) and the template it fetches.
-    let tail = NodeSpec {
-        memory_mib: 1536,
-        ..NodeSpec::tail(1)
-    };
+    // A head with SVM (KVM inside) and 3 GiB; a tail with a blank 4 GiB
+    // data disc that init formats and serves as pool `sata1` (grade
+    // `sata`: what customers get by default), registered with its machine.
     cluster
-        .bring_up(&admin, &[NodeSpec::head(1), tail], logs)
+        .bring_up(
+            &admin,
+            &[NodeSpec::head(1), NodeSpec::tail_with_sata_disc(1, 4096)],
+            logs,
+        )
         .await;
     let brain = &mut cluster.brain;
     let head = &cluster.nodes[0].vm;
     // The head announced its SLAAC address first: discs' ACLs name it.
     let head_node = admin.node("/admin/heads", &cluster.nodes[0].spec.mac).await;
     eprintln!("head: {head_node:?}");
-    // The tail's RAM pool, as the brain sees it.
+    // The tail's pool on its data disc, as the brain sees it.
     let pool = until("the tail's pool", 60, brain, async || {
         admin
             .get("/admin/storage_pools")
@@ -178,7 +174,7 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     })
     .await;
     eprintln!("pool: {pool}");
-    let grade = pool["grade"].as_str().expect("the pool's grade").to_owned();
+    assert_eq!(pool["grade"], "sata", "{pool}");
 
     // The operator registers the test guest as an OS template and uploads
     // its bytes (`--file`: PUT /admin/images/NAME/content); a customer
@@ -223,17 +219,8 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     assert!(images.contains(TEMPLATE), "{images}");
     guest.row("add server", Instant::now());
     c.run(&[
-        "add",
-        "server",
-        SERVER,
-        "--image",
-        TEMPLATE,
-        "--memory",
-        "256M",
-        "--cores",
-        "1",
-        "--disc",
-        &format!("{grade}:1G"),
+        "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
+        "1G",
     ]);
     let first = wait_boot(brain, &admin, head, 0, "add server", &mut guest).await;
     let id1 = lines::boot_id(&first.0).unwrap().to_owned();
