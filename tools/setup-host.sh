@@ -10,8 +10,10 @@ set -euo pipefail
 # qemu-system-x86, ipxe-qemu, ipxe, iproute2: the slow PXE end-to-end test
 # boots a VM with Debian's iPXE ROM in a network namespace.
 # qemu-utils (qemu-img, qemu-io, qemu-nbd): the tail's NBD tests.
+# qemu-block-extra: qemu's curl block driver (block-curl.so), which the
+# node image ships so heads can insert http(s) CD-ROMs.
 packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
-    qemu-system-x86 ipxe-qemu ipxe iproute2 qemu-utils
+    qemu-system-x86 ipxe-qemu ipxe iproute2 qemu-utils qemu-block-extra
     # the kernel package is unpacked and its modules indexed (fetch-kernel.sh)
     kmod
     # the test guest's bootable disc: a FAT filesystem with extlinux

@@ -99,6 +99,11 @@ impl Brain {
             let images = node_images.clone();
             tokio::task::spawn_blocking(move || images.rescan()).await?;
         }
+        // OS templates (customer disc images), served to tails over the
+        // boot HTTP server and uploaded through /admin/images/{name}/content.
+        let templates = config.data_dir.join(crate::api::admin::TEMPLATES_DIR);
+        std::fs::create_dir_all(&templates)
+            .with_context(|| format!("creating {}", templates.display()))?;
         let mut tasks = vec![];
         let mut boot_http_addr = None;
         let boot_services = match &config.boot {
@@ -111,11 +116,19 @@ impl Brain {
                     extra_args: boot.extra_args.clone(),
                 };
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let services =
-                    boot::start(boot, &db, &node_images, params.clone(), &shutdown, tx).await?;
+                let services = boot::start(
+                    boot,
+                    &db,
+                    &node_images,
+                    params,
+                    templates.clone(),
+                    &shutdown,
+                    tx,
+                )
+                .await?;
                 boot_http_addr = Some(services.http_addr);
                 tasks.extend(services.tasks);
-                Some((services.policy, rx, params))
+                Some((services.policy, rx, services.params))
             }
             None => None,
         };
@@ -137,6 +150,7 @@ impl Brain {
             spine: spine.clone(),
             reconcile: reconcile.clone(),
             node_images: node_images.clone(),
+            templates: Arc::new(templates),
         };
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await

@@ -517,3 +517,74 @@ async fn an_enrolling_machine_joins_pending_and_is_accepted_with_the_role_it_boo
     assert!(body.contains("bigv.role=tail"), "{body}");
     task.abort();
 }
+
+/// OS templates: an operator uploads a registered image's bytes; the boot
+/// HTTP server serves them to tails, whose scripts say where.
+#[tokio::test]
+async fn templates_are_uploaded_and_served_to_tails() {
+    let tb = boot_brain().await;
+    let su = tb.su().await;
+    let (status, body) = tb
+        .post(
+            &su,
+            "/admin/images",
+            json!({"name": "bigv-test", "size": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let upload = |name: &str, bytes: Vec<u8>| {
+        tb.http
+            .put(tb.url(&format!("/admin/images/{name}/content")))
+            .bearer_auth(&su)
+            .body(bytes)
+            .send()
+    };
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let r = upload("bigv-test", content.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["bytes"], 300_000, "{body}");
+
+    let addr = tb.brain.boot_http_addr.unwrap();
+    let url = format!("http://{addr}/templates/bigv-test.raw");
+    let got = reqwest::get(&url).await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), content.as_slice());
+
+    // Larger than the registered size: refused, naming the field; the
+    // stored template is untouched.
+    let r = upload("bigv-test", vec![1; (1 << 20) + 1]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["content"][0].as_str().unwrap().contains("larger"),
+        "{body}"
+    );
+    let got = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.len(), 300_000);
+    // Unregistered: 404.
+    assert_eq!(
+        upload("nosuch", vec![0; 10]).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Scripts tell nodes where templates are.
+    let script = script_when(&tb, TAIL_MAC, StatusCode::OK).await;
+    assert!(
+        script.contains(&format!(
+            "bigv.templates=http://127.0.0.1:{}/templates",
+            addr.port()
+        )),
+        "{script}"
+    );
+
+    // Removing the image removes its content.
+    assert_eq!(
+        tb.delete(&su, "/admin/images/bigv-test").await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}

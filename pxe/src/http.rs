@@ -6,6 +6,10 @@
 //!   from `images_root/{version}/{file}` (names checked, symlinks may not
 //!   leave the root), with single-range `Range` requests answered 206.
 //!
+//! - `GET|HEAD /templates/{file}`: an OS template (`NAME.raw`) from
+//!   `templates_root`, the same way, for tails that copy templates onto
+//!   new discs and have no copy of their own ([`templates_router`]).
+//!
 //! The brain mounts [`router`] on a listener on the boot LAN.
 
 use std::io::SeekFrom;
@@ -145,8 +149,35 @@ async fn image(
     if !ipxe::is_safe_name(&version) || !ipxe::is_safe_name(&file) {
         return text(StatusCode::BAD_REQUEST, "bad image version or file name\n");
     }
-    let rel = format!("{version}/{file}");
-    let root = st.images_root.clone();
+    serve_file(
+        st.images_root.clone(),
+        format!("{version}/{file}"),
+        &headers,
+    )
+    .await
+}
+
+/// The OS template routes: `GET|HEAD /templates/{file}` from `root`.
+pub fn templates_router(root: PathBuf) -> Router {
+    Router::new()
+        .route("/templates/{file}", get(template))
+        .with_state(Arc::new(root))
+}
+
+async fn template(
+    State(root): State<Arc<PathBuf>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !ipxe::is_safe_name(&file) {
+        return text(StatusCode::BAD_REQUEST, "bad template file name\n");
+    }
+    serve_file(root, file, &headers).await
+}
+
+/// Serves `root/rel` (names checked by the caller; symlinks may not leave
+/// the root), honouring a single `Range`.
+async fn serve_file(root: Arc<PathBuf>, rel: String, headers: &HeaderMap) -> Response {
     let resolved = {
         let rel = rel.clone();
         tokio::task::spawn_blocking(move || fsroot::resolve(&root, &rel)).await

@@ -32,6 +32,11 @@ pub struct RaConfig {
     pub interface: String,
     /// Advertised as on-link and autonomous (SLAAC), if set.
     pub prefix: Option<Ipv6Net>,
+    /// Advertised as on-link only (no SLAAC): clients reach addresses in
+    /// them directly on the link. The brain lists its storage prefix here,
+    /// so heads reach every disc's own address on a boot LAN that is also
+    /// the storage LAN (docs/storage.md, "Addresses").
+    pub on_link: Vec<Ipv6Net>,
     /// Seconds; 0 = not a default router.
     pub router_lifetime: u16,
     /// Unsolicited advertisement period.
@@ -43,6 +48,7 @@ impl RaConfig {
         RaConfig {
             interface: interface.to_string(),
             prefix: None,
+            on_link: vec![],
             router_lifetime: 0,
             interval: Duration::from_secs(10),
         }
@@ -79,14 +85,21 @@ pub fn advertisement(cfg: &RaConfig) -> Vec<u8> {
     p.extend_from_slice(&0u32.to_be_bytes()); // reachable time: unspecified
     p.extend_from_slice(&0u32.to_be_bytes()); // retrans timer: unspecified
     if let Some(net) = cfg.prefix {
-        // Prefix information option (RFC 4861 §4.6.2), 4 × 8 bytes.
-        p.extend_from_slice(&[3, 4, net.prefix_len(), 0xc0]); // L and A
-        p.extend_from_slice(&86_400u32.to_be_bytes()); // valid lifetime
-        p.extend_from_slice(&14_400u32.to_be_bytes()); // preferred lifetime
-        p.extend_from_slice(&[0; 4]);
-        p.extend_from_slice(&net.network().octets());
+        prefix_option(&mut p, net, 0xc0); // L and A
+    }
+    for net in &cfg.on_link {
+        prefix_option(&mut p, *net, 0x80); // L only
     }
     p
+}
+
+/// A prefix information option (RFC 4861 §4.6.2), 4 × 8 bytes.
+fn prefix_option(p: &mut Vec<u8>, net: Ipv6Net, flags: u8) {
+    p.extend_from_slice(&[3, 4, net.prefix_len(), flags]);
+    p.extend_from_slice(&86_400u32.to_be_bytes()); // valid lifetime
+    p.extend_from_slice(&14_400u32.to_be_bytes()); // preferred lifetime
+    p.extend_from_slice(&[0; 4]);
+    p.extend_from_slice(&net.network().octets());
 }
 
 /// Whether an ICMPv6 message is a router solicitation.
@@ -210,6 +223,13 @@ mod tests {
         assert_eq!(&p[16..20], &[3, 4, 64, 0xc0]);
         assert_eq!(&p[32..34], &[0xfd, 0]);
         assert!(p[34..48].iter().all(|&b| b == 0));
+
+        // The storage prefix: on-link (L) but no SLAAC (A clear).
+        cfg.on_link = vec!["fd00:5::/64".parse().unwrap()];
+        let p = advertisement(&cfg);
+        assert_eq!(p.len(), 16 + 32 + 32);
+        assert_eq!(&p[48..52], &[3, 4, 64, 0x80]);
+        assert_eq!(&p[64..68], &[0xfd, 0, 0, 5]);
     }
 
     #[test]

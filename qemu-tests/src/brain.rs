@@ -61,6 +61,18 @@ impl BrainProcess {
     /// Starts the brain in `ns` with DHCP/TFTP/RA/HTTP boot on the bridge;
     /// its output goes to `log`.
     pub fn start(ns: &Netns, bin: &Path, data: &Path, log: &Path) -> BrainProcess {
+        Self::start_with(ns, bin, data, log, &[])
+    }
+
+    /// [`BrainProcess::start`] with more command-line arguments (e.g.
+    /// `--boot-kernel-arg …`).
+    pub fn start_with(
+        ns: &Netns,
+        bin: &Path,
+        data: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> BrainProcess {
         let out = std::fs::File::create(log).expect("the brain's log file");
         let err = out.try_clone().expect("the brain's log file");
         let child = ns
@@ -74,6 +86,7 @@ impl BrainProcess {
             .args(["--boot-interface", BRIDGE, "--boot-address", BRAIN_ADDRESS])
             .args(["--boot-pool", "10.0.0.100-10.0.0.200"])
             .args(["--boot-ra-prefix", "fd00::/64"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)

@@ -139,11 +139,23 @@ impl Cluster {
     /// directory `data` and starts the brain in a new namespace `tag` with
     /// `taps` taps for machines. Does not enter the namespace.
     pub fn start(tag: &str, taps: usize, data: &Path, logs: &mut Logs) -> Cluster {
+        Self::start_with(tag, taps, data, logs, &[])
+    }
+
+    /// [`Cluster::start`] with more arguments for the brain (e.g.
+    /// `--boot-kernel-arg …` for every node's command line).
+    pub fn start_with(
+        tag: &str,
+        taps: usize,
+        data: &Path,
+        logs: &mut Logs,
+        brain_args: &[&str],
+    ) -> Cluster {
         let (image, version) = crate::image::build_cached();
         let bin = brain::binary();
         brain::add_image(&bin, data, &image);
         let ns = Netns::create(tag, taps);
-        let brain = BrainProcess::start(&ns, &bin, data, &logs.file("brain.log"));
+        let brain = BrainProcess::start_with(&ns, &bin, data, &logs.file("brain.log"), brain_args);
         eprintln!("brain pid {} in namespace {}", brain.pid(), ns.name);
         Cluster {
             nodes: vec![],

@@ -10,6 +10,7 @@
 //! [`timings`] (the table each scenario prints).
 
 pub mod brain;
+pub mod cli;
 pub mod cluster;
 pub mod image;
 pub mod logs;
@@ -31,6 +32,38 @@ pub fn slow_tests_enabled(name: &str) -> bool {
         "SKIPPED {name}: whole-system scenario (a brain in a network namespace, nodes PXE-booting in qemu under TCG); runs only with BIGV_SLOW_TESTS=1"
     );
     false
+}
+
+/// Builds `package`'s binary `bin` (a no-op when current) into the target
+/// directory this test was built in and returns its path.
+pub fn cargo_binary(package: &str, bin: &str) -> PathBuf {
+    let target = target_dir();
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(bigv_image::workspace_root())
+            .args(["build", "--locked", "-p", package, "--bin", bin])
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .expect("running cargo");
+    assert!(status.success(), "building {bin} failed");
+    target.join("debug").join(bin)
+}
+
+/// The test guest's bootable disc (`qemu-tests/guest/build.sh`), built
+/// into the target directory; the OS template customer VMs are imaged
+/// with.
+pub fn guest_image() -> PathBuf {
+    let out = target_dir().join("bigv-test-guest.raw");
+    let script = bigv_image::workspace_root().join("qemu-tests/guest/build.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&out)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "qemu-tests/guest/build.sh failed");
+    out
 }
 
 /// The cargo target directory this test or binary was built in

@@ -4,13 +4,21 @@
 use std::time::Instant;
 
 pub struct Timings {
+    title: &'static str,
     columns: Vec<&'static str>,
     rows: Vec<(String, Instant, Vec<Option<f64>>)>,
 }
 
 impl Timings {
     pub fn new(columns: &[&'static str]) -> Timings {
+        Self::titled("node (s after power-on)", columns)
+    }
+
+    /// A table whose rows are not nodes: `title` heads the first column
+    /// (e.g. "step (s after the command)").
+    pub fn titled(title: &'static str, columns: &[&'static str]) -> Timings {
         Timings {
+            title,
             columns: columns.to_vec(),
             rows: vec![],
         }
@@ -40,13 +48,13 @@ impl Timings {
     }
 
     pub fn render(&self) -> String {
-        let mut s = format!("{:<24}", "node (s after power-on)");
+        let mut s = format!("{:<28}", self.title);
         for c in &self.columns {
             s.push_str(&format!(" {c:>12}"));
         }
         s.push('\n');
         for (node, _, cells) in &self.rows {
-            s.push_str(&format!("{node:<24}"));
+            s.push_str(&format!("{node:<28}"));
             for v in cells {
                 match v {
                     Some(v) => s.push_str(&format!(" {v:>12.1}")),

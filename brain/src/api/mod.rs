@@ -55,6 +55,8 @@ pub struct AppState {
     pub reconcile: Arc<Notify>,
     /// The node images (what heads and tails network-boot).
     pub node_images: Arc<crate::boot::images::NodeImageStore>,
+    /// OS template files, `NAME.raw` (`<data dir>/templates`).
+    pub templates: Arc<std::path::PathBuf>,
 }
 
 /// The whole API.

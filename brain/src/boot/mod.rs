@@ -128,6 +128,9 @@ pub struct BootServices {
     pub policy: Arc<BrainPolicy>,
     pub http_addr: SocketAddr,
     pub tasks: Vec<JoinHandle<()>>,
+    /// The parameters scripts are written with (the caller's, plus
+    /// `bigv.templates=`, which needs the bound HTTP address).
+    pub params: BootParams,
 }
 
 fn tftp_source(files: &TftpFiles) -> TftpSource {
@@ -157,19 +160,25 @@ pub async fn start(
     config: &BootServicesConfig,
     db: &Arc<Db>,
     images: &Arc<NodeImageStore>,
-    params: BootParams,
+    mut params: BootParams,
+    templates: PathBuf,
     shutdown: &CancellationToken,
     events: tokio::sync::mpsc::UnboundedSender<policy::BootEvent>,
 ) -> anyhow::Result<BootServices> {
-    let policy = Arc::new(BrainPolicy::new(
-        task::current_view(db, images, &params),
-        events,
-    ));
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("listening for boot HTTP on {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
     let http_base = format!("http://{}:{}", config.address, http_addr.port());
+    // Where tails fetch OS templates they have no copy of (init hands it
+    // to the tail agent; heads ignore it).
+    params
+        .extra_args
+        .push(format!("bigv.templates={http_base}/templates"));
+    let policy = Arc::new(BrainPolicy::new(
+        task::current_view(db, images, &params),
+        events,
+    ));
 
     let mut started: Vec<Box<dyn FnOnce(CancellationToken) -> JoinHandle<()> + Send>> = vec![];
     if let Some(lan) = &config.lan {
@@ -202,13 +211,15 @@ pub async fn start(
 
         let mut rcfg = RaConfig::new(&lan.interface);
         rcfg.prefix = lan.ra_prefix;
+        rcfg.on_link = vec![crate::reconciler::storage_prefix()];
         let ra = RaSender::bind(&rcfg)
             .with_context(|| format!("router advertisements on {}", lan.interface))?;
         started.push(Box::new(move |stop: CancellationToken| {
             tokio::spawn(ra.serve(stop.cancelled_owned()))
         }));
     }
-    let app = bigv_pxe::http::router(policy.clone(), &http_base, images.root().to_path_buf());
+    let app = bigv_pxe::http::router(policy.clone(), &http_base, images.root().to_path_buf())
+        .merge(bigv_pxe::http::templates_router(templates));
     started.push(Box::new(move |stop: CancellationToken| {
         tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -228,5 +239,6 @@ pub async fn start(
         policy,
         http_addr,
         tasks,
+        params,
     })
 }

@@ -28,6 +28,13 @@ use super::snapshot::{ReportedDisc, Snapshot};
 /// The storage LAN prefix disc addresses come from.
 const STORAGE_PREFIX: u128 = 0xfd00_0005_0000_0000_0000_0000_0000_0000;
 
+/// The storage prefix, for the boot LAN's router advertisements: where
+/// the boot LAN is also the storage LAN, nodes learn that disc addresses
+/// are on-link from them (docs/storage.md, "Addresses").
+pub fn storage_prefix() -> ipnet::Ipv6Net {
+    ipnet::Ipv6Net::new(Ipv6Addr::from(STORAGE_PREFIX), 64).expect("a /64 is a valid prefix")
+}
+
 /// The port tails serve NBD on.
 pub const NBD_PORT: u16 = 10809;
 
@@ -126,8 +133,10 @@ pub(super) fn reported_spec<'a>(p: &Pass<'a>, disc: &Disc) -> Option<&'a DiscSpe
 }
 
 /// Whether every disc of `vm` exists on its tail, open to `head` and to
-/// nobody else, with any ordered template copy finished: the condition for
-/// starting the VM there.
+/// nobody else, at its ordered size (NBD has no resize notification: a VM
+/// started before a grow reaches the tail would see the old size until
+/// its next start), with any ordered template copy finished: the
+/// condition for starting the VM there.
 pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
     let Some(address) = p.node_address(head) else {
         return false;
@@ -140,6 +149,7 @@ pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
             return false;
         };
         acl_is(&spec.access_control_list, Some(address))
+            && spec.size >= disc.size
             && disc
                 .template
                 .as_ref()
@@ -261,5 +271,8 @@ mod tests {
             "fd00:5::ffff:ffff:ffff:ffff"
         );
         assert_eq!(nbd_url("fd00:5::2a"), "nbd:[fd00:5::2a]:10809");
+        let prefix = storage_prefix();
+        assert!(prefix.contains(&storage_address(DiscId(42)).parse::<Ipv6Addr>().unwrap()));
+        assert_eq!(prefix.to_string(), "fd00:5::/64");
     }
 }

@@ -58,7 +58,7 @@ use crate::model::{Db, DbError};
 use crate::purge;
 use crate::scheduler::{Facts, vm_of_resource};
 
-pub use discs::{NBD_PORT, nbd_url, storage_address};
+pub use discs::{NBD_PORT, nbd_url, storage_address, storage_prefix};
 
 use orders::{Action, Done, Order, Verb};
 use pass::{Pass, Recall};

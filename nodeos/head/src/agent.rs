@@ -280,6 +280,13 @@ impl HeadAgent {
             .insert(name.to_owned(), vm.clone());
         let me = self.me.upgrade().expect("agent alive");
         tokio::spawn(me.supervise(vm.clone(), running.events));
+        if crate::console::enabled() {
+            tokio::spawn(crate::console::echo(
+                vm.name.clone(),
+                vm.paths.serial_log.clone(),
+                vm.ended.clone(),
+            ));
+        }
         vm
     }
 

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod argv;
 pub mod config;
+pub mod console;
 pub mod fence;
 pub mod host;
 pub mod migration;

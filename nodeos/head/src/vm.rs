@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+/// How long a qemu whose monitor broke while it started gets to exit
+/// (so its log is reported, not the broken connection).
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+
 use bigv_spine::resource::VmSpec;
 use tokio::sync::mpsc;
 
@@ -121,6 +125,15 @@ pub async fn spawn(
     let (qmp, events) = match connected {
         Ok(c) => c,
         Err(e) => {
+            // qemu opens its monitor early and may still die while it
+            // sets up devices (a missing ROM or keymap, a disc it cannot
+            // open): then its own log, not the broken QMP, says why.
+            if let Ok(Ok(status)) = tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                return Err(VmError::EarlyExit {
+                    status: status.to_string(),
+                    log: log_tail(&paths.qemu_log),
+                });
+            }
             let _ = child.start_kill();
             return Err(e.into());
         }

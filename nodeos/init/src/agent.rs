@@ -12,14 +12,16 @@
 //! | `BIGV_BOOT_INTERFACE` | the boot NIC's name, e.g. `eth0` |
 //! | `BIGV_ADDRESS` | the address DHCP gave the boot NIC |
 //! | `BIGV_INIT_LOG` | init's log file, which the agent sends on to the brain |
-//! | `BIGV_STORAGE_ADDRESS` | tails: the address NBD clients reach (the same, for now) |
+//! | `BIGV_STORAGE_ADDRESS` | tails: the address mirrors reach (the DHCP one, for now); heads: the boot NIC's global IPv6 address, if it got one (SLAAC), which is what a head's NBD connections to the discs' IPv6 addresses come from, so the head announces it first and the brain puts it in disc ACLs |
+//! | `BIGV_STORAGE_INTERFACE` | tails: where discs' own addresses are added (the boot NIC: the boot LAN is the storage LAN for now) |
+//! | `BIGV_TEMPLATES_URL` | tails: `bigv.templates=`, where OS templates are fetched |
 //! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` (pools on a data disc that failed to mount are left out) |
 //!
 //! Exit status 10 asks init to reboot the node, 11 to power it off (the
 //! brain's spine `power` order: the agent replies, then exits). Any other
 //! exit is a crash: init restarts the agent with backoff.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::cmdline::{BootConfig, PoolArg, Role};
 use crate::net::Nic;
@@ -63,10 +65,14 @@ pub fn agent_env(
     image_version: &str,
     nic: &Nic,
     address: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH", "/bin".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
+        (
+            "RUST_LOG",
+            config.log.clone().unwrap_or_else(|| "info".to_owned()),
+        ),
         // The console is a serial line, not a terminal: no colour codes.
         ("NO_COLOR", "1".to_owned()),
         ("BIGV_ROLE", config.role.as_str().to_owned()),
@@ -78,9 +84,20 @@ pub fn agent_env(
         ("BIGV_ADDRESS", address.to_string()),
         ("BIGV_INIT_LOG", INIT_LOG.to_owned()),
     ];
-    if config.role == Role::Tail {
-        env.push(("BIGV_STORAGE_ADDRESS", address.to_string()));
-        env.push(("BIGV_POOLS", pools(&config.pools, !config.discs.is_empty())));
+    match config.role {
+        Role::Tail => {
+            env.push(("BIGV_STORAGE_ADDRESS", address.to_string()));
+            env.push(("BIGV_STORAGE_INTERFACE", nic.name.clone()));
+            env.push(("BIGV_POOLS", pools(&config.pools, !config.discs.is_empty())));
+            if let Some(url) = &config.templates {
+                env.push(("BIGV_TEMPLATES_URL", url.clone()));
+            }
+        }
+        Role::Head => {
+            if let Some(v6) = ipv6 {
+                env.push(("BIGV_STORAGE_ADDRESS", v6.to_string()));
+            }
+        }
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
@@ -130,7 +147,7 @@ mod tests {
         ))
         .unwrap();
         let env: std::collections::BTreeMap<_, _> =
-            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15))
+            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15), None)
                 .into_iter()
                 .collect();
         assert_eq!(env["BIGV_NODE_ID"], "52:54:00:00:00:11");
@@ -140,13 +157,42 @@ mod tests {
         assert_eq!(env["BIGV_IMAGE_VERSION"], "8");
         assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
         assert_eq!(env["BIGV_POOLS"], DEFAULT_TAIL_POOL);
+        assert_eq!(env["BIGV_STORAGE_INTERFACE"], "eth0");
+        assert_eq!(env["RUST_LOG"], "info");
+        assert!(!env.contains_key("BIGV_TEMPLATES_URL"));
 
         let head = parse(&format!(
             "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
         ))
         .unwrap();
-        let env = agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15));
+        let env = agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), None);
         assert!(!env.iter().any(|(k, _)| k == "BIGV_POOLS"));
+        assert!(!env.iter().any(|(k, _)| k == "BIGV_STORAGE_ADDRESS"));
+        // A head with a global IPv6 address announces it as its storage
+        // address; the log filter comes from bigv.log=.
+        let head = parse(&format!(
+            "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.log=debug"
+        ))
+        .unwrap();
+        let v6: Ipv6Addr = "fd00::5054:ff:fe00:11".parse().unwrap();
+        let env: std::collections::BTreeMap<_, _> =
+            agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), Some(v6))
+                .into_iter()
+                .collect();
+        assert_eq!(env["BIGV_STORAGE_ADDRESS"], "fd00::5054:ff:fe00:11");
+        assert_eq!(env["RUST_LOG"], "debug");
+        assert!(!env.contains_key("BIGV_STORAGE_INTERFACE"));
+        // Tails get the templates URL.
+        let tail = parse(&format!(
+            "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.templates=http://10.0.0.1/templates"
+        ))
+        .unwrap();
+        let env: std::collections::BTreeMap<_, _> =
+            agent_env(&tail, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), Some(v6))
+                .into_iter()
+                .collect();
+        assert_eq!(env["BIGV_TEMPLATES_URL"], "http://10.0.0.1/templates");
+        assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
     }
 
     #[test]

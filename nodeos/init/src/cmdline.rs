@@ -9,7 +9,10 @@
 //! storage pools the tail agent serves, and `bigv.disc=DEV:DIR[:format]`
 //! (repeatable) mounts the data disc `/dev/DEV` on `DIR` before the agent
 //! starts, formatting it as ext4 only if it is blank and `:format` is
-//! given (see `disc.rs`). Unknown `bigv.*` arguments are
+//! given (see `disc.rs`). `bigv.templates=URL` (the brain adds it) is
+//! where a tail fetches OS templates it has no copy of;
+//! `bigv.log=FILTER` is the agent's log filter (`RUST_LOG`, default
+//! `info`). Unknown `bigv.*` arguments are
 //! refused (a typo must not silently change behaviour); arguments without
 //! the `bigv.` prefix belong to the kernel and are ignored.
 
@@ -118,6 +121,10 @@ pub struct BootConfig {
     pub bootif: Option<Mac>,
     pub pools: Vec<PoolArg>,
     pub discs: Vec<DiscArg>,
+    /// `http://…/templates`: where OS templates are fetched from (tails).
+    pub templates: Option<String>,
+    /// The agent's `RUST_LOG`.
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +160,8 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut bootif = None;
     let mut pools = Vec::new();
     let mut discs: Vec<DiscArg> = Vec::new();
+    let mut templates = None;
+    let mut log = None;
     for word in cmdline.split_ascii_whitespace() {
         let Some(rest) = word.strip_prefix("bigv.") else {
             continue;
@@ -260,6 +269,29 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                 }
                 discs.push(disc);
             }
+            "templates" => {
+                let ok = value.starts_with("http://")
+                    && value.len() > 7
+                    && value.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    return Err(invalid(&arg, value, "expected an http:// URL"));
+                }
+                once(&mut templates, &arg, value.trim_end_matches('/').to_owned())?;
+            }
+            "log" => {
+                let ok = !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_:=,.-".contains(&b));
+                if !ok {
+                    return Err(invalid(
+                        &arg,
+                        value,
+                        "expected a log filter such as info,bigv_head=debug",
+                    ));
+                }
+                once(&mut log, &arg, value.to_owned())?;
+            }
             _ => return Err(CmdlineError::Unknown { arg }),
         }
     }
@@ -273,6 +305,8 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         bootif,
         pools,
         discs,
+        templates,
+        log,
     })
 }
 
@@ -301,6 +335,33 @@ mod tests {
         assert_eq!(c.bootif.unwrap().to_string(), "52:54:00:ab:cd:11");
         assert!(c.pools.is_empty());
         assert_eq!(c.role.agent_path(), "/bin/bigv-tail");
+        assert_eq!(c.templates, None);
+        assert_eq!(c.log, None);
+    }
+
+    #[test]
+    fn templates_and_log_filter() {
+        let c = parse(&format!(
+            "{} bigv.templates=http://10.0.0.1:80/templates/ bigv.log=info,bigv_head::console=debug",
+            good()
+        ))
+        .unwrap();
+        assert_eq!(c.templates.as_deref(), Some("http://10.0.0.1:80/templates"));
+        assert_eq!(c.log.as_deref(), Some("info,bigv_head::console=debug"));
+        for bad in [
+            "bigv.templates=ftp://x",
+            "bigv.templates=",
+            "bigv.log=",
+            "bigv.log=a;b",
+        ] {
+            assert!(
+                matches!(
+                    parse(&format!("{} {bad}", good())),
+                    Err(CmdlineError::Invalid { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ const NIC_WAIT: Duration = Duration::from_secs(20);
 const DHCP_WAIT: Duration = Duration::from_secs(120);
 /// How long a data disc may take to appear after virtio_blk/ahci/nvme load.
 const DISC_WAIT: Duration = Duration::from_secs(10);
+/// How long a head waits for SLAAC to give its boot NIC a global IPv6
+/// address (its storage address: discs are served on IPv6 addresses).
+const IPV6_WAIT: Duration = Duration::from_secs(15);
 
 fn main() {
     fatal::install_panic_hook();
@@ -142,7 +145,21 @@ async fn async_main(mut config: BootConfig, t0: Instant) -> Result<PowerAction, 
             "this image is not the version the brain expects"
         );
     }
-    let env = agent::agent_env(&config, &image_version, &nic, lease.address);
+    let ipv6 = match config.role {
+        cmdline::Role::Head => {
+            let found = net::wait_global_ipv6(&nic.name, IPV6_WAIT).await;
+            match found {
+                Some(a) => tracing::info!(address = %a, "global IPv6 address (storage)"),
+                None => tracing::warn!(
+                    secs = IPV6_WAIT.as_secs(),
+                    "no global IPv6 address on the boot NIC: discs (IPv6) will be out of reach"
+                ),
+            }
+            found
+        }
+        cmdline::Role::Tail => None,
+    };
+    let env = agent::agent_env(&config, &image_version, &nic, lease.address, ipv6);
     for (k, v) in &env {
         if k == "BIGV_POOLS" {
             for pool in v.split(',') {

@@ -286,3 +286,67 @@ pub async fn keep_lease(net: Net, nic: Nic, sock: UdpSocket, mut client: Client)
         }
     }
 }
+
+/// The first usable global IPv6 address of `iface` in the contents of
+/// `/proc/net/if_inet6` (`ADDR IFINDEX PREFIXLEN SCOPE FLAGS NAME`):
+/// scope global (0x00), not tentative (0x40), deprecated (0x20) or
+/// DAD-failed (0x08).
+pub fn global_ipv6_in(if_inet6: &str, iface: &str) -> Option<std::net::Ipv6Addr> {
+    if_inet6.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 6 || f[5] != iface || f[0].len() != 32 {
+            return None;
+        }
+        let scope = u8::from_str_radix(f[3], 16).ok()?;
+        let flags = u32::from_str_radix(f[4], 16).ok()?;
+        if scope != 0 || flags & (0x40 | 0x20 | 0x08) != 0 {
+            return None;
+        }
+        u128::from_str_radix(f[0], 16)
+            .ok()
+            .map(std::net::Ipv6Addr::from)
+    })
+}
+
+/// Waits up to `limit` for the kernel to autoconfigure (SLAAC, from the
+/// brain's router advertisements) a global IPv6 address on `iface`.
+/// `None` when none came: a boot LAN without an advertised prefix.
+pub async fn wait_global_ipv6(iface: &str, limit: Duration) -> Option<std::net::Ipv6Addr> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        if let Some(a) = global_ipv6_in(&table, iface) {
+            return Some(a);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_settled_global_address_of_the_interface() {
+        let table = "\
+fe80000000000000505400fffe8e0001 02 40 20 80     eth0
+fd000000000000005054fffffe8e0009 02 40 00 40     eth0
+fd000000000000005054fffffe8e0001 03 40 00 00     eth1
+00000000000000000000000000000001 01 80 10 80       lo
+fd000000000000005054fffffe8e0002 02 40 00 00     eth0
+";
+        assert_eq!(
+            global_ipv6_in(table, "eth0"),
+            Some("fd00::5054:ffff:fe8e:2".parse().unwrap())
+        );
+        assert_eq!(
+            global_ipv6_in(table, "eth1"),
+            Some("fd00::5054:ffff:fe8e:1".parse().unwrap())
+        );
+        assert_eq!(global_ipv6_in(table, "lo"), None);
+        assert_eq!(global_ipv6_in("", "eth0"), None);
+    }
+}

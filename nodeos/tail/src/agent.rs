@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub addresses: Addresses,
     /// How often load, pool space and disc allocation are reported.
     pub report_interval: Duration,
+    /// Where a template missing from `images` is fetched from.
+    pub templates_url: Option<String>,
 }
 
 pub struct TailAgent {
@@ -43,6 +45,7 @@ pub struct TailAgent {
     config: AgentConfig,
     discs: Mutex<BTreeMap<ResourceName, Arc<Disc>>>,
     notifier: OnceLock<Notifier>,
+    template_fetch: tokio::sync::Mutex<()>,
 }
 
 pub(crate) struct Disc {
@@ -94,6 +97,7 @@ impl TailAgent {
             config,
             discs: Mutex::default(),
             notifier: OnceLock::new(),
+            template_fetch: tokio::sync::Mutex::new(()),
         });
         let pools = agent.config.pools.clone();
         let records = blocking(move || pools.scan()).await?;
@@ -444,6 +448,29 @@ impl TailAgent {
         Ok((name, grade, id, spec))
     }
 
+    /// Fetches `image` into the images folder if it is not there and a
+    /// templates URL is configured (one fetch at a time: discs imaged from
+    /// the same template wait for the first fetch and then find it).
+    async fn fetch_template(&self, image: &str) -> anyhow::Result<()> {
+        let Some(url) = &self.config.templates_url else {
+            return Ok(());
+        };
+        let path = pools::image_path(&self.config.images, image)?;
+        let _one_at_a_time = self.template_fetch.lock().await;
+        if path.exists() {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
+        let bytes = crate::templates::fetch(url, image, &path).await?;
+        tracing::info!(
+            image,
+            bytes,
+            ms = t0.elapsed().as_millis() as u64,
+            "template fetched"
+        );
+        Ok(())
+    }
+
     /// Copies a template if the order asks for a `seq` not yet done.
     async fn maybe_image(
         &self,
@@ -462,6 +489,12 @@ impl TailAgent {
         let export = state.export.clone();
         let images = self.config.images.clone();
         let image = t.image.clone();
+        if let Err(e) = self.fetch_template(&image).await {
+            if was_serving {
+                self.serve(name, state).await?;
+            }
+            return Err(failed(name, "fetching the template", e.as_ref()));
+        }
         let result = blocking(move || pools::copy_template(&export, &images, &image)).await;
         let outcome = match result {
             Ok(bytes) => {

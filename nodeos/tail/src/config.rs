@@ -53,6 +53,10 @@ pub struct TailConfig {
     /// defaults to this crate's version.
     #[serde(default)]
     pub image_version: Option<String>,
+    /// Where templates missing from `images` are fetched from
+    /// (`URL/<image>.raw`; see `templates.rs`).
+    #[serde(default)]
+    pub templates_url: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -164,6 +168,7 @@ impl TailConfig {
             storage_address: self.storage_address,
             addresses,
             report_interval: Duration::from_secs(self.report_interval_secs),
+            templates_url: self.templates_url.clone(),
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod mirror;
 pub mod nbd;
 pub mod pools;
+pub mod templates;
 
 /// Formats an error with its sources: `outer: inner: innermost`.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

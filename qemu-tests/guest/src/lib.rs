@@ -29,6 +29,15 @@ pub mod lines {
     /// Printed for each ctrl-alt-delete on the guest's keyboard.
     pub const CTRL_ALT_DEL: &str = "BIGV-GUEST CTRL-ALT-DEL";
 
+    /// A `key=value` word after `prefix` in `line` (`mem_mib` in a `BOOT`
+    /// line, `previous` or `disc_bytes` in a `DISC OK` line).
+    pub fn field<'a>(line: &'a str, prefix: &str, key: &str) -> Option<&'a str> {
+        let at = line.find(prefix)?;
+        line[at + prefix.len()..]
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
     /// The boot id in a `BOOT` line.
     pub fn boot_id(line: &str) -> Option<&str> {
         let at = line.find(BOOT)?;
@@ -59,5 +68,14 @@ mod tests {
         assert_eq!(lines::tick("TICK 12 uptime=14.52"), Some((12, 14.52)));
         assert_eq!(lines::tick("TICK x uptime=1"), None);
         assert_eq!(lines::boot_id("nothing here"), None);
+        let boot = "x BIGV-GUEST BOOT id=abc uptime=2.1 mem_mib=215";
+        assert_eq!(lines::field(boot, lines::BOOT, "mem_mib"), Some("215"));
+        let disc = "DISC OK dev=/dev/vda offset=1 bytes=2 previous=abc disc_bytes=1073741824";
+        assert_eq!(lines::field(disc, lines::DISC_OK, "previous"), Some("abc"));
+        assert_eq!(
+            lines::field(disc, lines::DISC_OK, "disc_bytes"),
+            Some("1073741824")
+        );
+        assert_eq!(lines::field(disc, lines::DISC_OK, "nope"), None);
     }
 }

@@ -944,6 +944,10 @@ pub struct AddImageArgs {
     pub size: String,
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Upload the template's bytes from this raw disc image (at most SIZE):
+    /// tails without a copy of their own fetch it from the brain
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -236,20 +236,33 @@ impl Client {
     // ---- requests -----------------------------------------------------
 
     fn authed(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Response> {
+        self.authed_with(method, path, |req| {
+            Ok(match body {
+                Some(b) => req.json(b),
+                None => req,
+            })
+        })
+    }
+
+    /// [`Client::authed`] with the body attached by `attach` (called again
+    /// for the retry after a fresh login).
+    fn authed_with(
+        &self,
+        method: Method,
+        path: &str,
+        attach: impl Fn(RequestBuilder) -> Result<RequestBuilder>,
+    ) -> Result<Response> {
         let url = self.url(path);
         let build = |token: &str| {
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .header("Accept", "application/json")
-                .bearer_auth(token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            req
+            attach(
+                self.http
+                    .request(method.clone(), &url)
+                    .header("Accept", "application/json")
+                    .bearer_auth(token),
+            )
         };
         let token = self.current_token()?;
-        let resp = self.send(build(&token), &method, &url, "API")?;
+        let resp = self.send(build(&token)?, &method, &url, "API")?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -260,7 +273,7 @@ impl Client {
             ));
         }
         let token = self.login_again("your session has expired")?;
-        let resp = self.send(build(&token), &method, &url, "API")?;
+        let resp = self.send(build(&token)?, &method, &url, "API")?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(CliError::credentials(
                 "the brain refused a brand-new session token; check the endpoint and auth endpoint",
@@ -316,6 +329,33 @@ impl Client {
 
     pub fn put(&self, path: &str, body: &Value, what: &str) -> Result<Value> {
         let text = self.call(Method::PUT, path, Some(body), what)?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Self::parse(&text, what)
+    }
+
+    /// PUT a file's bytes, streamed from disc (an OS template can be
+    /// large: no request timeout); the reply's JSON.
+    pub fn put_file(&self, path: &str, file: &std::path::Path, what: &str) -> Result<Value> {
+        let resp = self.authed_with(Method::PUT, path, |req| {
+            let f = std::fs::File::open(file)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+            Ok(req
+                .header("Content-Type", "application/octet-stream")
+                .timeout(Duration::from_secs(24 * 3600))
+                .body(reqwest::blocking::Body::from(f)))
+        })?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| {
+            CliError::new(
+                Exit::ApiInternal,
+                format!("reading the brain's reply failed: {e}"),
+            )
+        })?;
+        if !status.is_success() {
+            return Err(status_error(status, &text, what));
+        }
         if text.trim().is_empty() {
             return Ok(Value::Null);
         }

@@ -165,6 +165,44 @@ fn vlans_ranges_images_and_users_are_added() {
         .ok();
     assert_eq!(run.stdout, "bookworm  Debian 12\n");
 
+    // An OS template with its bytes: uploaded, stored where the boot HTTP
+    // server serves templates to tails from.
+    let raw = h.config_dir().join("tiny.raw");
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&raw, &bytes).unwrap();
+    let run = h
+        .bigv(&[
+            "admin",
+            "add",
+            "image",
+            "tiny",
+            "1M",
+            "--file",
+            raw.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains("Uploaded 5000 bytes of tiny"),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read(h.data.path().join("templates/tiny.raw")).unwrap(),
+        bytes
+    );
+    // Larger than the size given: the brain refuses, naming the field.
+    std::fs::write(&raw, vec![1u8; (1 << 20) + 1]).unwrap();
+    let run = h.bigv(&[
+        "admin",
+        "add",
+        "image",
+        "tiny2",
+        "1M",
+        "--file",
+        raw.to_str().unwrap(),
+    ]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("content"), "{run:?}");
+
     h.bigv(&[
         "admin",
         "add",

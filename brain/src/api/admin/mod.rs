@@ -34,6 +34,8 @@
 
 mod boot;
 mod images;
+
+pub use images::TEMPLATES_DIR;
 mod network;
 mod node_logs;
 mod nodes;

@@ -57,6 +57,12 @@ enum Cmd {
         /// DHCP address).
         #[arg(long, env = "BIGV_ADDRESS")]
         address: Option<String>,
+        /// The address this head's NBD connections come from (init passes
+        /// the boot NIC's global IPv6 address: discs are served on IPv6
+        /// addresses). Announced first, so the brain lists it in the
+        /// ACLs of this head's discs.
+        #[arg(long, env = "BIGV_STORAGE_ADDRESS")]
+        storage_address: Option<String>,
     },
 }
 
@@ -82,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             migration_address,
             image_version,
             address,
+            storage_address,
         } = cli.command;
         let config = match config {
             Some(path) => HeadConfig::load(&path)?,
@@ -111,7 +118,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 c.vm_memory_mib = vm_memory_mib;
                 c.image_version = image_version;
-                c.addresses = address.into_iter().collect();
+                c.addresses = storage_address.into_iter().chain(address).collect();
                 c.check()?;
                 c
             }

@@ -60,7 +60,8 @@ enum Cmd {
         /// The brain certificate's fingerprint, `sha256:HEX`.
         #[arg(long, env = "BIGV_PIN")]
         pin: Option<String>,
-        #[arg(long)]
+        /// Where discs' own addresses are added (init passes the boot NIC).
+        #[arg(long, env = "BIGV_STORAGE_INTERFACE")]
         storage_interface: Option<String>,
         #[arg(long, env = "BIGV_STORAGE_ADDRESS", default_value = "127.0.0.1")]
         storage_address: IpAddr,
@@ -76,6 +77,10 @@ enum Cmd {
         /// kernel's `bigv.version`).
         #[arg(long, env = "BIGV_IMAGE_VERSION")]
         image_version: Option<String>,
+        /// Where templates missing from --images are fetched
+        /// (`URL/<image>.raw`; init passes the brain's).
+        #[arg(long, env = "BIGV_TEMPLATES_URL")]
+        templates_url: Option<String>,
     },
     /// Serve one file as an NBD export until interrupted.
     Serve {
@@ -134,6 +139,7 @@ fn main() -> anyhow::Result<()> {
                 nbd_port,
                 pool,
                 image_version,
+                templates_url,
             } => {
                 let config = match config {
                     Some(path) => TailConfig::load(&path)?,
@@ -153,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                             report_interval_secs: 10,
                             pools,
                             image_version,
+                            templates_url,
                         };
                         config.check()?;
                         config

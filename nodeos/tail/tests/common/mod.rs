@@ -159,6 +159,7 @@ pub mod tail {
                 storage_address,
                 addresses: Addresses::unmanaged(),
                 report_interval: Duration::from_millis(300),
+                templates_url: None,
             };
             let agent = TailAgent::start(config).await.unwrap();
             let hello = Hello {

@@ -173,9 +173,10 @@ fn disc_check(con: Console, boot_id: String) {
             say(
                 &con,
                 &format!(
-                    "{}dev={dev} offset={offset} bytes={} previous={previous}",
+                    "{}dev={dev} offset={offset} bytes={} previous={previous} disc_bytes={}",
                     lines::DISC_OK,
-                    pattern::BLOCKS * pattern::BLOCK as u64
+                    pattern::BLOCKS * pattern::BLOCK as u64,
+                    disc_bytes(dev)
                 ),
             );
         }
@@ -184,6 +185,27 @@ fn disc_check(con: Console, boot_id: String) {
             say(&con, &format!("{}dev={dev} {e}", lines::DISC_FAIL));
         }
     }
+}
+
+/// The disc's size as the guest sees it (0 if it cannot tell).
+fn disc_bytes(dev: &str) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .unwrap_or(0)
+}
+
+/// MemTotal in MiB (what the guest's kernel got; a little under the VM's
+/// memory), 0 if unreadable.
+fn mem_total_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }
 
 fn write_and_verify(dev: &str, boot_id: &str) -> Result<(u64, String), String> {
@@ -328,7 +350,12 @@ fn main() {
         .unwrap_or_else(|_| "unknown".into());
     say(
         &con,
-        &format!("{}{boot_id} uptime={}", lines::BOOT, uptime()),
+        &format!(
+            "{}{boot_id} uptime={} mem_mib={}",
+            lines::BOOT,
+            uptime(),
+            mem_total_mib()
+        ),
     );
     {
         let con = con.clone();

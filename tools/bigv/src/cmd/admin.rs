@@ -993,6 +993,19 @@ fn admin_add(ctx: &Ctx, add: AdminAdd) -> Result<()> {
                 i.name,
                 human_size(size)
             ));
+            if let Some(file) = &i.file {
+                let reply = client.put_file(
+                    &format!("/admin/images/{}/content", i.name),
+                    file,
+                    &format!("image {}", i.name),
+                )?;
+                note(format!(
+                    "Uploaded {} bytes of {} from {}.",
+                    reply["bytes"],
+                    i.name,
+                    file.display()
+                ));
+            }
         }
         AdminAdd::Machine(m) => {
             let mut body = json!({"mac": m.mac, "role": m.role});

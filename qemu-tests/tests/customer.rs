@@ -1,0 +1,362 @@
+//! Scenario 2 of issue 8, "customer flow through the `bigv` CLI": a real
+//! brain, a head and a tail that PXE-boot the node image from it and are
+//! accepted, the test guest registered as an OS template, and then, with
+//! the real `bigv` binary as a customer:
+//!
+//! 1. `bigv add server` with that image and a disc → the VM boots on the
+//!    head under KVM (nested in TCG), its disc served over NBD by the tail
+//!    on the disc's own storage address; the guest's boot line and its
+//!    `DISC OK` (pattern written and read back) show on the head's console;
+//! 2. `bigv stop` / `bigv start` → a new boot whose `DISC OK` names the
+//!    first boot as the writer of the pattern it found (the data survived);
+//! 3. `bigv update server --memory` and `bigv update disc` (while off),
+//!    `bigv start` → the guest sees more memory and the larger disc, and
+//!    its pattern is still there;
+//! 4. `bigv update server --cd-url http://…` / `--remove-cd` on the
+//!    running VM → the head's qemu opens the URL and reports the CD
+//!    inserted, then ejected (the test guest has no CD driver: qemu is
+//!    what sees it).
+//!
+//! How the guest's console is seen: the head agent echoes each VM's serial
+//! console into its own log at debug level (`bigv_head::console`), and the
+//! brain puts `bigv.log=info,bigv_head::console=debug` on the nodes'
+//! kernel command line (`--boot-kernel-arg`); the head's log is its serial
+//! console, which qemu writes to a file here. The SSH console does not
+//! exist yet.
+//!
+//! Slow: builds the image and the test guest, boots two nodes and a nested
+//! guest three times under TCG; runs only with BIGV_SLOW_TESTS=1. Needs
+//! root, iproute2, qemu-system-x86, ipxe-qemu, ipxe, the kernel from
+//! tools/fetch-kernel.sh, and syslinux/mtools/dosfstools for the guest.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bigv_qemu_tests::brain::{self, Admin, BrainProcess};
+use bigv_qemu_tests::cli::Bigv;
+use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
+use bigv_qemu_tests::logs::Logs;
+use bigv_qemu_tests::netns::BRAIN_ADDRESS;
+use bigv_qemu_tests::timings::Timings;
+use bigv_qemu_tests::vm::Vm;
+use bigv_test_guest::lines;
+use serde_json::Value;
+
+/// From `bigv start` to the guest's `DISC OK` on the head's console:
+/// template fetch and copy (first time), qemu under nested KVM, the
+/// guest's kernel, the disc check over NBD.
+const GUEST_LIMIT: Duration = Duration::from_secs(300);
+const TEMPLATE: &str = "bigv-test";
+const CUSTOMER: &str = "alice";
+const CUSTOMER_PASSWORD: &str = "alice-secret-password";
+const SERVER: &str = "web1.default.acme";
+const CONSOLE: &str = "bigv_head::console";
+
+#[test]
+fn customer_flow_through_the_cli() {
+    if !bigv_qemu_tests::slow_tests_enabled("customer_flow_through_the_cli") {
+        return;
+    }
+    bigv_qemu_tests::require_host();
+    let mut logs = Logs::new("customer");
+    let guest = bigv_qemu_tests::guest_image();
+    let cli = Bigv::binary();
+    // The store, its copy of the image and the template (~170 MB): removed
+    // even on failure.
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_with(
+        "cust",
+        2,
+        &data_dir.path().join("brain"),
+        &mut logs,
+        &[
+            "--boot-kernel-arg",
+            "bigv.log=info,bigv_head::console=debug",
+        ],
+    );
+    let admin_cli = Bigv::new(
+        &cli,
+        &cluster.ns,
+        &data_dir.path().join("cli-admin"),
+        brain::ADMIN,
+        brain::PASSWORD,
+    );
+    let customer = Bigv::new(
+        &cli,
+        &cluster.ns,
+        &data_dir.path().join("cli-alice"),
+        CUSTOMER,
+        CUSTOMER_PASSWORD,
+    );
+
+    // This thread talks to the API on the namespace's loopback.
+    cluster.ns.enter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ctx = Ctx {
+        admin_cli: &admin_cli,
+        customer: &customer,
+        guest: &guest,
+    };
+    let vm = rt.block_on(scenario(&ctx, &mut cluster, &mut logs));
+    println!(
+        "customer flow, image {}:\n{}\n{}",
+        cluster.version,
+        cluster.timings.render(),
+        vm.render()
+    );
+    // Teardown, in order: VMs, brain, namespace.
+    drop(cluster);
+    drop(data_dir);
+}
+
+struct Ctx<'a> {
+    admin_cli: &'a Bigv,
+    customer: &'a Bigv,
+    guest: &'a Path,
+}
+
+/// The guest's lines as the head's console shows them (the head agent's
+/// echo), in order.
+fn guest_lines(head: &Vm) -> Vec<String> {
+    head.console()
+        .lines()
+        .filter(|l| l.contains(CONSOLE))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `n`th (0-based) boot of the guest on the head's console: its boot
+/// line and, once there, its `DISC OK`/`DISC FAIL` line.
+fn boot(head: &Vm, n: usize) -> Option<(String, Option<String>)> {
+    let lines = guest_lines(head);
+    let starts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains(lines::BOOT))
+        .map(|(i, _)| i)
+        .collect();
+    let at = *starts.get(n)?;
+    let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+    let disc = lines[at..end]
+        .iter()
+        .find(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
+        .cloned();
+    Some((lines[at].clone(), disc))
+}
+
+async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timings {
+    let admin = Admin::login(&mut cluster.brain).await;
+    // A head with SVM (KVM inside) and 3 GiB; a tail with a blank 4 GiB
+    // data disc that init formats and serves as pool `sata1` (grade
+    // `sata`: what customers get by default), registered with its machine.
+    cluster
+        .bring_up(
+            &admin,
+            &[NodeSpec::head(1), NodeSpec::tail_with_sata_disc(1, 4096)],
+            logs,
+        )
+        .await;
+    let brain = &mut cluster.brain;
+    let head = &cluster.nodes[0].vm;
+    // The head announced its SLAAC address first: discs' ACLs name it.
+    let head_node = admin.node("/admin/heads", &cluster.nodes[0].spec.mac).await;
+    eprintln!("head: {head_node:?}");
+    // The tail's pool on its data disc, as the brain sees it.
+    let pool = until("the tail's pool", 60, brain, async || {
+        admin
+            .get("/admin/storage_pools")
+            .await
+            .as_array()
+            .and_then(|a| a.first().cloned())
+    })
+    .await;
+    eprintln!("pool: {pool}");
+    assert_eq!(pool["grade"], "sata", "{pool}");
+
+    // The operator registers the test guest as an OS template and uploads
+    // its bytes (`--file`: PUT /admin/images/NAME/content); a customer
+    // account and user.
+    let size = std::fs::metadata(ctx.guest).unwrap().len();
+    let added = ctx.admin_cli.run_all(&[
+        "admin",
+        "add",
+        "image",
+        TEMPLATE,
+        &format!("{}M", size.div_ceil(1 << 20)),
+        "--description",
+        "the BigV test guest",
+        "--file",
+        ctx.guest.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(
+        added.contains(&format!("Uploaded {size} bytes of {TEMPLATE}")),
+        "{added}"
+    );
+    ctx.admin_cli.run(&["admin", "add", "account", "acme"]);
+    ctx.admin_cli
+        .run(&["add", "user", CUSTOMER, "--password", CUSTOMER_PASSWORD]);
+    ctx.admin_cli.run(&[
+        "grant",
+        "privilege",
+        "account_admin",
+        "on",
+        "acme",
+        "to",
+        CUSTOMER,
+    ]);
+
+    // 1. The customer adds a server.
+    let mut guest = Timings::titled(
+        "guest (s after the command)",
+        &["running", "guest boot", "disc ok"],
+    );
+    let c = ctx.customer;
+    c.run(&["login"]);
+    let images = c.run(&["show", "images"]);
+    assert!(images.contains(TEMPLATE), "{images}");
+    guest.row("add server", Instant::now());
+    c.run(&[
+        "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
+        "1G",
+    ]);
+    let first = wait_boot(brain, &admin, head, 0, "add server", &mut guest).await;
+    let id1 = lines::boot_id(&first.0).unwrap().to_owned();
+    let disc1 = first.1.clone();
+    assert!(disc1.contains(lines::DISC_OK), "{disc1}");
+    assert_eq!(
+        lines::field(&disc1, lines::DISC_OK, "disc_bytes"),
+        Some("1073741824"),
+        "{disc1}"
+    );
+    let mem1: u64 = lines::field(&first.0, lines::BOOT, "mem_mib")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mem_mib in {:?}", first.0));
+    // Where it runs: the head; its disc on the tail, served on its own
+    // address.
+    let shown: Value = serde_json::from_str(&c.run(&["--json", "show", "server", SERVER]))
+        .expect("show server --json");
+    eprintln!("server: {shown}");
+    let heads = admin.get("/admin/heads").await;
+    assert_eq!(heads[0]["running_virtual_machines_count"], 1, "{heads}");
+
+    // 2. Stop and start: the pattern written by boot 1 is found by boot 2.
+    c.run(&["stop", "server", SERVER]);
+    until("the head to report the VM gone", 120, brain, async || {
+        (admin.get("/admin/heads").await[0]["running_virtual_machines_count"] == 0).then_some(())
+    })
+    .await;
+    guest.row("stop, start", Instant::now());
+    c.run(&["start", "server", SERVER]);
+    let second = wait_boot(brain, &admin, head, 1, "stop, start", &mut guest).await;
+    let id2 = lines::boot_id(&second.0).unwrap().to_owned();
+    assert_ne!(id1, id2, "a new boot");
+    assert_eq!(
+        lines::field(&second.1, lines::DISC_OK, "previous"),
+        Some(id1.as_str()),
+        "boot 2 must find boot 1's pattern: {}",
+        second.1
+    );
+
+    // 3. Resize memory and disc while off; the next boot sees both.
+    c.run(&["stop", "server", SERVER]);
+    until("the head to report the VM gone", 120, brain, async || {
+        (admin.get("/admin/heads").await[0]["running_virtual_machines_count"] == 0).then_some(())
+    })
+    .await;
+    c.run(&["update", "server", SERVER, "--memory", "384M"]);
+    c.run(&["update", "disc", SERVER, "disc-1", "2G"]);
+    guest.row("resize, start", Instant::now());
+    c.run(&["start", "server", SERVER]);
+    let third = wait_boot(brain, &admin, head, 2, "resize, start", &mut guest).await;
+    let mem3: u64 = lines::field(&third.0, lines::BOOT, "mem_mib")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mem_mib in {:?}", third.0));
+    assert!(
+        mem3 >= mem1 + 100,
+        "the guest sees {mem3} MiB after the resize (before: {mem1} MiB)"
+    );
+    assert_eq!(
+        lines::field(&third.1, lines::DISC_OK, "disc_bytes"),
+        Some("2147483648"),
+        "the guest sees the grown disc: {}",
+        third.1
+    );
+    assert_eq!(
+        lines::field(&third.1, lines::DISC_OK, "previous"),
+        Some(id2.as_str()),
+        "{}",
+        third.1
+    );
+
+    // 4. A CD-ROM inserted into the running VM and ejected: the head's
+    // qemu opens the http URL (its curl block driver, shipped in the
+    // image) and reports the change. The medium is the template file the
+    // brain's boot HTTP server already serves; the test guest has no CD
+    // driver, so qemu, not the guest, is what sees it.
+    let cd = format!("http://{BRAIN_ADDRESS}:80/templates/{TEMPLATE}.raw");
+    c.run(&["update", "server", SERVER, "--cd-url", &cd]);
+    let inserted = format!("cdrom=Some({cd:?})");
+    until("the head to insert the CD", 120, brain, async || {
+        let console = head.console();
+        assert!(
+            !console.contains("changing the CD"),
+            "the head failed to change the CD:\n{}",
+            console
+                .lines()
+                .filter(|l| l.contains("changing the CD"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        console
+            .lines()
+            .find(|l| l.contains("CD changed") && l.contains(&inserted))
+            .map(str::to_owned)
+    })
+    .await;
+    c.run(&["update", "server", SERVER, "--remove-cd"]);
+    until("the head to eject the CD", 120, brain, async || {
+        head.console()
+            .lines()
+            .find(|l| l.contains("CD changed") && l.contains("cdrom=None"))
+            .map(str::to_owned)
+    })
+    .await;
+    guest
+}
+
+/// Waits for the `n`th boot's `DISC OK` on the head's console; marks the
+/// row's columns.
+async fn wait_boot(
+    brain: &mut BrainProcess,
+    admin: &Admin,
+    head: &Vm,
+    n: usize,
+    row: &str,
+    t: &mut Timings,
+) -> (String, String) {
+    let deadline = Instant::now() + GUEST_LIMIT;
+    loop {
+        if admin.get("/admin/heads").await[0]["running_virtual_machines_count"] == 1 {
+            t.mark(row, "running");
+        }
+        if let Some((b, disc)) = boot(head, n) {
+            t.mark(row, "guest boot");
+            if let Some(d) = disc {
+                t.mark(row, "disc ok");
+                eprintln!("boot {} on the head's console:\n  {b}\n  {d}", n + 1);
+                return (b, d);
+            }
+        }
+        assert!(!brain.exited(), "the brain exited");
+        assert!(
+            Instant::now() < deadline,
+            "boot {} of the guest did not finish its disc check within {GUEST_LIMIT:?}\n{}",
+            n + 1,
+            t.render()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
