@@ -77,6 +77,11 @@ echo "demo: building (the first run takes several minutes)" >&2
 cargo build --locked -q -p bigv-qemu-tests --bin bigv-demo -p bigv-cli --bin bigv -p bigv-brain --bin bigv-brain
 export PATH="$bin:$PATH"
 
+# The OS template customers' servers start from: the test guest
+# (qemu-tests/guest), a bootable disc with a tiny Linux.
+guest=$CARGO_TARGET_DIR/bigv-test-guest.raw
+bash qemu-tests/guest/build.sh "$guest" >/dev/null
+
 rm -rf "$state" && mkdir -p "$state"
 setsid bigv-demo --state "$state" --api "$api" >"$state/demo.log" 2>&1 </dev/null &
 echo $! >"$state/pid"
@@ -100,6 +105,8 @@ export BIGV_USER=admin BIGV_PASS=correct-horse-battery
 bigv --endpoint "http://$api" login --make-current
 bigv admin add vlan 1
 bigv admin add ip range 192.0.2.0/24 1
+bigv admin add image bigv-test "$(( ($(stat -c %s "$guest") + 1048575) / 1048576 ))M" \
+    --description "the BigV test guest (tiny Linux)" --file "$guest"
 bigv admin add account demo
 bigv admin show heads
 bigv admin show tails
@@ -113,8 +120,10 @@ tail serves a 20 GiB sata pool from a blank disc it formatted at boot.
 bigv is logged in as $BIGV_USER (profile "default"). Try:
 
     export PATH="$bin:\$PATH"
+    bigv add server web1.default.demo --image bigv-test --memory 256M --disc 1G
+    bigv show server web1.default.demo
+    bigv admin show logs head head1     # the VM's serial console is echoed here
     bigv admin show heads
-    bigv show account demo
 
 tools/demo.sh down stops the cluster and removes $state.
 TXT

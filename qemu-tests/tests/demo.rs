@@ -1,6 +1,6 @@
 //! The README's first command: `tools/demo.sh` brings up the demo cluster
-//! in qemu and leaves `bigv` logged in to it; `tools/demo.sh down` removes
-//! everything it started. Run as the README says, with its state, API
+//! in qemu and leaves `bigv` logged in to it, a customer server boots on
+//! it; `tools/demo.sh down` removes everything it started. Run as the README says, with its state, API
 //! port and CLI config moved somewhere private.
 //!
 //! Slow: three PXE boots under TCG; runs only with BIGV_SLOW_TESTS=1.
@@ -87,6 +87,47 @@ fn demo_up_and_down() {
         (15 * 1024..=20 * 1024).contains(&size_mib),
         "the 20 GiB disc's pool: {sata:#}"
     );
+
+    // What the demo is for: a customer server from the test guest template
+    // boots on a qemu head with its disc on the qemu tail; the head echoes
+    // the guest's console, which reaches the brain's log view.
+    let o = Command::new(bigv_qemu_tests::target_dir().join("debug/bigv"))
+        .args([
+            "add",
+            "server",
+            "web1.default.demo",
+            "--image",
+            "bigv-test",
+            "--memory",
+            "256M",
+            "--disc",
+            "1G",
+            "--no-wait",
+        ])
+        .env("BIGV_CONFIG_DIR", &config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "bigv add server: {o:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    'booted: loop {
+        for head in ["head1", "head2"] {
+            let lines = bigv(&["admin", "show", "logs", "head", head, "--lines", "1000"]);
+            let booted = lines
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["message"].as_str().is_some_and(|m| m.contains("DISC OK")));
+            if booted {
+                break 'booted;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo server's guest never reported DISC OK: {:#}",
+            bigv(&["show", "server", "web1.default.demo"])
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 
     drop(guard);
     assert!(!state.exists(), "demo.sh down left {}", state.display());

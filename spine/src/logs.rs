@@ -1,5 +1,6 @@
 //! Node logs to the brain (protocol version 2): a node's agent keeps its
-//! recent log lines (its own `tracing` events and init's log file) in a
+//! recent log lines (its own `tracing` events, as filtered for its console,
+//! and init's log file) in a
 //! bounded [`LogBuffer`] and sends them as `log` frames while a session is
 //! up; the brain keeps the last [`BRAIN_LINES`] per node for operators
 //! (`/admin/heads/{id}/logs`). The serial console stays the complete
@@ -119,8 +120,8 @@ impl LogBuffer {
     }
 }
 
-/// A `tracing` layer copying INFO and more severe events into a buffer as
-/// `source: agent` lines (`message key=value …`).
+/// A `tracing` layer copying the events the subscriber's filter lets
+/// through into a buffer as `source: agent` lines (`message key=value …`).
 pub struct BufferLayer {
     buffer: LogBuffer,
 }
@@ -134,9 +135,6 @@ impl BufferLayer {
 impl<S: tracing::Subscriber> Layer<S> for BufferLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let level = *event.metadata().level();
-        if level > tracing::Level::INFO {
-            return;
-        }
         let mut text = Text::default();
         event.record(&mut text);
         self.buffer.push(LogLine {
@@ -187,12 +185,11 @@ pub fn init_agent_tracing() {
     let buffer = INSTALLED.get_or_init(LogBuffer::new).clone();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // One filter for both: the brain gets what the console gets (RUST_LOG,
+    // which init sets from `bigv.log=`).
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(BufferLayer::new(buffer.clone()))
         .init();
     if let Some(path) = std::env::var_os("BIGV_INIT_LOG") {
@@ -376,9 +373,11 @@ mod tests {
     }
 
     #[test]
-    fn the_layer_copies_info_and_above_with_fields() {
+    fn the_layer_copies_what_the_filter_lets_through_with_fields() {
         let b = LogBuffer::new();
-        let subscriber = tracing_subscriber::registry().with(BufferLayer::new(b.clone()));
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(BufferLayer::new(b.clone()));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(vm = "web1", "qemu started");
             tracing::debug!("not copied");

@@ -60,7 +60,18 @@ fn main() -> ExitCode {
         .expect("a non-blocking listener");
     let mut logs = Logs::kept_in(&args.state.join("logs"));
     let taps = usize::from(args.heads) + usize::from(args.tails);
-    let mut cluster = Cluster::start("demo", taps, &args.state.join("brain"), &mut logs);
+    // The heads echo their VMs' serial consoles into their logs (docs/head.md)
+    // until the SSH console exists: `bigv admin show logs head head1`.
+    let mut cluster = Cluster::start_with(
+        "demo",
+        taps,
+        &args.state.join("brain"),
+        &mut logs,
+        &[
+            "--boot-kernel-arg",
+            "bigv.log=info,bigv_head::console=debug",
+        ],
+    );
     write_processes(&args.state, &cluster);
 
     // Everything from here on (API client, forwarded connections) opens
