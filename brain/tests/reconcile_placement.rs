@@ -129,8 +129,13 @@ async fn a_new_vm_gets_its_disc_on_a_tail_then_runs_with_the_unpacked_resource()
     // The bootstrap cluster_su holds a privilege above every VM.
     assert!(spec.console_users.contains(&SU_USER.to_string()));
 
-    // The generation the head holds is the one the model persisted.
-    let (_, generation) = reported_vm(&tb, &head, id).unwrap();
+    // The generation the head holds is the one the model persisted (its
+    // report reaches the brain's table a moment after the sim runs it).
+    let (_, generation) = eventually("the head's report of the VM", 10, || {
+        let r = reported_vm(&tb, &head, id);
+        async move { r }
+    })
+    .await;
     assert_eq!(generation, vm(&tb, id).generation);
     assert!(generation >= 1);
 }

@@ -511,12 +511,19 @@ async fn cancelling_puts_the_node_being_emptied_back_and_touches_nothing_else() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_that_could_not_empty_a_node_is_refused_up_front() {
     let tb = TestBrain::start().await;
+    store_image(&tb, "v1").await;
     store_image(&tb, "v2").await;
+    // An explicit target: the brain picks the first stored image itself
+    // when there is none, which must not be mistaken for the upgrade's.
+    let su = tb.su().await;
+    let (status, body) = tb
+        .put(&su, "/admin/settings", json!({"node_image_version": "v1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let fleet = fleet(&tb, 2, 1);
     joined(&tb, &fleet).await;
     let id = create_vm(&tb, NewVm::running("web1")).await;
     wait_running(&tb, &fleet, id, 20).await;
-    let su = tb.su().await;
     let (status, body) = tb
         .post(&su, "/admin/upgrades", json!({"version": "v2"}))
         .await;
@@ -528,7 +535,8 @@ async fn an_upgrade_that_could_not_empty_a_node_is_refused_up_front() {
     let model = tb.brain.db.read();
     assert!(model.operations.is_empty());
     assert_eq!(
-        model.settings.node_image_version, None,
+        model.settings.node_image_version.as_deref(),
+        Some("v1"),
         "the target did not move"
     );
 }

@@ -24,10 +24,10 @@ use std::collections::HashSet;
 use bigv_spine::Resource;
 use bigv_spine::resource::{DiscSpec, IncomingMirror, MigrationOrder, MigrationState};
 
-use crate::model::{Disc, DiscId, Operation, OperationKind, OperationState};
+use crate::model::{Disc, DiscId, Operation, OperationKind, OperationState, Role};
 use crate::scheduler::disc_resource;
 
-use super::operations::{Evacuation, evacuate, finish, set_phase};
+use super::operations::{Evacuation, evacuate, finish, peers_may_return, set_phase};
 use super::orders::Action;
 use super::pass::Pass;
 use super::snapshot::{ReportedDisc, Snapshot};
@@ -76,6 +76,9 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, disc_id: DiscId, to_pool: Option<&
                 picked.updated_at = p.now;
                 p.operations.push(picked);
                 return;
+            }
+            Err(_) if peers_may_return(p, Role::Tail, &source_tail) => {
+                return set_phase(p, op, "waiting for a tail to come back", None);
             }
             Err(why) => return finish(p, op, Err(why)),
         },

@@ -8,9 +8,10 @@
 //! does not touch `power_on`, so a stop ordered meanwhile is kept. Other
 //! kinds are left to their own engine, untouched.
 
-use crate::model::{Operation, OperationKind, OperationState};
+use crate::model::{Admission, Operation, OperationKind, OperationState, Role};
 
 use super::discs;
+use super::fencing::Liveness;
 use super::pass::Pass;
 
 pub(super) fn plan(p: &mut Pass<'_>) {
@@ -190,4 +191,21 @@ pub(super) fn drive_evacuation<T: Copy + PartialEq>(
         moved: total - e.remaining.len() as u64,
         total,
     }
+}
+
+/// Whether an accepted node of `role` other than `except` is away but not
+/// yet counted gone (or still joining): when no destination has room now,
+/// a move waits for it rather than failing. Unknown is not dead: after a
+/// brain restart, say, every node is unknown until it reconnects.
+pub(super) fn peers_may_return(p: &mut Pass<'_>, role: Role, except: &str) -> bool {
+    let peers: Vec<String> = p
+        .model
+        .nodes
+        .values()
+        .filter(|n| n.role == role && n.admission == Admission::Accepted && n.node_id != except)
+        .map(|n| n.node_id.clone())
+        .collect();
+    peers
+        .iter()
+        .any(|n| matches!(p.liveness(n), Liveness::Unknown | Liveness::Joining))
 }

@@ -21,10 +21,10 @@
 use bigv_spine::Resource;
 use bigv_spine::resource::{VmIncoming, VmMigrationOrder, VmMigrationState, VmRunState, VmSpec};
 
-use crate::model::{Operation, OperationKind, OperationState, Vm, VmId};
+use crate::model::{Operation, OperationKind, OperationState, Role, Vm, VmId};
 use crate::scheduler::vm_resource;
 
-use super::operations::{Evacuation, evacuate, finish, set_phase};
+use super::operations::{Evacuation, evacuate, finish, peers_may_return, set_phase};
 use super::orders::Action;
 use super::pass::Pass;
 use super::snapshot::Snapshot;
@@ -72,6 +72,9 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
                 picked.updated_at = p.now;
                 p.operations.push(picked);
                 return;
+            }
+            Err(_) if peers_may_return(p, Role::Head, &source) => {
+                return set_phase(p, op, "waiting for a head to come back", None);
             }
             Err(why) => return finish(p, op, Err(why)),
         },
