@@ -50,6 +50,22 @@ async fn store_image(tb: &TestBrain, version: &str) {
     assert_eq!(status, StatusCode::OK, "{list}");
 }
 
+/// Image v2 stored and `heads` + `tails` joined, every one of them set to
+/// come back from a reboot on v2; their node ids by label.
+async fn ready_for_v2(
+    tb: &TestBrain,
+    heads: usize,
+    tails: usize,
+) -> (SimFleet, BTreeMap<String, String>) {
+    store_image(tb, "v2").await;
+    let fleet = fleet(tb, heads, tails);
+    joined(tb, &fleet).await;
+    for node in &fleet.nodes {
+        node.boot_version("v2");
+    }
+    (fleet, labels(tb))
+}
+
 /// Node ids by label.
 fn labels(tb: &TestBrain) -> BTreeMap<String, String> {
     tb.brain
@@ -210,12 +226,7 @@ async fn anti_affine(tb: &TestBrain, a: VmId, b: VmId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_is_emptied_rebooted_onto_the_version_and_readmitted_in_turn() {
     let tb = TestBrain::start().await;
-    store_image(&tb, "v2").await;
-    let fleet = fleet(&tb, 3, 2);
-    joined(&tb, &fleet).await;
-    for node in &fleet.nodes {
-        node.boot_version("v2");
-    }
+    let (fleet, _) = ready_for_v2(&tb, 3, 2).await;
     let mut vms = vec![];
     for name in ["web1", "web2", "mail"] {
         vms.push(create_vm(&tb, NewVm::running(name)).await);
@@ -411,13 +422,7 @@ async fn a_node_that_does_not_come_back_in_time_stops_the_rollout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_brain_resumes_the_upgrade() {
     let tb = TestBrain::start().await;
-    store_image(&tb, "v2").await;
-    let fleet = fleet(&tb, 2, 2);
-    joined(&tb, &fleet).await;
-    for node in &fleet.nodes {
-        node.boot_version("v2");
-    }
-    let by_label = labels(&tb);
+    let (fleet, by_label) = ready_for_v2(&tb, 2, 2).await;
     // head1 stays down long enough for the brain to restart meanwhile.
     sim(&fleet, &by_label["head1"]).reboot_delay(Duration::from_secs(3));
     let vms = vec![
@@ -544,13 +549,7 @@ async fn an_upgrade_that_could_not_empty_a_node_is_refused_up_front() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_brain_resumes_emptying_a_node() {
     let tb = TestBrain::start().await;
-    store_image(&tb, "v2").await;
-    let fleet = fleet(&tb, 2, 2);
-    joined(&tb, &fleet).await;
-    for node in &fleet.nodes {
-        node.boot_version("v2");
-    }
-    let by_label = labels(&tb);
+    let (fleet, by_label) = ready_for_v2(&tb, 2, 2).await;
     let head = by_label["head1"].clone();
     set_usage(&tb, &by_label["head2"], Some("empty")).await;
     let id = create_vm(&tb, NewVm::running("web1")).await;
