@@ -202,7 +202,16 @@ impl HeadAgent {
         match adopted {
             Ok((spec, running)) => {
                 tracing::info!(vm = name, pid = running.pid, "re-adopted a running VM");
-                self.install(name, paths, spec, running, None);
+                self.install(name, paths, spec.clone(), running, None);
+                let vm = self.vms.lock().expect("vms poisoned").get(name).cloned();
+                if let (Some(vm), Some(me)) = (vm, self.me.upgrade()) {
+                    migration::resume(me, vm, &spec);
+                }
+            }
+            // Its qemu is alive but its monitor did not answer: keep its
+            // directory (spec, sockets) rather than orphan a running guest.
+            Err(e @ vm::VmError::Qmp(_)) => {
+                tracing::error!(vm = name, error = %error_chain(&e), "a running VM's QMP monitor does not answer; leaving it as it is");
             }
             Err(e) => {
                 tracing::warn!(vm = name, error = %error_chain(&e), "a VM in the run directory is no longer running; cleaning up");
@@ -219,6 +228,11 @@ impl HeadAgent {
             .into_values()
             .collect();
         drop(vms);
+    }
+
+    /// Cancelled when the agent stops watching its VMs.
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// Connects the agent to its spine session's notifier (once).

@@ -153,10 +153,35 @@ pub(crate) async fn run(agent: Arc<HeadAgent>, vm: Arc<Vm>, order: VmMigrationOr
         fail(&agent, &vm, seq, error_chain(&e)).await;
         return;
     }
+    watch(agent, vm, order).await
+}
+
+/// After an agent restart: a re-adopted VM whose saved spec says an
+/// outgoing migration was under way is watched again (qemu kept
+/// migrating while no agent was there), so its progress and end still
+/// reach the brain and the source qemu still ends once it completes.
+pub(crate) fn resume(agent: Arc<HeadAgent>, vm: Arc<Vm>, spec: &VmSpec) {
+    let Some(order) = spec.migrate_to.clone() else {
+        return;
+    };
+    if !outgoing(spec) || spec.migration.as_ref().map(|m| m.seq) != Some(order.seq) {
+        return;
+    }
+    tracing::info!(vm = %vm.name, seq = order.seq, to = %order.to, "re-adopted during a live migration: watching it again");
+    tokio::spawn(watch(agent, vm, order));
+}
+
+/// Polls qemu's migration until it ends, reporting progress; on success
+/// ends the source qemu.
+async fn watch(agent: Arc<HeadAgent>, vm: Arc<Vm>, order: VmMigrationOrder) {
+    let seq = order.seq;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = vm.ended.cancelled() => return,
+            // The agent is stopping: qemu migrates on, and the next
+            // agent watches it (`resume`).
+            _ = agent.stopping().cancelled() => return,
         }
         let info = match vm.qmp.query_migrate().await {
             Ok(i) => i,
@@ -188,7 +213,9 @@ pub(crate) async fn run(agent: Arc<HeadAgent>, vm: Arc<Vm>, order: VmMigrationOr
                 }
                 return;
             }
-            "failed" | "cancelled" => {
+            // `none`: qemu has no migration (the agent died before it
+            // issued `migrate`): this one is over.
+            "failed" | "cancelled" | "none" => {
                 let why = info.error.unwrap_or_else(|| info.status.clone());
                 fail(&agent, &vm, seq, why).await;
                 return;

@@ -50,7 +50,28 @@ impl Drop for TestHead {
 }
 
 impl TestHead {
+    /// A new agent for the same head (its qemu processes keep running and
+    /// are re-adopted), as when init restarts a crashed agent.
+    async fn restart_agent(&mut self, spine: SocketAddr, root: &Path, node_id: &str) {
+        self.task.abort();
+        self.agent.shutdown().await;
+        (self.agent, self.task) = TestHead::spawn_agent(spine, root, node_id).await;
+    }
+
     async fn start(spine: SocketAddr, root: &Path, node_id: &str) -> TestHead {
+        let (agent, task) = TestHead::spawn_agent(spine, root, node_id).await;
+        TestHead {
+            agent,
+            task,
+            run_dir: root.join(node_id).join("run"),
+        }
+    }
+
+    async fn spawn_agent(
+        spine: SocketAddr,
+        root: &Path,
+        node_id: &str,
+    ) -> (Arc<HeadAgent>, tokio::task::JoinHandle<()>) {
         let run_dir = root.join(node_id).join("run");
         let config = AgentConfig {
             qemu: "qemu-system-x86_64".into(),
@@ -87,11 +108,7 @@ impl TestHead {
         let task = tokio::spawn(async move {
             runner.run_spine(&node).await;
         });
-        TestHead {
-            agent,
-            task,
-            run_dir,
-        }
+        (agent, task)
     }
 }
 
@@ -148,9 +165,9 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         .await
         .unwrap()
         .0;
-    let head_a = TestHead::start(server.local_addr(), &root, "head-a").await;
+    let mut head_a = TestHead::start(server.local_addr(), &root, "head-a").await;
     let head_b = TestHead::start(server.local_addr(), &root, "head-b").await;
-    let a = ready(&server, "head-a").await;
+    let mut a = ready(&server, "head-a").await;
     let b = ready(&server, "head-b").await;
 
     // The guest boots on A.
@@ -289,6 +306,23 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         .await
         .unwrap();
     let tick_before = last_tick(&log_a).unwrap_or(0);
+    // A's agent restarts mid-migration: the new one re-adopts the qemu and
+    // watches the migration qemu kept running, to its end.
+    wait_for("progress before A's agent restarts", MIGRATE_WAIT, || {
+        vm_in_table(&a, "t1")
+            .and_then(|v| v.migration)
+            .filter(|m| m.seq == 3 && m.ram_done > 0)
+    })
+    .await;
+    head_a
+        .restart_agent(server.local_addr(), &root, "head-a")
+        .await;
+    a = wait_for("A's new agent on the spine", WAIT, || {
+        server
+            .node("head-a")
+            .filter(|h| h.is_ready() && h.info().conn != a.info().conn)
+    })
+    .await;
     let mut seen: Vec<VmMigrationProgress> = Vec::new();
     let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
     while let Some(v) = vm_in_table(&a, "t1") {
