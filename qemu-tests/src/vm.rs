@@ -107,6 +107,13 @@ impl Vm {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Pulls the power: SIGKILLs qemu (no shutdown, no goodbye on the
+    /// network) and reaps it.
+    pub fn power_off_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Vm {
