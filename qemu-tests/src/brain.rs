@@ -55,6 +55,12 @@ pub fn add_image(bin: &Path, data: &Path, image: &Path) {
 
 pub struct BrainProcess {
     child: Child,
+    /// What it was started with, to start it again on the same data
+    /// directory ([`BrainProcess::restart`]).
+    ns: String,
+    bin: PathBuf,
+    data: PathBuf,
+    extra: Vec<String>,
 }
 
 impl BrainProcess {
@@ -73,27 +79,30 @@ impl BrainProcess {
         log: &Path,
         extra: &[&str],
     ) -> BrainProcess {
-        let out = std::fs::File::create(log).expect("the brain's log file");
-        let err = out.try_clone().expect("the brain's log file");
-        let child = ns
-            .exec(bin.to_str().expect("a UTF-8 path"))
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--api-listen", API])
-            .args(["--spine-listen", &format!("0.0.0.0:{SPINE_PORT}")])
-            .args(["--bootstrap-user", ADMIN])
-            .env("BIGV_BOOTSTRAP_PASSWORD", PASSWORD)
-            .args(["--boot-interface", BRIDGE, "--boot-address", BRAIN_ADDRESS])
-            .args(["--boot-pool", "10.0.0.100-10.0.0.200"])
-            .args(["--boot-ra-prefix", "fd00::/64"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("starting bigv-brain");
-        BrainProcess { child }
+        let ns = ns.name.clone();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(&ns, bin, data, log, &extra);
+        BrainProcess {
+            child,
+            ns,
+            bin: bin.to_owned(),
+            data: data.to_owned(),
+            extra,
+        }
+    }
+
+    /// SIGKILLs the brain, as a crash or a pulled plug would, and reaps it.
+    pub fn kill(&mut self) {
+        // `ip netns exec` execs the brain: this PID is the brain's.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the brain again (after [`BrainProcess::kill`]) on the same
+    /// data directory with the same arguments; its output goes to `log`.
+    pub fn restart(&mut self, log: &Path) {
+        assert!(self.exited(), "restart: the brain is still running");
+        self.child = spawn(&self.ns, &self.bin, &self.data, log, &self.extra);
     }
 
     pub fn exited(&mut self) -> bool {
@@ -103,6 +112,30 @@ impl BrainProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+fn spawn(ns: &str, bin: &Path, data: &Path, log: &Path, extra: &[String]) -> Child {
+    let out = std::fs::File::create(log).expect("the brain's log file");
+    let err = out.try_clone().expect("the brain's log file");
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--api-listen", API])
+        .args(["--spine-listen", &format!("0.0.0.0:{SPINE_PORT}")])
+        .args(["--bootstrap-user", ADMIN])
+        .env("BIGV_BOOTSTRAP_PASSWORD", PASSWORD)
+        .args(["--boot-interface", BRIDGE, "--boot-address", BRAIN_ADDRESS])
+        .args(["--boot-pool", "10.0.0.100-10.0.0.200"])
+        .args(["--boot-ra-prefix", "fd00::/64"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("starting bigv-brain")
 }
 
 impl Drop for BrainProcess {

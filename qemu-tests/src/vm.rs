@@ -34,6 +34,8 @@ pub struct DirectBoot {
 pub struct Vm {
     child: Child,
     pub serial: PathBuf,
+    /// qemu's QMP socket (next to the serial log): [`Vm::set_link`].
+    pub qmp: PathBuf,
     pub powered_on: Instant,
 }
 
@@ -67,6 +69,10 @@ impl Vm {
                 disc.display()
             ));
         }
+        let qmp = serial.with_extension("qmp");
+        let _ = std::fs::remove_file(&qmp);
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
         let child = cmd
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -76,7 +82,7 @@ impl Vm {
             ])
             .args([
                 "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
+                &format!("virtio-net-pci,netdev=n0,id=nic0,mac={}", spec.mac),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,6 +92,7 @@ impl Vm {
         Vm {
             child,
             serial: serial.to_owned(),
+            qmp,
             powered_on: Instant::now(),
         }
     }
@@ -106,6 +113,48 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Pulls (`up: false`) or plugs back the machine's network cable:
+    /// QMP `set_link` on its NIC. The guest sees carrier loss.
+    pub fn set_link(&self, up: bool) {
+        self.qmp(&format!(
+            r#"{{"execute":"set_link","arguments":{{"name":"nic0","up":{up}}}}}"#
+        ));
+    }
+
+    /// Runs one QMP command; panics unless qemu answers `return`.
+    fn qmp(&self, command: &str) {
+        use std::io::{BufRead, BufReader, Write};
+        let sock = std::os::unix::net::UnixStream::connect(&self.qmp)
+            .unwrap_or_else(|e| panic!("QMP {}: {e}", self.qmp.display()));
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("a read timeout");
+        let mut reader = BufReader::new(sock.try_clone().expect("the QMP socket"));
+        let mut w = sock;
+        // The greeting, then capabilities negotiation, then the command;
+        // events may come in between.
+        let mut answer = |what: &str| loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("reading QMP");
+            assert!(n > 0, "QMP closed waiting for {what}");
+            if line.contains("\"return\"") || line.contains("\"QMP\"") {
+                return;
+            }
+            assert!(!line.contains("\"error\""), "QMP {what}: {line}");
+        };
+        answer("the greeting");
+        writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).expect("writing QMP");
+        answer("qmp_capabilities");
+        writeln!(w, "{command}").expect("writing QMP");
+        answer(command);
+    }
+
+    /// Pulls the power: SIGKILLs qemu (no shutdown, no goodbye on the
+    /// network) and reaps it.
+    pub fn power_off_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

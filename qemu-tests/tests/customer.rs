@@ -30,27 +30,19 @@
 //! tools/fetch-kernel.sh, and syslinux/mtools/dosfstools for the guest.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bigv_qemu_tests::brain::{self, Admin, BrainProcess};
+use bigv_qemu_tests::brain::{self, Admin};
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
+use bigv_qemu_tests::guest::{self, CUSTOMER, CUSTOMER_PASSWORD, TEMPLATE, wait_boot};
 use bigv_qemu_tests::logs::Logs;
 use bigv_qemu_tests::netns::BRAIN_ADDRESS;
 use bigv_qemu_tests::timings::Timings;
-use bigv_qemu_tests::vm::Vm;
 use bigv_test_guest::lines;
 use serde_json::Value;
 
-/// From `bigv start` to the guest's `DISC OK` on the head's console:
-/// template fetch and copy (first time), qemu under nested KVM, the
-/// guest's kernel, the disc check over NBD.
-const GUEST_LIMIT: Duration = Duration::from_secs(300);
-const TEMPLATE: &str = "bigv-test";
-const CUSTOMER: &str = "alice";
-const CUSTOMER_PASSWORD: &str = "alice-secret-password";
 const SERVER: &str = "web1.default.acme";
-const CONSOLE: &str = "bigv_head::console";
 
 #[test]
 fn customer_flow_through_the_cli() {
@@ -69,10 +61,7 @@ fn customer_flow_through_the_cli() {
         2,
         &data_dir.path().join("brain"),
         &mut logs,
-        &[
-            "--boot-kernel-arg",
-            "bigv.log=info,bigv_head::console=debug",
-        ],
+        &guest::CONSOLE_BOOT_ARGS,
     );
     let admin_cli = Bigv::new(
         &cli,
@@ -118,35 +107,6 @@ struct Ctx<'a> {
     guest: &'a Path,
 }
 
-/// The guest's lines as the head's console shows them (the head agent's
-/// echo), in order.
-fn guest_lines(head: &Vm) -> Vec<String> {
-    head.console()
-        .lines()
-        .filter(|l| l.contains(CONSOLE))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The `n`th (0-based) boot of the guest on the head's console: its boot
-/// line and, once there, its `DISC OK`/`DISC FAIL` line.
-fn boot(head: &Vm, n: usize) -> Option<(String, Option<String>)> {
-    let lines = guest_lines(head);
-    let starts: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.contains(lines::BOOT))
-        .map(|(i, _)| i)
-        .collect();
-    let at = *starts.get(n)?;
-    let end = starts.get(n + 1).copied().unwrap_or(lines.len());
-    let disc = lines[at..end]
-        .iter()
-        .find(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
-        .cloned();
-    Some((lines[at].clone(), disc))
-}
-
 async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timings {
     let admin = Admin::login(&mut cluster.brain).await;
     // A head with SVM (KVM inside) and 3 GiB; a tail with a blank 4 GiB
@@ -179,34 +139,7 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     // The operator registers the test guest as an OS template and uploads
     // its bytes (`--file`: PUT /admin/images/NAME/content); a customer
     // account and user.
-    let size = std::fs::metadata(ctx.guest).unwrap().len();
-    let added = ctx.admin_cli.run_all(&[
-        "admin",
-        "add",
-        "image",
-        TEMPLATE,
-        &format!("{}M", size.div_ceil(1 << 20)),
-        "--description",
-        "the BigV test guest",
-        "--file",
-        ctx.guest.to_str().expect("a UTF-8 path"),
-    ]);
-    assert!(
-        added.contains(&format!("Uploaded {size} bytes of {TEMPLATE}")),
-        "{added}"
-    );
-    ctx.admin_cli.run(&["admin", "add", "account", "acme"]);
-    ctx.admin_cli
-        .run(&["add", "user", CUSTOMER, "--password", CUSTOMER_PASSWORD]);
-    ctx.admin_cli.run(&[
-        "grant",
-        "privilege",
-        "account_admin",
-        "on",
-        "acme",
-        "to",
-        CUSTOMER,
-    ]);
+    guest::operator_and_customer_setup(ctx.admin_cli, ctx.customer, ctx.guest);
 
     // 1. The customer adds a server.
     let mut guest = Timings::titled(
@@ -214,9 +147,6 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
         &["running", "guest boot", "disc ok"],
     );
     let c = ctx.customer;
-    c.run(&["login"]);
-    let images = c.run(&["show", "images"]);
-    assert!(images.contains(TEMPLATE), "{images}");
     guest.row("add server", Instant::now());
     c.run(&[
         "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
@@ -325,38 +255,4 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     })
     .await;
     guest
-}
-
-/// Waits for the `n`th boot's `DISC OK` on the head's console; marks the
-/// row's columns.
-async fn wait_boot(
-    brain: &mut BrainProcess,
-    admin: &Admin,
-    head: &Vm,
-    n: usize,
-    row: &str,
-    t: &mut Timings,
-) -> (String, String) {
-    let deadline = Instant::now() + GUEST_LIMIT;
-    loop {
-        if admin.get("/admin/heads").await[0]["running_virtual_machines_count"] == 1 {
-            t.mark(row, "running");
-        }
-        if let Some((b, disc)) = boot(head, n) {
-            t.mark(row, "guest boot");
-            if let Some(d) = disc {
-                t.mark(row, "disc ok");
-                eprintln!("boot {} on the head's console:\n  {b}\n  {d}", n + 1);
-                return (b, d);
-            }
-        }
-        assert!(!brain.exited(), "the brain exited");
-        assert!(
-            Instant::now() < deadline,
-            "boot {} of the guest did not finish its disc check within {GUEST_LIMIT:?}\n{}",
-            n + 1,
-            t.render()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

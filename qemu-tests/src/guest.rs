@@ -1,0 +1,144 @@
+//! A customer VM running the test guest, as scenarios see it: its serial
+//! lines on the head's console (the head agent echoes each VM's console
+//! into its log at debug level, `bigv_head::console`, which the brain's
+//! `--boot-kernel-arg bigv.log=info,bigv_head::console=debug` turns on),
+//! and the operator's and customer's setup through the `bigv` CLI.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bigv_test_guest::lines;
+
+use crate::brain::{Admin, BrainProcess};
+use crate::cli::Bigv;
+use crate::timings::Timings;
+use crate::vm::Vm;
+
+/// The head agent's target for the guests' console lines.
+pub const CONSOLE: &str = "bigv_head::console";
+/// The brain argument that puts the guests' console on the head's.
+pub const CONSOLE_BOOT_ARGS: [&str; 2] = [
+    "--boot-kernel-arg",
+    "bigv.log=info,bigv_head::console=debug",
+];
+pub const TEMPLATE: &str = "bigv-test";
+pub const CUSTOMER: &str = "alice";
+pub const CUSTOMER_PASSWORD: &str = "alice-secret-password";
+pub const ACCOUNT: &str = "acme";
+/// From `bigv start` to the guest's `DISC OK` on the head's console:
+/// template fetch and copy (first time), qemu under nested KVM, the
+/// guest's kernel, the disc check over NBD.
+pub const GUEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// The guest's lines as the head's console shows them (the head agent's
+/// echo), in order.
+pub fn guest_lines(head: &Vm) -> Vec<String> {
+    head.console()
+        .lines()
+        .filter(|l| l.contains(CONSOLE))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `n`th (0-based) boot of the guest on the head's console: its boot
+/// line and, once there, its `DISC OK`/`DISC FAIL` line.
+pub fn boot(head: &Vm, n: usize) -> Option<(String, Option<String>)> {
+    let lines = guest_lines(head);
+    let starts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains(lines::BOOT))
+        .map(|(i, _)| i)
+        .collect();
+    let at = *starts.get(n)?;
+    let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+    let disc = lines[at..end]
+        .iter()
+        .find(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
+        .cloned();
+    Some((lines[at].clone(), disc))
+}
+
+/// Every boot id the guest printed on this head's console, in order.
+pub fn boot_ids(head: &Vm) -> Vec<String> {
+    guest_lines(head)
+        .iter()
+        .filter_map(|l| lines::boot_id(l).map(str::to_owned))
+        .collect()
+}
+
+/// The guest's last `TICK` on this head's console: `(n, uptime s)`.
+pub fn last_tick(head: &Vm) -> Option<(u64, f64)> {
+    guest_lines(head).iter().rev().find_map(|l| lines::tick(l))
+}
+
+/// The operator registers the test guest `image` as the OS template
+/// [`TEMPLATE`] (uploading its bytes), creates account [`ACCOUNT`] and
+/// user [`CUSTOMER`] as its admin; the customer logs in and sees the
+/// template.
+pub fn operator_and_customer_setup(admin: &Bigv, customer: &Bigv, image: &Path) {
+    let size = std::fs::metadata(image).unwrap().len();
+    let added = admin.run_all(&[
+        "admin",
+        "add",
+        "image",
+        TEMPLATE,
+        &format!("{}M", size.div_ceil(1 << 20)),
+        "--description",
+        "the BigV test guest",
+        "--file",
+        image.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(
+        added.contains(&format!("Uploaded {size} bytes of {TEMPLATE}")),
+        "{added}"
+    );
+    admin.run(&["admin", "add", "account", ACCOUNT]);
+    admin.run(&["add", "user", CUSTOMER, "--password", CUSTOMER_PASSWORD]);
+    admin.run(&[
+        "grant",
+        "privilege",
+        "account_admin",
+        "on",
+        ACCOUNT,
+        "to",
+        CUSTOMER,
+    ]);
+    customer.run(&["login"]);
+    let images = customer.run(&["show", "images"]);
+    assert!(images.contains(TEMPLATE), "{images}");
+}
+
+/// Waits for the `n`th boot's `DISC OK` on the head's console; marks the
+/// row's columns.
+pub async fn wait_boot(
+    brain: &mut BrainProcess,
+    admin: &Admin,
+    head: &Vm,
+    n: usize,
+    row: &str,
+    t: &mut Timings,
+) -> (String, String) {
+    let deadline = Instant::now() + GUEST_LIMIT;
+    loop {
+        if admin.get("/admin/heads").await[0]["running_virtual_machines_count"] == 1 {
+            t.mark(row, "running");
+        }
+        if let Some((b, disc)) = boot(head, n) {
+            t.mark(row, "guest boot");
+            if let Some(d) = disc {
+                t.mark(row, "disc ok");
+                eprintln!("boot {} on the head's console:\n  {b}\n  {d}", n + 1);
+                return (b, d);
+            }
+        }
+        assert!(!brain.exited(), "the brain exited");
+        assert!(
+            Instant::now() < deadline,
+            "boot {} of the guest did not finish its disc check within {GUEST_LIMIT:?}\n{}",
+            n + 1,
+            t.render()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
