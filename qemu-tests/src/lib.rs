@@ -12,6 +12,7 @@
 pub mod brain;
 pub mod cli;
 pub mod cluster;
+pub mod customer;
 pub mod image;
 pub mod logs;
 pub mod netns;

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bigv_qemu_tests::brain::{self, Admin, BrainProcess};
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
+use bigv_qemu_tests::customer::{self, CUSTOMER, CUSTOMER_PASSWORD, TEMPLATE, boot};
 use bigv_qemu_tests::logs::Logs;
 use bigv_qemu_tests::netns::BRAIN_ADDRESS;
 use bigv_qemu_tests::timings::Timings;
@@ -46,11 +47,7 @@ use serde_json::Value;
 /// template fetch and copy (first time), qemu under nested KVM, the
 /// guest's kernel, the disc check over NBD.
 const GUEST_LIMIT: Duration = Duration::from_secs(300);
-const TEMPLATE: &str = "bigv-test";
-const CUSTOMER: &str = "alice";
-const CUSTOMER_PASSWORD: &str = "alice-secret-password";
 const SERVER: &str = "web1.default.acme";
-const CONSOLE: &str = "bigv_head::console";
 
 #[test]
 fn customer_flow_through_the_cli() {
@@ -69,10 +66,7 @@ fn customer_flow_through_the_cli() {
         2,
         &data_dir.path().join("brain"),
         &mut logs,
-        &[
-            "--boot-kernel-arg",
-            "bigv.log=info,bigv_head::console=debug",
-        ],
+        &customer::BRAIN_ARGS,
     );
     let admin_cli = Bigv::new(
         &cli,
@@ -118,35 +112,6 @@ struct Ctx<'a> {
     guest: &'a Path,
 }
 
-/// The guest's lines as the head's console shows them (the head agent's
-/// echo), in order.
-fn guest_lines(head: &Vm) -> Vec<String> {
-    head.console()
-        .lines()
-        .filter(|l| l.contains(CONSOLE))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The `n`th (0-based) boot of the guest on the head's console: its boot
-/// line and, once there, its `DISC OK`/`DISC FAIL` line.
-fn boot(head: &Vm, n: usize) -> Option<(String, Option<String>)> {
-    let lines = guest_lines(head);
-    let starts: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.contains(lines::BOOT))
-        .map(|(i, _)| i)
-        .collect();
-    let at = *starts.get(n)?;
-    let end = starts.get(n + 1).copied().unwrap_or(lines.len());
-    let disc = lines[at..end]
-        .iter()
-        .find(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
-        .cloned();
-    Some((lines[at].clone(), disc))
-}
-
 async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timings {
     let admin = Admin::login(&mut cluster.brain).await;
     // A head with SVM (KVM inside) and 3 GiB; a tail with a blank 4 GiB
@@ -179,34 +144,7 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     // The operator registers the test guest as an OS template and uploads
     // its bytes (`--file`: PUT /admin/images/NAME/content); a customer
     // account and user.
-    let size = std::fs::metadata(ctx.guest).unwrap().len();
-    let added = ctx.admin_cli.run_all(&[
-        "admin",
-        "add",
-        "image",
-        TEMPLATE,
-        &format!("{}M", size.div_ceil(1 << 20)),
-        "--description",
-        "the BigV test guest",
-        "--file",
-        ctx.guest.to_str().expect("a UTF-8 path"),
-    ]);
-    assert!(
-        added.contains(&format!("Uploaded {size} bytes of {TEMPLATE}")),
-        "{added}"
-    );
-    ctx.admin_cli.run(&["admin", "add", "account", "acme"]);
-    ctx.admin_cli
-        .run(&["add", "user", CUSTOMER, "--password", CUSTOMER_PASSWORD]);
-    ctx.admin_cli.run(&[
-        "grant",
-        "privilege",
-        "account_admin",
-        "on",
-        "acme",
-        "to",
-        CUSTOMER,
-    ]);
+    customer::set_up(ctx.admin_cli, ctx.customer, ctx.guest);
 
     // 1. The customer adds a server.
     let mut guest = Timings::titled(
@@ -214,9 +152,6 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
         &["running", "guest boot", "disc ok"],
     );
     let c = ctx.customer;
-    c.run(&["login"]);
-    let images = c.run(&["show", "images"]);
-    assert!(images.contains(TEMPLATE), "{images}");
     guest.row("add server", Instant::now());
     c.run(&[
         "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
