@@ -58,7 +58,25 @@ async fn a_disc_moves_to_another_tail_under_its_running_vm() {
     let (from, before) = disc_on_tails(&fleet, &disc).unwrap();
 
     let op = migrate(&tb, disc.id.0).await;
-    let job = job_ends(&tb, op, 20).await;
+    // Once the source has let go, the disc never comes back there (a new
+    // blank copy on the old tail would answer on the disc's address).
+    let ends = job_ends(&tb, op, 20);
+    tokio::pin!(ends);
+    let mut let_go = false;
+    let job = loop {
+        tokio::select! {
+            job = &mut ends => break job,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                let on_source = holders(&fleet, &disc).contains(&from);
+                assert!(
+                    !(let_go && on_source),
+                    "the disc came back on its old tail after the handover"
+                );
+                let_go |= !on_source;
+            }
+        }
+    };
+    assert!(let_go, "the source let go of the disc");
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["done"], job["total"], "{job}");
 

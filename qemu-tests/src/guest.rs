@@ -142,3 +142,47 @@ pub async fn wait_boot(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// The guest's `TICK` lines on the head's console: `(n, uptime)`.
+pub fn ticks(head: &Vm) -> Vec<(u64, f64)> {
+    guest_lines(head)
+        .iter()
+        .filter_map(|l| lines::tick(l))
+        .collect()
+}
+
+/// The first line of the log file `path` that contains `needle`, without
+/// its terminal colours (the brain's log is coloured).
+pub fn log_line(path: &Path, needle: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find(|l| l.contains(needle)).map(strip_colours)
+}
+
+/// `line` without ANSI SGR sequences (`ESC [ … m`).
+pub fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colours_are_stripped() {
+        assert_eq!(
+            super::strip_colours("\u{1b}[3mdowntime_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m12 x"),
+            "downtime_ms=12 x"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::net::Ipv6Addr;
 use bigv_spine::resource::DiscSpec;
 use bigv_spine::{Resource, ResourceValue};
 
-use crate::model::{Disc, DiscId, VmId};
+use crate::model::{Disc, DiscId, OperationKind, OperationState, VmId};
 use crate::scheduler::disc_resource;
 
 use super::orders::Action;
@@ -180,6 +180,15 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // stopped ones; this makes sure).
     let vm_running = p.reported_on.contains_key(&disc.vm_id);
     let Some(found) = found else {
+        // A disc under migration is the migration's to create or not: its
+        // source may just have handed it over (the source's report of it
+        // gone can come before the destination's of it served), and a new
+        // blank copy on the source would answer on the disc's address
+        // beside the real one (the whole-system disc migration saw a head
+        // reconnect to it).
+        if migrating(p, id) {
+            return None;
+        }
         let acl = acl?;
         p.model.vm(disc.vm_id)?;
         let name = disc_resource(disc);
@@ -235,6 +244,14 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     let resource = Resource::new(found.name.clone(), ResourceValue::Disc(wanted)).ok()?;
     let generation = disc.generation.max(found.generation) + 1;
     Some((tail.to_owned(), Action::Update(resource), generation))
+}
+
+/// Whether a disc migration of `id` is running.
+fn migrating(p: &Pass<'_>, id: DiscId) -> bool {
+    p.model.operations.values().any(|op| {
+        op.state == OperationState::Running
+            && matches!(op.kind, OperationKind::MigrateDisc { disc_id, .. } if disc_id == id)
+    })
 }
 
 /// Removes discs the model does not have (purged) from every ready node.

@@ -121,8 +121,8 @@ pub(super) async fn run(source: Arc<SimHandler>, name: ResourceName, order: Migr
         })
     };
     let Some(serving) = serving else { return };
-    destination.announce(&dest_name, serving).await;
-    destination.report(None).await;
+    // As real tails do: the source lets go and says so first; the
+    // destination's report that it serves comes a moment later.
     {
         let mut state = source.state();
         state.discs.remove(&name);
@@ -130,7 +130,14 @@ pub(super) async fn run(source: Arc<SimHandler>, name: ResourceName, order: Migr
     }
     source.notifier().destroyed(name).await;
     source.report(None).await;
+    tokio::time::sleep(HANDOVER_GAP).await;
+    destination.announce(&dest_name, serving).await;
+    destination.report(None).await;
 }
+
+/// Between the source's report of a handed-over disc gone and the
+/// destination's of it served.
+const HANDOVER_GAP: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl SimHandler {
     /// Changes the source's migration progress; the disc as it is now.
