@@ -78,6 +78,22 @@ fn split_url(url: &str) -> Result<(String, String, String), FetchError> {
     ))
 }
 
+/// The status line and headers of a response (up to the blank line):
+/// the body's length if the status is 200 and `Content-Length` is there.
+fn parse_head(head: &[u8]) -> Result<u64, String> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("the server answered {status:?}"));
+    }
+    lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| "no Content-Length".to_string())
+}
+
 /// Fetches `BASE/<image>.raw` into `dest` (sparse); returns its size.
 pub async fn fetch(base: &str, image: &str, dest: &Path) -> Result<u64, FetchError> {
     let (connect, host, path) = split_url(base)?;
@@ -125,23 +141,10 @@ pub async fn fetch(base: &str, image: &str, dest: &Path) -> Result<u64, FetchErr
         }
         head.extend_from_slice(&buf[..n]);
     };
-    let text = String::from_utf8_lossy(&head[..body_start]).into_owned();
-    let mut lines = text.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(FetchError::Http {
-            url,
-            why: format!("the server answered {status:?}"),
-        });
-    }
-    let length: u64 = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .ok_or_else(|| FetchError::Http {
-            url: url.clone(),
-            why: "no Content-Length".into(),
-        })?;
+    let length = parse_head(&head[..body_start]).map_err(|why| FetchError::Http {
+        url: url.clone(),
+        why,
+    })?;
 
     let file_name = dest
         .file_name()
@@ -283,6 +286,38 @@ mod tests {
             fetch("ftp://x/", "a", &dest).await,
             Err(FetchError::BadUrl { .. })
         ));
+    }
+
+    proptest::proptest! {
+        /// Whatever a server sends as its head, parsing it never panics,
+        /// and a well-formed 200 with a length yields that length.
+        #[test]
+        fn any_response_head_is_parsed_or_refused(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            length in proptest::num::u64::ANY,
+            extra in "[A-Za-z-]{1,12}: [ -~]{0,20}",
+        ) {
+            let _ = parse_head(&junk);
+            let head = format!("HTTP/1.1 200 OK\r\n{extra}\r\nContent-Length: {length}\r\n\r\n");
+            // (`extra`'s name is at most 12 letters: never Content-Length.)
+            proptest::prop_assert_eq!(parse_head(head.as_bytes()), Ok(length));
+        }
+    }
+
+    #[test]
+    fn response_heads_name_what_is_wrong() {
+        assert_eq!(
+            parse_head(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
+            Err("the server answered \"HTTP/1.1 404 Not Found\"".into())
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Err("no Content-Length".into())
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.0 200 OK\r\ncOnTeNt-LeNgTh:  42 \r\n"),
+            Ok(42)
+        );
     }
 
     #[test]
