@@ -176,6 +176,63 @@ pub fn strip_colours(line: &str) -> String {
     out
 }
 
+/// What every customer-VM scenario starts from: its log folder, the test
+/// guest's disc image, a temporary folder for the brain's store and the
+/// CLI profiles, the cluster (brain started with [`CONSOLE_BOOT_ARGS`], no
+/// machine powered on yet) and the `bigv` CLI as the bootstrap operator
+/// and as [`CUSTOMER`]. Destructure it in this order so locals drop as the
+/// scenario needs: CLIs, cluster, store, logs (kept if it failed).
+pub struct CustomerScenario {
+    pub logs: crate::logs::Logs,
+    pub guest: std::path::PathBuf,
+    pub data_dir: tempfile::TempDir,
+    pub cluster: crate::cluster::Cluster,
+    pub admin_cli: Bigv,
+    pub customer: Bigv,
+}
+
+impl CustomerScenario {
+    /// `scenario` names the log folder, `tag` the namespace; `taps`
+    /// machines can be powered on.
+    pub fn start(scenario: &str, tag: &str, taps: usize) -> CustomerScenario {
+        let mut logs = crate::logs::Logs::new(scenario);
+        let guest = crate::guest_image();
+        let cli = Bigv::binary();
+        // The store, its copy of the image and the template (~170 MB):
+        // removed even on failure.
+        let data_dir = tempfile::tempdir().expect("a temporary folder");
+        let cluster = crate::cluster::Cluster::start_with(
+            tag,
+            taps,
+            &data_dir.path().join("brain"),
+            &mut logs,
+            &CONSOLE_BOOT_ARGS,
+        );
+        let admin_cli = Bigv::new(
+            &cli,
+            &cluster.ns,
+            &data_dir.path().join("cli-admin"),
+            crate::brain::ADMIN,
+            crate::brain::PASSWORD,
+        );
+        let customer = Bigv::new(
+            &cli,
+            &cluster.ns,
+            &data_dir.path().join("cli-alice"),
+            CUSTOMER,
+            CUSTOMER_PASSWORD,
+        );
+        CustomerScenario {
+            logs,
+            guest,
+            data_dir,
+            cluster,
+            admin_cli,
+            customer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

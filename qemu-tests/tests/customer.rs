@@ -32,10 +32,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bigv_qemu_tests::brain::{self, Admin};
+use bigv_qemu_tests::brain::Admin;
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
-use bigv_qemu_tests::guest::{self, CUSTOMER, CUSTOMER_PASSWORD, TEMPLATE, wait_boot};
+use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, wait_boot};
 use bigv_qemu_tests::logs::Logs;
 use bigv_qemu_tests::netns::BRAIN_ADDRESS;
 use bigv_qemu_tests::timings::Timings;
@@ -50,33 +50,14 @@ fn customer_flow_through_the_cli() {
         return;
     }
     bigv_qemu_tests::require_host();
-    let mut logs = Logs::new("customer");
-    let guest = bigv_qemu_tests::guest_image();
-    let cli = Bigv::binary();
-    // The store, its copy of the image and the template (~170 MB): removed
-    // even on failure.
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(
-        "cust",
-        2,
-        &data_dir.path().join("brain"),
-        &mut logs,
-        &guest::CONSOLE_BOOT_ARGS,
-    );
-    let admin_cli = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-admin"),
-        brain::ADMIN,
-        brain::PASSWORD,
-    );
-    let customer = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-alice"),
-        CUSTOMER,
-        CUSTOMER_PASSWORD,
-    );
+    let CustomerScenario {
+        mut logs,
+        guest,
+        data_dir,
+        mut cluster,
+        admin_cli,
+        customer,
+    } = CustomerScenario::start("customer", "cust", 2);
 
     // This thread talks to the API on the namespace's loopback.
     cluster.ns.enter();

@@ -29,10 +29,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bigv_qemu_tests::brain::{self, Admin};
+use bigv_qemu_tests::brain::Admin;
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
-use bigv_qemu_tests::guest::{self, CUSTOMER, CUSTOMER_PASSWORD, TEMPLATE};
+use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE};
 use bigv_qemu_tests::logs::Logs;
 use bigv_qemu_tests::timings::Timings;
 use bigv_qemu_tests::vm::Vm;
@@ -54,31 +54,14 @@ fn brain_killed_vms_run_on_and_the_restarted_brain_reconverges() {
         return;
     }
     bigv_qemu_tests::require_host();
-    let mut logs = Logs::new("failures-brain");
-    let guest_image = bigv_qemu_tests::guest_image();
-    let cli = Bigv::binary();
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(
-        "fbrain",
-        2,
-        &data_dir.path().join("brain"),
-        &mut logs,
-        &guest::CONSOLE_BOOT_ARGS,
-    );
-    let admin_cli = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-admin"),
-        brain::ADMIN,
-        brain::PASSWORD,
-    );
-    let customer = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-alice"),
-        CUSTOMER,
-        CUSTOMER_PASSWORD,
-    );
+    let CustomerScenario {
+        mut logs,
+        guest: guest_image,
+        data_dir,
+        mut cluster,
+        admin_cli,
+        customer,
+    } = CustomerScenario::start("failures-brain", "fbrain", 2);
     cluster.ns.enter();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -257,31 +240,14 @@ fn a_short_cable_pull_moves_nothing_and_a_head_powered_off_hard_its_vm_comes_bac
         return;
     }
     bigv_qemu_tests::require_host();
-    let mut logs = Logs::new("failures-head");
-    let guest_image = bigv_qemu_tests::guest_image();
-    let cli = Bigv::binary();
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(
-        "fhead",
-        3,
-        &data_dir.path().join("brain"),
-        &mut logs,
-        &guest::CONSOLE_BOOT_ARGS,
-    );
-    let admin_cli = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-admin"),
-        brain::ADMIN,
-        brain::PASSWORD,
-    );
-    let customer = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-alice"),
-        CUSTOMER,
-        CUSTOMER_PASSWORD,
-    );
+    let CustomerScenario {
+        mut logs,
+        guest: guest_image,
+        data_dir,
+        mut cluster,
+        admin_cli,
+        customer,
+    } = CustomerScenario::start("failures-head", "fhead", 3);
     cluster.ns.enter();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,11 +20,9 @@
 
 use std::time::Instant;
 
-use bigv_qemu_tests::brain::{self, Admin};
-use bigv_qemu_tests::cli::Bigv;
-use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
-use bigv_qemu_tests::guest::{self, CUSTOMER, CUSTOMER_PASSWORD, TEMPLATE, boot, guest_lines};
-use bigv_qemu_tests::logs::Logs;
+use bigv_qemu_tests::brain::Admin;
+use bigv_qemu_tests::cluster::{NodeSpec, until};
+use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, boot, guest_lines};
 use bigv_qemu_tests::timings::Timings;
 use bigv_test_guest::lines;
 use serde_json::Value;
@@ -37,31 +35,14 @@ fn disc_migrates_live_between_tails() {
         return;
     }
     bigv_qemu_tests::require_host();
-    let mut logs = Logs::new("migrate-disc");
-    let guest = bigv_qemu_tests::guest_image();
-    let cli = Bigv::binary();
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(
-        "migd",
-        3,
-        &data_dir.path().join("brain"),
-        &mut logs,
-        &guest::CONSOLE_BOOT_ARGS,
-    );
-    let admin_cli = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-admin"),
-        brain::ADMIN,
-        brain::PASSWORD,
-    );
-    let alice = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-alice"),
-        CUSTOMER,
-        CUSTOMER_PASSWORD,
-    );
+    let CustomerScenario {
+        mut logs,
+        guest,
+        data_dir,
+        mut cluster,
+        admin_cli,
+        customer: alice,
+    } = CustomerScenario::start("migrate-disc", "migd", 3);
     cluster.ns.enter();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -19,11 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use bigv_qemu_tests::brain::{self, Admin};
-use bigv_qemu_tests::cli::Bigv;
-use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
-use bigv_qemu_tests::guest::{self, CUSTOMER, CUSTOMER_PASSWORD, TEMPLATE, boot, ticks};
-use bigv_qemu_tests::logs::Logs;
+use bigv_qemu_tests::brain::Admin;
+use bigv_qemu_tests::cluster::{NodeSpec, until};
+use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, boot, ticks};
 use bigv_qemu_tests::timings::Timings;
 use bigv_test_guest::lines;
 
@@ -35,31 +33,14 @@ fn vm_migrates_live_between_heads() {
         return;
     }
     bigv_qemu_tests::require_host();
-    let mut logs = Logs::new("migrate-vm");
-    let guest = bigv_qemu_tests::guest_image();
-    let cli = Bigv::binary();
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start_with(
-        "migv",
-        3,
-        &data_dir.path().join("brain"),
-        &mut logs,
-        &guest::CONSOLE_BOOT_ARGS,
-    );
-    let admin_cli = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-admin"),
-        brain::ADMIN,
-        brain::PASSWORD,
-    );
-    let alice = Bigv::new(
-        &cli,
-        &cluster.ns,
-        &data_dir.path().join("cli-alice"),
-        CUSTOMER,
-        CUSTOMER_PASSWORD,
-    );
+    let CustomerScenario {
+        mut logs,
+        guest,
+        data_dir,
+        mut cluster,
+        admin_cli,
+        customer: alice,
+    } = CustomerScenario::start("migrate-vm", "migv", 3);
     cluster.ns.enter();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
