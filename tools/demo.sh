@@ -102,7 +102,8 @@ fi
 
 # The bootstrap operator of qemu-tests/src/brain.rs.
 export BIGV_USER=admin BIGV_PASS=correct-horse-battery
-bigv --endpoint "http://$api" login --make-current
+# The API is HTTPS with the brain's self-signed certificate: pin it.
+bigv --endpoint "https://$api" --tls-fingerprint "$(cat "$state/fingerprint")" login --make-current
 bigv admin add vlan 1
 bigv admin add ip range 192.0.2.0/24 1
 bigv admin add image bigv-test "$(( ($(stat -c %s "$guest") + 1048575) / 1048576 ))M" \
@@ -114,7 +115,8 @@ bigv admin show storage pools
 
 cat <<TXT
 
-The demo cluster is up: brain API http://$api (its store in $state/brain),
+The demo cluster is up: brain API https://$api (its store in $state/brain;
+certificate $(cat "$state/fingerprint"), pinned in bigv's profile),
 2 heads and 1 tail booted over PXE in qemu (consoles in $state/logs); the
 tail serves a 20 GiB sata pool from a blank disc it formatted at boot.
 bigv is logged in as $BIGV_USER (profile "default"). Try:

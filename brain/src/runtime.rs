@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use sha2::{Digest, Sha256};
 
+use crate::api::tls::{ApiTls, TlsListener};
 use crate::api::{self, AppState};
 use crate::boot::images::NodeImageStore;
 use crate::boot::policy::BootParams;
@@ -38,6 +39,8 @@ pub struct BrainConfig {
     pub clock: Clock,
     /// DHCP, TFTP, RA and boot HTTP for the boot LAN; `None` runs none.
     pub boot: Option<BootServicesConfig>,
+    /// Serve the API over HTTPS with this certificate; `None` is plain HTTP.
+    pub api_tls: Option<ApiTls>,
 }
 
 impl BrainConfig {
@@ -51,6 +54,7 @@ impl BrainConfig {
             keepalive: Keepalive::default(),
             clock: Clock::system(),
             boot: None,
+            api_tls: None,
         }
     }
 }
@@ -67,6 +71,8 @@ pub struct Brain {
     pub node_images: Arc<NodeImageStore>,
     /// The boot HTTP server's address, when the boot services run.
     pub boot_http_addr: Option<SocketAddr>,
+    /// Whether the API is served over HTTPS.
+    pub api_https: bool,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,6 +88,14 @@ impl Brain {
 
         let identity = spine_identity(&config.data_dir)?;
         let fingerprint = identity.fingerprint();
+        // Before anything starts, so bad certificate files stop the brain here.
+        let api_tls = match &config.api_tls {
+            Some(tls) => Some(
+                tls.server_config(&identity)
+                    .context("setting up HTTPS for the API")?,
+            ),
+            None => None,
+        };
         let spine_config = ServerConfig {
             keepalive: config.keepalive,
             tls: Some(identity.server_config()?),
@@ -166,14 +180,28 @@ impl Brain {
         )
         .spawn();
         let stop = shutdown.clone();
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "API server failed");
+        let router = api::router(state);
+        let http = match api_tls {
+            None => tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "API server failed");
+                }
+            }),
+            Some(tls) => {
+                let listener = TlsListener::new(listener, tls)?;
+                tokio::spawn(async move {
+                    let served = axum::serve(listener, router)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "API server failed");
+                    }
+                })
             }
-        });
+        };
         tracing::info!(%api_addr, %spine_addr, %fingerprint, "brain started");
         Ok(Brain {
             db,
@@ -185,6 +213,7 @@ impl Brain {
             reconcile,
             node_images,
             boot_http_addr,
+            api_https: config.api_tls.is_some(),
             shutdown,
             tasks: {
                 tasks.extend([http, reconciler]);

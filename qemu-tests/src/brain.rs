@@ -1,6 +1,7 @@
 //! The real `bigv-brain` binary, run inside the namespace with its boot
-//! services on the bridge, and an admin API client for it. The process is
-//! killed by PID on drop.
+//! services on the bridge and its API on HTTPS (its own certificate,
+//! pinned by fingerprint as an operator would), and an admin API client
+//! for it. The process is killed by PID on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,11 @@ pub const API: &str = "127.0.0.1:8080";
 pub const SPINE_PORT: u16 = 4430;
 pub const ADMIN: &str = "admin";
 pub const PASSWORD: &str = "correct-horse-battery";
+
+/// The API's URL for `path`.
+pub fn api_url(path: &str) -> String {
+    format!("https://{API}{path}")
+}
 
 /// Builds the `bigv-brain` binary (a no-op when it is current) into the
 /// target directory this test was built in and returns its path.
@@ -112,6 +118,30 @@ impl BrainProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The fingerprint clients pin (the brain's own certificate, made at
+    /// its first start), once the certificate exists.
+    pub fn fingerprint(&mut self) -> Option<String> {
+        let der = std::fs::read(self.data.join("spine-cert.der")).ok()?;
+        // Whole? A DER SEQUENCE with a two-byte length: 30 82 HI LO.
+        let whole = der.len() > 4
+            && der[..2] == [0x30, 0x82]
+            && der.len() == 4 + usize::from(u16::from_be_bytes([der[2], der[3]]));
+        whole.then(|| bigv_spine::tls::Fingerprint::of(&der).to_string())
+    }
+
+    /// [`BrainProcess::fingerprint`], waiting for the brain to start.
+    pub fn wait_fingerprint(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(!self.exited(), "the brain exited while starting");
+            if let Some(pin) = self.fingerprint() {
+                return pin;
+            }
+            assert!(Instant::now() < deadline, "the brain never started");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
 }
 
 fn spawn(ns: &str, bin: &Path, data: &Path, log: &Path, extra: &[String]) -> Child {
@@ -122,7 +152,7 @@ fn spawn(ns: &str, bin: &Path, data: &Path, log: &Path, extra: &[String]) -> Chi
         .arg(bin)
         .arg("--data-dir")
         .arg(data)
-        .args(["--api-listen", API])
+        .args(["--api-listen", API, "--api-tls"])
         .args(["--spine-listen", &format!("0.0.0.0:{SPINE_PORT}")])
         .args(["--bootstrap-user", ADMIN])
         .env("BIGV_BOOTSTRAP_PASSWORD", PASSWORD)
@@ -145,6 +175,16 @@ impl Drop for BrainProcess {
     }
 }
 
+/// An HTTPS client trusting exactly the certificate `pin` names.
+fn pinned_client(pin: &str) -> reqwest::Client {
+    let pin = pin.parse().expect("a fingerprint");
+    let tls = bigv_spine::tls::pinned_client_config(pin).expect("a TLS configuration");
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .build()
+        .expect("an HTTPS client")
+}
+
 /// The admin API as an operator uses it (must run on a thread inside the
 /// namespace: the API listens on the namespace's loopback).
 pub struct Admin {
@@ -155,16 +195,21 @@ pub struct Admin {
 impl Admin {
     /// Logs in as the bootstrap admin, retrying while the brain starts.
     pub async fn login(brain: &mut BrainProcess) -> Admin {
-        let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             assert!(!brain.exited(), "the brain exited while starting");
-            let r = http
-                .post(format!("http://{API}/session"))
-                .json(&serde_json::json!({"username": ADMIN, "password": PASSWORD}))
-                .send()
-                .await;
-            if let Ok(r) = r
+            // Read again each time: the certificate appears at first start.
+            let http = brain.fingerprint().map(|pin| pinned_client(&pin));
+            let r = match &http {
+                Some(http) => http
+                    .post(api_url("/session"))
+                    .json(&serde_json::json!({"username": ADMIN, "password": PASSWORD}))
+                    .send()
+                    .await
+                    .ok(),
+                None => None,
+            };
+            if let (Some(http), Some(r)) = (http, r)
                 && r.status().is_success()
             {
                 let token = r.text().await.expect("the session token");
@@ -181,7 +226,7 @@ impl Admin {
     pub async fn get(&self, path: &str) -> Value {
         let r = self
             .http
-            .get(format!("http://{API}{path}"))
+            .get(api_url(path))
             .bearer_auth(&self.token)
             .send()
             .await
@@ -205,12 +250,12 @@ impl Admin {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Value {
-        let req = self.http.post(format!("http://{API}{path}")).json(&body);
+        let req = self.http.post(api_url(path)).json(&body);
         self.send(req, &format!("POST {path}")).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Value {
-        let req = self.http.put(format!("http://{API}{path}")).json(&body);
+        let req = self.http.put(api_url(path)).json(&body);
         self.send(req, &format!("PUT {path}")).await
     }
 

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::brain::API;
+use crate::brain::BrainProcess;
+use crate::brain::api_url;
 use crate::netns::Netns;
 
 pub struct Bigv {
@@ -13,6 +14,8 @@ pub struct Bigv {
     ns: String,
     user: String,
     password: String,
+    /// The brain's certificate fingerprint, pinned as `bigv --tls-fingerprint`.
+    fingerprint: String,
 }
 
 impl Bigv {
@@ -22,7 +25,15 @@ impl Bigv {
     }
 
     /// `bigv` as `user`, its profile in `config` (a folder).
-    pub fn new(bin: &Path, ns: &Netns, config: &Path, user: &str, password: &str) -> Bigv {
+    pub fn new(
+        bin: &Path,
+        ns: &Netns,
+        brain: &mut BrainProcess,
+        config: &Path,
+        user: &str,
+        password: &str,
+    ) -> Bigv {
+        let fingerprint = brain.wait_fingerprint();
         std::fs::create_dir_all(config).expect("the CLI's config folder");
         Bigv {
             bin: bin.to_owned(),
@@ -30,6 +41,7 @@ impl Bigv {
             ns: ns.name.clone(),
             user: user.into(),
             password: password.into(),
+            fingerprint,
         }
     }
 
@@ -51,7 +63,8 @@ impl Bigv {
             .arg(&self.bin)
             .args(args)
             .env("BIGV_CONFIG_DIR", &self.config)
-            .env("BIGV_ENDPOINT", format!("http://{API}"))
+            .env("BIGV_ENDPOINT", api_url(""))
+            .env("BIGV_TLS_FINGERPRINT", &self.fingerprint)
             .env("BIGV_USER", &self.user)
             .env("BIGV_PASS", &self.password)
             .env("NO_COLOR", "1")

@@ -201,7 +201,7 @@ impl CustomerScenario {
         // The store, its copy of the image and the template (~170 MB):
         // removed even on failure.
         let data_dir = tempfile::tempdir().expect("a temporary folder");
-        let cluster = crate::cluster::Cluster::start_with(
+        let mut cluster = crate::cluster::Cluster::start_with(
             tag,
             taps,
             &data_dir.path().join("brain"),
@@ -211,6 +211,7 @@ impl CustomerScenario {
         let admin_cli = Bigv::new(
             &cli,
             &cluster.ns,
+            &mut cluster.brain,
             &data_dir.path().join("cli-admin"),
             crate::brain::ADMIN,
             crate::brain::PASSWORD,
@@ -218,6 +219,7 @@ impl CustomerScenario {
         let customer = Bigv::new(
             &cli,
             &cluster.ns,
+            &mut cluster.brain,
             &data_dir.path().join("cli-alice"),
             CUSTOMER,
             CUSTOMER_PASSWORD,

@@ -26,6 +26,7 @@ pub mod power;
 pub mod privileges;
 pub mod session;
 pub mod time;
+pub mod tls;
 pub mod users;
 pub mod views;
 pub mod vm_create;

@@ -8,7 +8,9 @@
 //! The brain's API listens on the namespace's loopback; this process
 //! forwards `--api` on the host's loopback to it, so the `bigv` CLI on
 //! the host talks to the cluster and nothing else leaves the namespace.
-//! When the cluster is ready it writes `STATE/ready` (the endpoint); the
+//! The API is HTTPS with the brain's own certificate. When the cluster is
+//! ready it writes `STATE/fingerprint` (the certificate's, for `bigv
+//! --tls-fingerprint`) and then `STATE/ready` (the endpoint); the
 //! PIDs it started and the namespace name are in `STATE/processes` while
 //! they run, for `tools/demo.sh down` to clean up after a hard kill.
 
@@ -96,7 +98,10 @@ fn main() -> ExitCode {
             cluster.version,
             cluster.timings.render()
         );
-        std::fs::write(args.state.join("ready"), format!("http://{}\n", args.api))
+        let pin = cluster.brain.wait_fingerprint();
+        std::fs::write(args.state.join("fingerprint"), format!("{pin}\n"))
+            .expect("writing the fingerprint file");
+        std::fs::write(args.state.join("ready"), format!("https://{}\n", args.api))
             .expect("writing the ready file");
         wait_for_stop(&mut cluster).await;
     });

@@ -32,12 +32,19 @@ pub struct Cli {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// The brain's API, e.g. http://brain:8080 [env: BIGV_ENDPOINT]
+    /// The brain's API, e.g. https://brain:8443 (https if no scheme) [env: BIGV_ENDPOINT]
     #[arg(long, global = true, value_name = "URL")]
     pub endpoint: Option<String>,
     /// Where to log in (default: the endpoint) [env: BIGV_AUTH_ENDPOINT]
     #[arg(long, global = true, value_name = "URL")]
     pub auth_endpoint: Option<String>,
+    /// Trust an https endpoint presenting exactly this certificate
+    /// (sha256:…, printed by bigv-brain) [env: BIGV_TLS_FINGERPRINT]
+    #[arg(long, global = true, value_name = "SHA256")]
+    pub tls_fingerprint: Option<String>,
+    /// Trust an https endpoint whose certificate this CA (PEM file) issued [env: BIGV_CA_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Option<String>,
     /// Log in as this user [env: BIGV_USER]
     #[arg(long, global = true, value_name = "USER")]
     pub user: Option<String>,

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use crate::tls::Trust;
 use reqwest::Method;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
@@ -54,19 +55,17 @@ pub struct RawReply {
     pub body: String,
 }
 
+/// The URL without its trailing slash; a bare host means https.
 fn base(url: &str, what: &str) -> Result<String> {
     let url = url.trim().trim_end_matches('/');
-    if url.starts_with("http://") {
+    if url.starts_with("http://") || url.starts_with("https://") {
         Ok(url.to_owned())
-    } else if url.starts_with("https://") {
+    } else if url.contains("://") || url.is_empty() {
         Err(CliError::usage(format!(
-            "{what} {url} uses https, which this build of bigv does not speak: the brain serves \
-             its API over plain HTTP on the management network (use http://)"
+            "{what} {url:?} is not an http(s) URL: it should look like https://brain.example:8443"
         )))
     } else {
-        Err(CliError::usage(format!(
-            "{what} {url:?} is not a URL: it should look like http://brain.example:8080"
-        )))
+        Ok(format!("https://{url}"))
     }
 }
 
@@ -74,10 +73,18 @@ impl Client {
     pub fn new(config: &Config, show_requests: bool) -> Result<Client> {
         let endpoint = base(config.endpoint(), "the endpoint")?;
         let auth_endpoint = base(config.auth_endpoint(), "the auth endpoint")?;
-        let http = Http::builder()
+        let mut http = Http::builder()
             .user_agent(USER_AGENT)
             .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(10));
+        if endpoint.starts_with("https://") || auth_endpoint.starts_with("https://") {
+            let trust = Trust::from_settings(
+                config.tls_fingerprint.value.as_deref(),
+                config.ca_cert.value.as_deref(),
+            )?;
+            http = http.tls_backend_preconfigured(trust.client_config()?);
+        }
+        let http = http
             .build()
             .map_err(|e| CliError::new(Exit::Bug, format!("cannot set up HTTP: {e}")))?;
         let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
@@ -580,14 +587,12 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_are_endpoints() {
+    fn endpoints_are_http_or_https_and_https_is_assumed() {
         assert_eq!(base("http://b:8080/", "e").unwrap(), "http://b:8080");
-        assert!(
-            base("https://b", "e")
-                .unwrap_err()
-                .message
-                .contains("https")
-        );
-        assert!(base("b:8080", "e").is_err());
+        assert_eq!(base("https://b", "e").unwrap(), "https://b");
+        assert_eq!(base("b:8443", "e").unwrap(), "https://b:8443");
+        let e = base("ftp://b", "the endpoint").unwrap_err();
+        assert!(e.message.contains("the endpoint"), "{}", e.message);
+        assert!(base("", "e").is_err());
     }
 }

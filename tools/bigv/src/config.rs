@@ -7,8 +7,8 @@
 //!   profiles/<name>/<variable>     one file per variable; the file holds the value
 //! ```
 //!
-//! Variables: `endpoint`, `auth-endpoint`, `user`, `account`, `group`,
-//! `session-validity`, and the secrets `token` and `password` (written
+//! Variables: `endpoint`, `auth-endpoint`, `tls-fingerprint`, `ca-cert`,
+//! `user`, `account`, `group`, `session-validity`, and the secrets `token` and `password` (written
 //! with mode 0600; `password` only by `bigv login --save-password`).
 //! Precedence: flag, then environment (`BIGV_*`), then the profile's
 //! file, then the built-in default.
@@ -29,6 +29,8 @@ pub const DEFAULT_VALIDITY: u64 = 1800;
 pub const VARIABLES: &[(&str, bool)] = &[
     ("endpoint", false),
     ("auth-endpoint", false),
+    ("tls-fingerprint", false),
+    ("ca-cert", false),
     ("user", false),
     ("account", false),
     ("group", false),
@@ -243,6 +245,10 @@ pub struct Config {
     pub profile: Profile,
     pub endpoint: Setting,
     pub auth_endpoint: Setting,
+    /// Pin for an https endpoint's self-signed certificate.
+    pub tls_fingerprint: Setting,
+    /// A PEM file of CAs an https endpoint's certificate must chain to.
+    pub ca_cert: Setting,
     pub user: Setting,
     pub account: Setting,
     pub group: Setting,
@@ -258,6 +264,8 @@ pub struct Overrides {
     pub profile: Option<String>,
     pub endpoint: Option<String>,
     pub auth_endpoint: Option<String>,
+    pub tls_fingerprint: Option<String>,
+    pub ca_cert: Option<String>,
     pub user: Option<String>,
     pub account: Option<String>,
     pub token: Option<String>,
@@ -301,6 +309,13 @@ impl Config {
         Ok(Config {
             endpoint,
             auth_endpoint,
+            tls_fingerprint: Setting::resolve(
+                o.tls_fingerprint.as_deref(),
+                "BIGV_TLS_FINGERPRINT",
+                &profile,
+                "tls-fingerprint",
+            )?,
+            ca_cert: Setting::resolve(o.ca_cert.as_deref(), "BIGV_CA_CERT", &profile, "ca-cert")?,
             user: Setting::resolve(o.user.as_deref(), "BIGV_USER", &profile, "user")?,
             account: Setting::resolve(o.account.as_deref(), "BIGV_ACCOUNT", &profile, "account")?,
             group: Setting::resolve(None, "BIGV_GROUP", &profile, "group")?

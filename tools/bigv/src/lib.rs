@@ -3,6 +3,7 @@
 //! - `cli.rs`: the command line (clap).
 //! - `client.rs`: the brain's HTTP API, login and errors.
 //! - `config.rs`: profiles, environment and flags.
+//! - `tls.rs`: how https endpoints are trusted.
 //! - `names.rs`: server/group names, sizes, disc specs.
 //! - `types.rs`: the API's objects.
 //! - `output.rs`: human, JSON and table output; progress.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod names;
 pub mod output;
+pub mod tls;
 pub mod types;
 
 use std::ffi::OsString;

@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bigv_brain::api::tls::ApiTls;
 use bigv_brain::boot::images::{self, NodeImageStore};
 use bigv_brain::boot::{BootServicesConfig, TftpFiles};
 use bigv_brain::model::SCHEMA;
@@ -51,6 +52,17 @@ struct ServeArgs {
     /// The HTTP API (customers, the bigv CLI, /session).
     #[arg(long, env = "BIGV_API_LISTEN", default_value = "0.0.0.0:8080")]
     api_listen: SocketAddr,
+    /// Serve the API over HTTPS. Without --api-tls-cert the certificate is
+    /// the brain's own self-signed one (the spine's): clients pin the
+    /// fingerprint printed at start (`bigv --tls-fingerprint`).
+    #[arg(long, env = "BIGV_API_TLS")]
+    api_tls: bool,
+    /// The API's certificate chain (PEM), e.g. from the site's CA; implies --api-tls
+    #[arg(long, env = "BIGV_API_TLS_CERT", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --api-tls-cert
+    #[arg(long, env = "BIGV_API_TLS_KEY", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
     /// The spine, where heads and tails connect.
     #[arg(long, env = "BIGV_SPINE_LISTEN", default_value = "0.0.0.0:4430")]
     spine_listen: SocketAddr,
@@ -234,14 +246,20 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     config.api_addr = args.api_listen;
     config.spine_addr = args.spine_listen;
     config.boot = args.boot.config()?;
+    config.api_tls = match (args.api_tls_cert, args.api_tls_key) {
+        (Some(cert), Some(key)) => Some(ApiTls::Files { cert, key }),
+        _ if args.api_tls => Some(ApiTls::OwnCertificate),
+        _ => None,
+    };
     config.bootstrap = match (args.bootstrap_user, args.bootstrap_password) {
         (Some(user), Some(password)) => Some((user, password)),
         (None, None) => None,
         _ => anyhow::bail!("give both --bootstrap-user and --bootstrap-password, or neither"),
     };
     let brain = Brain::start(config).await?;
+    let scheme = if brain.api_https { "https" } else { "http" };
     println!(
-        "bigv-brain: API on http://{}, spine on {} (certificate {})",
+        "bigv-brain: API on {scheme}://{}, spine on {} (certificate {})",
         brain.api_addr, brain.spine_addr, brain.fingerprint
     );
     if let Some(addr) = brain.boot_http_addr {

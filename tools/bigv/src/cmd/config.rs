@@ -8,6 +8,7 @@ use crate::config::{Setting, VARIABLES, set_current_profile};
 use crate::error::{CliError, Result};
 use crate::names::{GroupName, account_name};
 use crate::output::note;
+use crate::tls::Trust;
 
 /// A secret as shown: enough to recognise it, not to use it.
 fn masked(variable: &str, value: &str) -> String {
@@ -30,6 +31,8 @@ pub fn show(ctx: &Ctx) -> Result<()> {
     let rows: Vec<(&str, &Setting)> = vec![
         ("endpoint", &c.endpoint),
         ("auth-endpoint", &c.auth_endpoint),
+        ("tls-fingerprint", &c.tls_fingerprint),
+        ("ca-cert", &c.ca_cert),
         ("user", &c.user),
         ("account", &c.account),
         ("group", &c.group),
@@ -92,6 +95,16 @@ pub fn update(ctx: &Ctx, a: UpdateConfigArgs) -> Result<()> {
     }
     if let Some(v) = &o.auth_endpoint {
         sets.push(("auth-endpoint", v.clone()));
+    }
+    if let Some(v) = &o.tls_fingerprint {
+        Trust::from_settings(Some(v), None)?;
+        sets.push(("tls-fingerprint", v.trim().to_owned()));
+    }
+    if let Some(v) = &o.ca_cert {
+        // Absolute, so the profile works from any directory.
+        let path =
+            std::path::absolute(v).map_err(|e| CliError::usage(format!("ca-cert {v:?}: {e}")))?;
+        sets.push(("ca-cert", path.display().to_string()));
     }
     if let Some(v) = &o.user {
         sets.push(("user", v.clone()));

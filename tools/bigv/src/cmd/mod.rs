@@ -45,6 +45,8 @@ impl Ctx {
             profile: global.profile.clone(),
             endpoint: global.endpoint.clone(),
             auth_endpoint: global.auth_endpoint.clone(),
+            tls_fingerprint: global.tls_fingerprint.clone(),
+            ca_cert: global.ca_cert.clone(),
             user: global.user.clone(),
             account: global.account.clone(),
             token: global.token.clone(),

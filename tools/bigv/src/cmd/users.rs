@@ -45,6 +45,15 @@ pub fn login(ctx: &Ctx, a: LoginArgs) -> Result<()> {
     if let Some(e) = &ctx.overrides.auth_endpoint {
         profile.set("auth-endpoint", e)?;
     }
+    // How the endpoint was trusted, so the next command trusts it too.
+    if let Some(pin) = &ctx.overrides.tls_fingerprint {
+        profile.set("tls-fingerprint", pin.trim())?;
+    }
+    if let Some(ca) = &ctx.overrides.ca_cert {
+        let ca =
+            std::path::absolute(ca).map_err(|e| CliError::usage(format!("ca-cert {ca:?}: {e}")))?;
+        profile.set("ca-cert", &ca.display().to_string())?;
+    }
     if a.save_password {
         profile.set("password", &password)?;
     }

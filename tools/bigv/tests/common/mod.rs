@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bigv_brain::api::tls::ApiTls;
 use bigv_brain::clock::Clock;
 use bigv_brain::model::{
     Account, AccountId, Admission, DbError, Group, GroupId, Level, Node, Pool, Privilege,
@@ -86,6 +87,15 @@ impl Harness {
     }
 
     pub fn start_with(settings: Settings) -> Harness {
+        Self::start_serving(settings, None)
+    }
+
+    /// A brain whose API is served over HTTPS; `endpoint` is its https URL.
+    pub fn start_https(tls: ApiTls) -> Harness {
+        Self::start_serving(settings(), Some(tls))
+    }
+
+    fn start_serving(settings: Settings, api_tls: Option<ApiTls>) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -97,8 +107,10 @@ impl Harness {
         config.initial_settings = settings;
         config.keepalive = keepalive();
         config.clock = Clock::system();
+        config.api_tls = api_tls;
         let brain = rt.block_on(Brain::start(config)).expect("brain starts");
-        let endpoint = format!("http://{}", brain.api_addr);
+        let scheme = if brain.api_https { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{}", brain.api_addr);
         Harness {
             rt,
             brain: Some(brain),
