@@ -9,6 +9,17 @@ use sha2::{Digest, Sha256};
 
 /// Builds (or finds) the image; returns its folder and version.
 pub fn build_cached() -> (PathBuf, String) {
+    build_variant(None)
+}
+
+/// The same image under another version, `<version>-next`, as a rolling
+/// upgrade's target: the same binaries, a new version string (which init
+/// reports on the spine, so the brain can tell the two apart).
+pub fn build_next() -> (PathBuf, String) {
+    build_variant(Some("next"))
+}
+
+fn build_variant(suffix: Option<&str>) -> (PathBuf, String) {
     let root = bigv_image::workspace_root();
     let recipe_path = root.join("image/image.toml");
     let recipe = bigv_image::Recipe::load(&recipe_path).expect("image/image.toml");
@@ -26,16 +37,21 @@ pub fn build_cached() -> (PathBuf, String) {
     for (_, bin) in recipe.agents().expect("the recipe's agents") {
         hash_file(&mut h, &binaries.join(bin));
     }
-    let version = format!("qt-{}", &hex::encode(h.finalize())[..12]);
+    let base = format!("qt-{}", &hex::encode(h.finalize())[..12]);
+    let version = match suffix {
+        Some(s) => format!("{base}-{s}"),
+        None => base.clone(),
+    };
     let out = crate::target_dir().join("qemu-tests").join(&version);
     if out.join("manifest.json").exists() {
         eprintln!("node image {version}: reusing {}", out.display());
         return (out, version);
     }
-    // Older builds are stale now: keep only the one being made (disc space).
+    // Older builds are stale now: keep only this build's variants (disc space).
     if let Ok(entries) = std::fs::read_dir(crate::target_dir().join("qemu-tests")) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("qt-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("qt-") && !name.starts_with(&base) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
