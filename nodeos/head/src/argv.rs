@@ -280,14 +280,16 @@ fn disc_args(
     Ok(())
 }
 
-/// IDE units on the `pc` machine: two buses, master and slave.
-const IDE_UNITS: usize = 4;
+/// Devices one IDE channel of the `pc` machine takes: master and slave.
+const IDE_UNITS_PER_CHANNEL: usize = 2;
 
 /// The cloud-init seed drive, read-only, after the customer's discs and
 /// never bootable: virtio-blk on the virtio profile; on the
 /// compatibility profile an IDE CD drive (IDE discs cannot be read-only;
-/// the image's 2048-byte sectors suit a CD), unless the discs and the CD
-/// already fill the four IDE units, when it falls back to virtio-blk.
+/// the image's 2048-byte sectors suit a CD). qemu 7.2 puts IDE devices
+/// without a bus on the *second* channel (`ide.1`), so the discs and the
+/// CD drive fill that and the seed takes `ide.0` unit 0; when they need
+/// more than one channel the seed falls back to virtio-blk.
 fn seed_args(args: &mut Vec<String>, spec: &VmSpec, paths: &VmPaths) {
     let node = json!({
         "driver": "file",
@@ -298,13 +300,13 @@ fn seed_args(args: &mut Vec<String>, spec: &VmSpec, paths: &VmPaths) {
     args.push("-blockdev".into());
     args.push(node.to_string());
     let ide_used = spec.discs.iter().filter(|d| d.model == "ide").count() + 1;
-    let device = if profile(spec) == Profile::Compatibility && ide_used < IDE_UNITS {
-        "ide-cd"
+    let device = if profile(spec) == Profile::Compatibility && ide_used <= IDE_UNITS_PER_CHANNEL {
+        "ide-cd,id=seed0-dev,drive=seed0,bus=ide.0,unit=0"
     } else {
-        "virtio-blk-pci"
+        "virtio-blk-pci,id=seed0-dev,drive=seed0"
     };
     args.push("-device".into());
-    args.push(format!("{device},id=seed0-dev,drive=seed0"));
+    args.push(device.into());
 }
 
 /// The full argv after the binary name. `name` is the `NAME` of `vm.NAME`.
@@ -582,12 +584,12 @@ mod tests {
             .iter()
             .position(|d| *d == "virtio-blk-pci,id=seed0-dev,drive=seed0");
         assert!(disc.unwrap() < seed.unwrap(), "{devices:?}");
-        // The compatibility profile puts it on an IDE CD drive while a
-        // unit is free, virtio-blk when the discs fill them.
+        // The compatibility profile puts it on an IDE CD drive on the first
+        // channel; virtio-blk when the discs and the CD need both.
         s.discs[0].model = "ide".into();
         let a = command_line("web1", &s, &settings(), &paths()).unwrap();
-        assert!(after(&a, "-device").contains(&"ide-cd,id=seed0-dev,drive=seed0"));
-        s.discs = vec![s.discs[0].clone(); 3];
+        assert!(after(&a, "-device").contains(&"ide-cd,id=seed0-dev,drive=seed0,bus=ide.0,unit=0"));
+        s.discs = vec![s.discs[0].clone(); 2];
         let a = command_line("web1", &s, &settings(), &paths()).unwrap();
         assert!(after(&a, "-device").contains(&"virtio-blk-pci,id=seed0-dev,drive=seed0"));
     }

@@ -55,7 +55,7 @@ pub fn read_image(image: Vec<u8>) -> Result<Seed, String> {
     let fs = fatfs::FileSystem::new(Cursor::new(image), fatfs::FsOptions::new())
         .map_err(|e| format!("not a FAT volume: {e}"))?;
     let root = fs.root_dir();
-    let mut read = |name: &str| {
+    let read = |name: &str| {
         let mut text = String::new();
         root.open_file(name)
             .and_then(|mut f| f.read_to_string(&mut text))
