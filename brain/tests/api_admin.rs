@@ -84,6 +84,7 @@ async fn seed_account(tb: &TestBrain) -> (AccountId, VmId) {
                 signal: None,
                 anti_affinity_group: None,
                 last_imaged_with: None,
+                imager_options: None,
                 created_at: 0,
             })?;
             Ok::<_, bigv_brain::model::DbError>((account, vm))

@@ -118,6 +118,7 @@ async fn seed_vm(tb: &TestBrain, name: &str, memory: u64, head: &str, pool: &str
                 signal: None,
                 anti_affinity_group: None,
                 last_imaged_with: None,
+                imager_options: None,
                 created_at: 0,
             })?;
             let disc_id = DiscId(tx.new_id::<Disc>()?);

@@ -84,6 +84,7 @@ fn vm(id: u64, group: u64, name: &str) -> Vm {
         signal: None,
         anti_affinity_group: None,
         last_imaged_with: None,
+        imager_options: None,
         created_at: 0,
     }
 }

@@ -642,3 +642,133 @@ async fn a_management_range_gives_each_server_a_console_address() {
         "the console address is freed too"
     );
 }
+
+/// The spec of `vm.<id>` on whichever simulated head runs it.
+fn running_spec(
+    fleet: &bigv_spine::sim::SimFleet,
+    id: u64,
+) -> Option<bigv_spine::resource::VmSpec> {
+    fleet
+        .nodes
+        .iter()
+        .find_map(|n| n.vms().get(&id.to_string()).cloned())
+}
+
+#[tokio::test]
+async fn imager_options_reach_the_head_hashed_and_never_leave_through_the_api() {
+    use sha_crypt::PasswordVerifier as _;
+    let tb = TestBrain::start().await;
+    let (fleet, su) = setup(&tb).await;
+    let keys =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 alice@laptop\nssh-rsa AAAAB3NzaC1yc2E alice@desk\n";
+    let script = "#!/bin/sh\necho first boot > /root/hello\n";
+    let mut body = small_vm("web1");
+    body["reimage"] = json!({"distribution": "stretch", "root_password": "Plain-Secret-1",
+                             "ssh_public_key": keys, "firstboot_script": script});
+    let vm = create_vm(&tb, &su, "alice", body).await;
+    let id = vm["id"].as_u64().unwrap();
+    let crypt = sha_crypt::ShaCrypt::SHA512;
+
+    let spec = eventually("the VM to run on a head", 30, || async {
+        running_spec(&fleet, id)
+    })
+    .await;
+    let first = spec
+        .imager_options
+        .expect("the head gets the imager options");
+    let hash = first.root_password_hash.clone().unwrap();
+    assert!(hash.starts_with("$6$"), "{hash}");
+    assert!(
+        crypt
+            .verify_password(b"Plain-Secret-1", hash.as_str())
+            .is_ok()
+    );
+    assert!(
+        crypt
+            .verify_password(b"Plain-Secret-2", hash.as_str())
+            .is_err()
+    );
+    assert_eq!(first.ssh_public_key, keys);
+    assert_eq!(first.authorized_keys().count(), 2);
+    assert_eq!(first.firstboot_script, script);
+    assert!(!first.instance_id.is_empty());
+
+    // Neither the hash nor anything else of it comes back through the API.
+    let (_, shown) = tb.get(&su, &vm_path("alice", "web1")).await;
+    let shown = shown.to_string();
+    for secret in ["Plain-Secret-1", hash.as_str(), "imager", "alice@laptop"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    // The store holds the hash only, never the plaintext.
+    let mut dump = Vec::new();
+    tb.brain.db.store().dump(&mut dump).unwrap();
+    let dump = String::from_utf8(dump).unwrap();
+    assert!(dump.contains(&hash));
+    assert!(!dump.contains("Plain-Secret-1"));
+
+    // A reimage is a new instance with the new password; empty fields
+    // mean no keys and no script.
+    tb.put(
+        &su,
+        &vm_path("alice", "web1"),
+        json!({"autoreboot_on": false, "power_on": false}),
+    )
+    .await;
+    eventually("the VM to stop", 30, || async {
+        running_spec(&fleet, id).is_none().then_some(())
+    })
+    .await;
+    let reimage = format!("{}/reimage", vm_path("alice", "web1"));
+    let (status, echo) = tb
+        .post(
+            &su,
+            &reimage,
+            json!({"distribution": "symbiosis", "root_password": "Second-Pass",
+                   "ssh_public_key": "", "firstboot_script": ""}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    let again = eventually("the reimaged VM to run", 30, || async {
+        running_spec(&fleet, id)
+    })
+    .await
+    .imager_options
+    .unwrap();
+    assert_ne!(again.instance_id, first.instance_id);
+    let hash2 = again.root_password_hash.clone().unwrap();
+    assert!(
+        crypt
+            .verify_password(b"Second-Pass", hash2.as_str())
+            .is_ok()
+    );
+    assert!(
+        crypt
+            .verify_password(b"Plain-Secret-1", hash2.as_str())
+            .is_err()
+    );
+    assert_eq!(again.authorized_keys().count(), 0);
+    assert!(again.firstboot_script.is_empty());
+    let mut dump = Vec::new();
+    tb.brain.db.store().dump(&mut dump).unwrap();
+    assert!(!String::from_utf8(dump).unwrap().contains("Second-Pass"));
+}
+
+#[tokio::test]
+async fn oversize_imager_fields_are_refused_on_their_field() {
+    let tb = TestBrain::start().await;
+    let (_fleet, su) = setup(&tb).await;
+    let mut body = small_vm("web1");
+    body["reimage"] = json!({"distribution": "stretch", "root_password": "x",
+                             "firstboot_script": "#".repeat(64 * 1024 + 1),
+                             "ssh_public_key": ["not", "text"]});
+    let (status, e) = tb
+        .post(&su, "/accounts/alice/groups/default/vm_create", body)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        messages(&e, "firstboot_script")[0].contains("too long"),
+        "{e}"
+    );
+    assert_eq!(messages(&e, "ssh_public_key"), ["must be a string"]);
+    assert!(tb.brain.db.read().vms.is_empty(), "nothing stored");
+}

@@ -219,6 +219,52 @@ pub struct VmSignal {
     pub keys: Option<String>,
 }
 
+/// The customer's choices from `vm_create`'s `reimage` block or `POST
+/// …/reimage` (bigv-api.md §5.3, §5.6), as the guest should see them at
+/// first boot. The root password travels only as a crypt(3) hash.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagerOptions {
+    /// Changes at every imaging, so the guest runs its first-boot steps
+    /// once per imaging (cloud-init's `instance-id`).
+    pub instance_id: String,
+    /// SHA-512 crypt (`$6$…`) of the root password; `None` leaves root's
+    /// password as the image has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_hash: Option<String>,
+    /// `authorized_keys` text for root (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ssh_public_key: String,
+    /// Run once at the first boot of this imaging (may be empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub firstboot_script: String,
+}
+
+impl ImagerOptions {
+    /// The non-blank, non-comment lines of [`Self::ssh_public_key`].
+    pub fn authorized_keys(&self) -> impl Iterator<Item = &str> {
+        self.ssh_public_key
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    }
+}
+
+/// The hash stays out of logs.
+impl fmt::Debug for ImagerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImagerOptions")
+            .field("instance_id", &self.instance_id)
+            .field(
+                "root_password_hash",
+                &self.root_password_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ssh_keys", &self.authorized_keys().count())
+            .field("firstboot_script_bytes", &self.firstboot_script.len())
+            .finish()
+    }
+}
+
 /// `vm.NAME`: every field of the paper's fig. 5, plus what the head reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,7 +274,9 @@ pub struct VmSpec {
     pub cores: u32,
     pub balloon_on: bool,
     pub cdrom_url: Option<String>,
-    pub imager_options: Option<serde_json::Value>,
+    /// What the customer asked to be set up at the last imaging; the head
+    /// hands it to the guest on a cloud-init seed drive (docs/head.md).
+    pub imager_options: Option<ImagerOptions>,
     pub display_name: String,
     pub keymap: String,
     #[serde(default)]
@@ -679,5 +727,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn imager_options_travel_under_their_wire_name_and_stay_out_of_logs() {
+        let opts = ImagerOptions {
+            instance_id: "bigv-vm7-op3".into(),
+            root_password_hash: Some("$6$salt$hash".into()),
+            ssh_public_key: "# mine\nssh-ed25519 AAAA me@x\n\nssh-rsa BBBB you@y\n".into(),
+            firstboot_script: String::new(),
+        };
+        let spec = VmSpec {
+            imager_options: Some(opts.clone()),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["imager_options"]["instance_id"], "bigv-vm7-op3");
+        assert_eq!(v["imager_options"]["root_password_hash"], "$6$salt$hash");
+        assert!(v["imager_options"].get("firstboot_script").is_none());
+        let back: VmSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back.imager_options.as_ref(), Some(&opts));
+        assert_eq!(opts.authorized_keys().count(), 2);
+        let debug = format!("{spec:?}");
+        assert!(!debug.contains("$6$salt$hash"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
     }
 }

@@ -13,11 +13,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use bigv_spine::SpineServer;
-use bigv_spine::resource::{ResourceValue, SignalKind, TemplateCopy, VmRunState, VmSignal};
+use bigv_spine::resource::{
+    ImagerOptions, ResourceValue, SignalKind, TemplateCopy, VmRunState, VmSignal,
+};
 use serde_json::json;
 
 use super::access::Caller;
 use super::error::ApiError;
+use super::fields::Fields;
 use super::names;
 use super::vms::find_vm;
 use super::{AppState, views};
@@ -262,13 +265,47 @@ pub fn guest(spine: &SpineServer, vm: &Vm) -> Guest {
     }
 }
 
-/// Orders `image` onto the VM's first disc: a new template-copy `seq`,
-/// `last_imaged_with`, and an operation to follow it by.
+/// Longest `ssh_public_key` / `firstboot_script` accepted: they reach
+/// the guest on a small seed drive through one spine message.
+pub const MAX_IMAGER_TEXT: usize = 64 * 1024;
+/// Longest root password accepted.
+pub const MAX_ROOT_PASSWORD: usize = 1024;
+
+/// Reads the imager's fields of a reimage request (bigv-api.md §5.3,
+/// §5.6), reporting a wrong type or an oversize value on its field, and
+/// hashes the root password (SHA-512 crypt): the plaintext is never
+/// stored. The instance id is filled in by [`order_reimage`].
+pub fn imager_fields(f: &mut Fields) -> ImagerOptions {
+    let text = |f: &mut Fields, name: &str, max: usize| {
+        let value = f.string(name).unwrap_or_default();
+        if value.len() > max {
+            f.error(name, format!("is too long (at most {max} bytes)"));
+        }
+        value
+    };
+    let password = text(f, "root_password", MAX_ROOT_PASSWORD);
+    let ssh_public_key = text(f, "ssh_public_key", MAX_IMAGER_TEXT);
+    let firstboot_script = text(f, "firstboot_script", MAX_IMAGER_TEXT);
+    let root_password_hash = (!password.is_empty() && password.len() <= MAX_ROOT_PASSWORD)
+        .then(|| crate::password::crypt_sha512(&password));
+    ImagerOptions {
+        instance_id: String::new(),
+        root_password_hash,
+        ssh_public_key,
+        firstboot_script,
+    }
+}
+
+/// Orders `image` copied onto `disc` (its next template `seq`), records
+/// `last_imaged_with` and the imager options under a fresh instance id
+/// (the guest runs its first-boot steps once per imaging), and an
+/// operation to follow it by.
 pub fn order_reimage(
     tx: &mut crate::model::Tx<'_>,
     vm: &mut Vm,
     mut disc: Disc,
     image: &str,
+    options: ImagerOptions,
     now: u64,
 ) -> Result<(), ApiError> {
     let seq = disc.template.as_ref().map_or(0, |t| t.seq) + 1;
@@ -279,6 +316,10 @@ pub fn order_reimage(
     tx.put(disc)?;
     vm.last_imaged_with = Some(image.to_owned());
     let id = OperationId(tx.new_id::<Operation>()?);
+    vm.imager_options = Some(ImagerOptions {
+        instance_id: format!("bigv-vm{}-op{}", vm.id.0, id.0),
+        ..options
+    });
     tx.put(Operation {
         id,
         kind: OperationKind::Reimage {
@@ -330,9 +371,7 @@ async fn reimage(
     let spine = state.spine.clone();
     let distribution = f.required_string("distribution");
     let root_password = f.string("root_password");
-    // Read so a wrong type is reported; the imager takes them from here.
-    let _ = f.string("ssh_public_key");
-    let _ = f.string("firstboot_script");
+    let imager = imager_fields(&mut f);
     let echo_distribution = distribution.clone();
     state
         .db
@@ -368,7 +407,7 @@ async fn reimage(
                 .and_then(|()| planner.place_unplaced(model, found.id))
                 .map_err(no_capacity)?;
             let first = first.clone();
-            order_reimage(tx, &mut changed, first, &image, now)?;
+            order_reimage(tx, &mut changed, first, &image, imager, now)?;
             tx.put(changed)?;
             Ok::<_, ApiError>(())
         })

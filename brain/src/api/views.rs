@@ -207,6 +207,7 @@ mod tests {
             signal: None,
             anti_affinity_group: None,
             last_imaged_with: None,
+            imager_options: None,
             created_at: 0,
         };
         assert_eq!(vm(&model, &v)["head"], "head1");

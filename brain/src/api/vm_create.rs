@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use bigv_spine::SpineServer;
+use bigv_spine::resource::ImagerOptions;
 use serde_json::{Map, Value};
 
 use super::access::Caller;
@@ -210,7 +211,8 @@ pub fn read_name(f: &mut Fields) -> Option<String> {
 struct Plan {
     vm: Vm,
     discs: Vec<DiscIn>,
-    image: Option<String>,
+    /// The image and the imager options (password hashed) to install.
+    image: Option<(String, ImagerOptions)>,
     nic_vlan: u32,
     addresses: Vec<Chosen>,
     management: Option<Chosen>,
@@ -331,16 +333,15 @@ fn plan(
     if shape == Shape::VmCreate
         && let Some(mut rf) = sub_object(&mut body, "reimage")
     {
-        image = rf.required_string("distribution");
-        for field in ["root_password", "ssh_public_key", "firstboot_script"] {
-            let _ = rf.string(field);
-        }
-        if let Some(i) = &image {
+        let distribution = rf.required_string("distribution");
+        let options = power::imager_fields(&mut rf);
+        if let Some(i) = &distribution {
             let first = discs_in.first().map(|d| d.size);
             for problem in power::image_problems(model, i, first) {
                 rf.error("distribution", problem);
             }
         }
+        image = distribution.map(|d| (d, options));
         p.absorb(rf);
     }
 
@@ -394,6 +395,7 @@ fn plan(
         signal: None,
         anti_affinity_group: None,
         last_imaged_with: None,
+        imager_options: None,
         created_at: now,
     };
 
@@ -460,7 +462,9 @@ pub fn create(
             template: None,
         };
         match (&plan.image, i) {
-            (Some(image), 0) => power::order_reimage(tx, &mut vm, disc, image, now)?,
+            (Some((image, options)), 0) => {
+                power::order_reimage(tx, &mut vm, disc, image, options.clone(), now)?
+            }
             _ => tx.put(disc)?,
         }
     }

@@ -496,6 +496,7 @@ mod tests {
             signal: None,
             anti_affinity_group: None,
             last_imaged_with: None,
+            imager_options: None,
             created_at: 0,
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use bigv_spine::resource::{TemplateCopy, VmSignal};
+use bigv_spine::resource::{ImagerOptions, TemplateCopy, VmSignal};
 
 use super::ids::*;
 
@@ -66,6 +66,11 @@ pub struct Vm {
     pub anti_affinity_group: Option<AffinityGroupId>,
     #[serde(default)]
     pub last_imaged_with: Option<String>,
+    /// What the last imaging asked the guest to set up (root password as
+    /// a SHA-512 crypt hash only), sent to the head in the VM resource.
+    /// Never shown through the API.
+    #[serde(default)]
+    pub imager_options: Option<ImagerOptions>,
     pub created_at: u64,
 }
 

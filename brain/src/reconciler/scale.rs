@@ -163,6 +163,7 @@ fn converged() -> (Model, Snapshot) {
             signal: None,
             anti_affinity_group: None,
             last_imaged_with: None,
+            imager_options: None,
             created_at: 0,
         };
         let disc = Disc {

@@ -327,7 +327,7 @@ pub(super) fn vm_spec(p: &mut Pass<'_>, vm: &Vm) -> VmSpec {
         cores: vm.cores,
         balloon_on: true,
         cdrom_url: vm.cdrom_url.clone(),
-        imager_options: None,
+        imager_options: vm.imager_options.clone(),
         display_name: hostname,
         keymap: vm.keymap.clone().unwrap_or_else(|| "en-gb".into()),
         network_interfaces,

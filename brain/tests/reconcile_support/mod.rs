@@ -181,6 +181,7 @@ pub async fn create_vm(tb: &TestBrain, new: NewVm) -> VmId {
                 signal: None,
                 anti_affinity_group: None,
                 last_imaged_with: None,
+                imager_options: None,
                 created_at: now,
             })?;
             for (i, (grade, size)) in new.discs.iter().enumerate() {

@@ -61,6 +61,8 @@ pub struct VmPaths {
     pub qemu_log: PathBuf,
     /// Serial scroll-back since power-on (qemu's chardev `logfile`).
     pub serial_log: PathBuf,
+    /// The cloud-init seed drive's image (see [`crate::seed`]).
+    pub seed: PathBuf,
 }
 
 impl VmPaths {
@@ -74,6 +76,7 @@ impl VmPaths {
             pidfile: dir.join("qemu.pid"),
             spec: dir.join("spec.json"),
             qemu_log: dir.join("qemu.log"),
+            seed: dir.join("seed.img"),
             serial_log: log_dir.join(format!("vm.{name}.serial.log")),
             dir,
         }
@@ -277,6 +280,35 @@ fn disc_args(
     Ok(())
 }
 
+/// Devices one IDE channel of the `pc` machine takes: master and slave.
+const IDE_UNITS_PER_CHANNEL: usize = 2;
+
+/// The cloud-init seed drive, read-only, after the customer's discs and
+/// never bootable: virtio-blk on the virtio profile; on the
+/// compatibility profile an IDE CD drive (IDE discs cannot be read-only;
+/// the image's 2048-byte sectors suit a CD). qemu 7.2 puts IDE devices
+/// without a bus on the *second* channel (`ide.1`), so the discs and the
+/// CD drive fill that and the seed takes `ide.0` unit 0; when they need
+/// more than one channel the seed falls back to virtio-blk.
+fn seed_args(args: &mut Vec<String>, spec: &VmSpec, paths: &VmPaths) {
+    let node = json!({
+        "driver": "file",
+        "node-name": "seed0",
+        "filename": paths.seed,
+        "read-only": true,
+    });
+    args.push("-blockdev".into());
+    args.push(node.to_string());
+    let ide_used = spec.discs.iter().filter(|d| d.model == "ide").count() + 1;
+    let device = if profile(spec) == Profile::Compatibility && ide_used <= IDE_UNITS_PER_CHANNEL {
+        "ide-cd,id=seed0-dev,drive=seed0,bus=ide.0,unit=0"
+    } else {
+        "virtio-blk-pci,id=seed0-dev,drive=seed0"
+    };
+    args.push("-device".into());
+    args.push(device.into());
+}
+
 /// The full argv after the binary name. `name` is the `NAME` of `vm.NAME`.
 pub fn command_line(
     name: &str,
@@ -347,6 +379,9 @@ pub fn command_line(
     } else {
         a.push("-device".into());
         a.push(format!("ide-cd,id=cd0,bootindex={cd_boot}"));
+    }
+    if spec.imager_options.is_some() {
+        seed_args(&mut a, spec, paths);
     }
     match settings.nic_backend {
         NicBackend::None => {}
@@ -524,6 +559,39 @@ mod tests {
         let cd: serde_json::Value = serde_json::from_str(after(&a, "-blockdev")[1]).unwrap();
         assert_eq!(cd["driver"], "https");
         assert_eq!(cd["url"], "https://mirror.example/debian.iso");
+    }
+
+    #[test]
+    fn imager_options_attach_the_seed_drive_read_only_after_the_discs() {
+        let a = command_line("web1", &spec(), &settings(), &paths()).unwrap();
+        assert!(!a.iter().any(|x| x.contains("seed")), "no options, no seed");
+        let mut s = spec();
+        s.imager_options = Some(bigv_spine::resource::ImagerOptions {
+            instance_id: "i-1".into(),
+            ..Default::default()
+        });
+        let a = command_line("web1", &s, &settings(), &paths()).unwrap();
+        let blockdevs = after(&a, "-blockdev");
+        let seed: serde_json::Value = serde_json::from_str(blockdevs[1]).unwrap();
+        assert_eq!(seed["driver"], "file");
+        assert_eq!(seed["read-only"], true);
+        assert_eq!(seed["filename"], "/run/bigv,head/vm.web1/seed.img");
+        let devices = after(&a, "-device");
+        let disc = devices
+            .iter()
+            .position(|d| d.starts_with("virtio-blk-pci,id=disc0"));
+        let seed = devices
+            .iter()
+            .position(|d| *d == "virtio-blk-pci,id=seed0-dev,drive=seed0");
+        assert!(disc.unwrap() < seed.unwrap(), "{devices:?}");
+        // The compatibility profile puts it on an IDE CD drive on the first
+        // channel; virtio-blk when the discs and the CD need both.
+        s.discs[0].model = "ide".into();
+        let a = command_line("web1", &s, &settings(), &paths()).unwrap();
+        assert!(after(&a, "-device").contains(&"ide-cd,id=seed0-dev,drive=seed0,bus=ide.0,unit=0"));
+        s.discs = vec![s.discs[0].clone(); 2];
+        let a = command_line("web1", &s, &settings(), &paths()).unwrap();
+        assert!(after(&a, "-device").contains(&"virtio-blk-pci,id=seed0-dev,drive=seed0"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod fence;
 pub mod host;
 pub mod migration;
 pub mod qmp;
+pub mod seed;
 pub mod vm;
 
 /// Formats an error with its sources: `outer: inner: innermost`.

@@ -24,6 +24,8 @@ use crate::qmp::{Event, Qmp, QmpError};
 pub enum VmError {
     #[error(transparent)]
     Args(#[from] argv::ArgError),
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -96,6 +98,16 @@ pub async fn spawn(
     }
     for stale in [&paths.qmp, &paths.serial, &paths.vnc, &paths.pidfile] {
         let _ = std::fs::remove_file(stale);
+    }
+    // The seed drive is rebuilt from the resource at every start, so a
+    // migration's destination gets the identical bytes.
+    if let Some(opts) = &spec.imager_options {
+        let hostname = if spec.display_name.is_empty() {
+            name
+        } else {
+            &spec.display_name
+        };
+        crate::seed::write(&paths.seed, opts, hostname)?;
     }
     save_spec(paths, spec)?;
     let log = std::fs::File::create(&paths.qemu_log).map_err(io("creating", &paths.qemu_log))?;

@@ -20,7 +20,8 @@ use std::time::Duration;
 use bigv_head::agent::{AgentConfig, HeadAgent};
 use bigv_head::argv::{Accel, NicBackend, QemuSettings};
 use bigv_spine::resource::{
-    VmDisc, VmIncoming, VmMigrationOrder, VmMigrationProgress, VmMigrationState, VmRunState, VmSpec,
+    ImagerOptions, VmDisc, VmIncoming, VmMigrationOrder, VmMigrationProgress, VmMigrationState,
+    VmRunState, VmSpec,
 };
 use bigv_spine::{
     Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Resource, Role, ServerConfig, SpineServer,
@@ -181,6 +182,13 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
             model: "virtio".into(),
             serial: Some("guestdisc".into()),
         }],
+        // A seed drive on both sides: B builds the identical one.
+        imager_options: Some(ImagerOptions {
+            instance_id: "bigv-vm1-op1".into(),
+            // glibc's SHA-512 crypt test vector, of "Hello world!".
+            root_password_hash: Some("$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     a.create(Resource::vm("t1", order.clone()), 1)
@@ -199,6 +207,12 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
             .iter()
             .any(|l| l.contains(lines::DISC_OK))
             .then_some(())
+    })
+    .await;
+    wait_for("the guest to read its seed drive on A", BOOT_WAIT, || {
+        serial_lines(&log_a)
+            .into_iter()
+            .find(|l| l.contains(lines::CIDATA))
     })
     .await;
 
@@ -383,6 +397,22 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
     })
     .await;
     assert!(status.contains(&format!("boot_id={boot_id}")), "{status}");
+    // The seed drive B attached is A's, byte for byte, and the password
+    // the guest read from it on A still logs in on B.
+    assert_eq!(
+        std::fs::read(head_b.agent.paths("t1").seed).unwrap(),
+        bigv_head::seed::image(order.imager_options.as_ref().unwrap(), "t.test").unwrap()
+    );
+    serial
+        .write_all(b"login root Hello world!\n")
+        .await
+        .unwrap();
+    wait_for("login ok on B", WAIT, || {
+        serial_lines(&log_b)
+            .into_iter()
+            .find(|l| l.contains(lines::LOGIN_OK))
+    })
+    .await;
     // Its disc still answers from B.
     serial.write_all(b"disc\n").await.unwrap();
     let disc = wait_for("the disc check on B", BOOT_WAIT, || {

@@ -1,7 +1,8 @@
 //! The head agent against a real spine server, real qemu (TCG) and the
 //! test guest served by our own tail's NBD server, all on loopback:
-//! start → boot line on the serial log; live CD change; reset → a new
-//! boot; agent restart → the same qemu re-adopted, the guest's uptime
+//! start → boot line on the serial log; the cloud-init seed drive's
+//! password, keys and first-boot script seen by the guest (once per
+//! instance); live CD change; reset → a new boot; agent restart → the same qemu re-adopted, the guest's uptime
 //! and boot id continuous; ACPI powerdown → `destroyed`; a killed qemu
 //! and a removed VM are reported gone. Slow tier: BIGV_SLOW_TESTS=1.
 
@@ -15,7 +16,8 @@ use std::time::Duration;
 use bigv_head::agent::{AgentConfig, HeadAgent};
 use bigv_head::argv::{Accel, NicBackend, QemuSettings};
 use bigv_spine::resource::{
-    NetworkInterface, ResourceName, ResourceValue, SignalKind, VmDisc, VmRunState, VmSignal, VmSpec,
+    ImagerOptions, NetworkInterface, ResourceName, ResourceValue, SignalKind, VmDisc, VmRunState,
+    VmSignal, VmSpec,
 };
 use bigv_spine::{
     ErrorCode, Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, OrderFailure, Resource, Role,
@@ -23,7 +25,7 @@ use bigv_spine::{
 };
 use bigv_tail::acl::Acl;
 use bigv_tail::nbd::{DiscServer, Export};
-use bigv_test_guest::lines;
+use bigv_test_guest::{cidata, lines};
 use common::*;
 use tokio::io::AsyncWriteExt;
 
@@ -173,8 +175,29 @@ async fn wait_serial<T>(
     }
 }
 
-/// The complete lines of a serial log (a line still being written is
-/// left out, so a match never sees half of one).
+/// glibc's SHA-512 crypt test vector: the hash of `ROOT_PASSWORD`, as
+/// the brain would send it.
+const ROOT_HASH: &str = "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1";
+const ROOT_PASSWORD: &str = "Hello world!";
+
+fn imager(instance_id: &str, with_login: bool, script: &str) -> ImagerOptions {
+    ImagerOptions {
+        instance_id: instance_id.into(),
+        root_password_hash: with_login.then(|| ROOT_HASH.into()),
+        ssh_public_key: if with_login {
+            "ssh-ed25519 AAAAC3Nza alice@laptop\n# old\nssh-rsa AAAAB3Nza alice@desk\n".into()
+        } else {
+            String::new()
+        },
+        firstboot_script: script.into(),
+    }
+}
+
+/// The `n`th (from 0) serial line holding `what`.
+fn nth_line(all: Vec<String>, what: &str, n: usize) -> Option<String> {
+    all.into_iter().filter(|l| l.contains(what)).nth(n)
+}
+
 fn spec(discs: Vec<VmDisc>) -> VmSpec {
     VmSpec {
         memory: 256,
@@ -225,6 +248,8 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         serial: Some("guestdisc".into()),
     };
     let mut order = spec(vec![disc]);
+    let script = "#!/bin/sh\necho welcome > /etc/motd\n";
+    order.imager_options = Some(imager("bigv-vm1-op1", true, script));
     h.create(Resource::vm("t1", order.clone()), 1)
         .await
         .unwrap();
@@ -250,6 +275,32 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     assert!(disc_line.contains("DISC OK dev=/dev/vda"), "{disc_line}");
     let paths = head.agent.paths("t1");
     assert!(paths.qmp.exists() && paths.vnc.exists() && paths.serial.exists());
+    // The seed drive: built from the resource, found and read by the
+    // guest, its first-boot script run for this instance.
+    assert_eq!(
+        std::fs::read(&paths.seed).unwrap(),
+        bigv_head::seed::image(order.imager_options.as_ref().unwrap(), "t.test").unwrap()
+    );
+    let seen = wait_serial(&log, "the guest's cidata line", BOOT_WAIT, |all| {
+        nth_line(all, lines::CIDATA, 0)
+    })
+    .await;
+    let field = |key| lines::field(&seen, lines::CIDATA, key);
+    assert_eq!(field("instance-id"), Some("bigv-vm1-op1"), "{seen}");
+    assert_eq!(field("hostname"), Some("t.test"), "{seen}");
+    assert_eq!(field("password"), Some("set"), "{seen}");
+    assert_eq!(field("keys"), Some("2"), "{seen}");
+    assert_eq!(field("dev"), Some("/dev/vdb"), "{seen}");
+    let sha = cidata::short_sha256(script.as_bytes());
+    assert_eq!(field("firstboot"), Some(sha.as_str()), "{seen}");
+    let ran = wait_serial(&log, "the first-boot script", BOOT_WAIT, |all| {
+        nth_line(all, lines::FIRSTBOOT, 0)
+    })
+    .await;
+    assert!(
+        ran.contains("firstboot: ran instance=bigv-vm1-op1"),
+        "{ran}"
+    );
 
     // The CD changes while the VM runs.
     let iso = root.join("cd.iso");
@@ -295,6 +346,18 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     })
     .await;
     assert_eq!(head.agent.pid("t1"), Some(pid), "a reset keeps the process");
+    // Same instance, second boot: the script does not run again.
+    let again = wait_serial(
+        &log,
+        "the first-boot check after the reset",
+        BOOT_WAIT,
+        |all| nth_line(all, lines::FIRSTBOOT, 1),
+    )
+    .await;
+    assert!(
+        again.contains("firstboot: already ran instance=bigv-vm1-op1"),
+        "{again}"
+    );
 
     // Agent restart: the VM keeps running and is re-adopted.
     let ticks_before = |log: &Path| {
@@ -356,6 +419,27 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         .filter(|l| lines::boot_id(l).is_some())
         .count();
     assert_eq!(boots, 2, "no reboot across the agent restart");
+    // The customer's root password works, and only it.
+    serial
+        .write_all(format!("login root {ROOT_PASSWORD}\n").as_bytes())
+        .await
+        .unwrap();
+    wait_serial(&log, "login ok", WAIT, |all| {
+        nth_line(all, lines::LOGIN_OK, 0)
+    })
+    .await;
+    serial.write_all(b"login root Hello world\n").await.unwrap();
+    wait_serial(&log, "login failed", WAIT, |all| {
+        nth_line(all, lines::LOGIN_FAILED, 0)
+    })
+    .await;
+    assert_eq!(
+        serial_lines(&log)
+            .iter()
+            .filter(|l| l.contains(lines::LOGIN_OK))
+            .count(),
+        1
+    );
 
     // A tail outage is an I/O stall, not an error: the disc check the
     // guest runs while the tail is down finishes once it is back.
@@ -501,6 +585,8 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         serial: None,
     }]);
     compat.network_interfaces[0].model = "e1000".into();
+    // A new imaging's instance: its script runs, from a seed on a CD drive.
+    compat.imager_options = Some(imager("bigv-vm1-op2", false, "echo again\n"));
     h.create(Resource::vm("t2", compat), 8).await.unwrap();
     let log2 = head.agent.paths("t2").serial_log;
     let disc_line = wait_serial(
@@ -517,6 +603,30 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     assert!(
         disc_line.contains(&format!("previous={second_boot}")),
         "{disc_line}"
+    );
+    let seen = wait_serial(
+        &log2,
+        "the compatibility guest's cidata",
+        BOOT_WAIT,
+        |all| nth_line(all, lines::CIDATA, 0),
+    )
+    .await;
+    assert_eq!(
+        lines::field(&seen, lines::CIDATA, "password"),
+        Some("none"),
+        "{seen}"
+    );
+    assert!(
+        lines::field(&seen, lines::CIDATA, "dev").is_some_and(|d| d.starts_with("/dev/sr")),
+        "{seen}"
+    );
+    let ran = wait_serial(&log2, "the new instance's first boot", BOOT_WAIT, |all| {
+        nth_line(all, lines::FIRSTBOOT, 0)
+    })
+    .await;
+    assert!(
+        ran.contains("firstboot: ran instance=bigv-vm1-op2"),
+        "{ran}"
     );
     let pid2 = head.agent.pid("t2").unwrap();
     h.remove(ResourceName::vm("t2"), 9).await.unwrap();

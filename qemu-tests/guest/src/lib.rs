@@ -5,9 +5,13 @@
 //! `src/bin/init.rs`. It prints `BIGV-GUEST BOOT id=<boot id>`, then
 //! `TICK <n> uptime=<s>` every second on ttyS0, writes and verifies a data
 //! pattern on its first disc, and answers `status`, `disc`, `poweroff`
-//! and `reboot` typed on the serial console. The disc layout is in
+//! and `reboot` typed on the serial console. With a cloud-init seed
+//! drive attached it prints what it delivered (`cidata: …`), whether the
+//! first-boot script ran for this instance (`firstboot: …`), and answers
+//! `login root PASSWORD` with `login ok` or `login failed` ([`cidata`]). The disc layout is in
 //! [`layout`]; the README has the whole story.
 
+pub mod cidata;
 pub mod image;
 pub mod layout;
 pub mod modules;
@@ -28,6 +32,15 @@ pub mod lines {
     pub const POWER_BUTTON: &str = "BIGV-GUEST POWER BUTTON";
     /// Printed for each ctrl-alt-delete on the guest's keyboard.
     pub const CTRL_ALT_DEL: &str = "BIGV-GUEST CTRL-ALT-DEL";
+    /// `cidata: instance-id=… hostname=… password=set|none keys=N
+    /// firstboot=<sha256 prefix>|none`, or `cidata: none` without a seed.
+    pub const CIDATA: &str = "cidata: ";
+    /// `firstboot: ran instance=…`, `firstboot: already ran instance=…`
+    /// or `firstboot: none`.
+    pub const FIRSTBOOT: &str = "firstboot: ";
+    /// The answers to `login root PASSWORD`.
+    pub const LOGIN_OK: &str = "login ok";
+    pub const LOGIN_FAILED: &str = "login failed";
 
     /// A `key=value` word after `prefix` in `line` (`mem_mib` in a `BOOT`
     /// line, `previous` or `disc_bytes` in a `DISC OK` line).

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 /// Drivers the guest loads: virtio disc and balloon (virtio profile), IDE/
-/// SATA discs (compatibility profile), and the ACPI power button with
-/// evdev so `system_powerdown` reaches `/init`.
+/// SATA discs and CD drives (compatibility profile; the cloud-init seed
+/// drive is a CD there), and the ACPI power button with evdev so
+/// `system_powerdown` reaches `/init`.
 pub const WANTED: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -13,6 +14,7 @@ pub const WANTED: &[&str] = &[
     "ata_piix",
     "ahci",
     "sd_mod",
+    "sr_mod",
     "button",
     "evdev",
 ];

@@ -275,6 +275,7 @@ fn emptying_a_pool_is_followed_until_it_ends() {
             signal: None,
             anti_affinity_group: None,
             last_imaged_with: None,
+            imager_options: None,
             created_at: 0,
         })?;
         let id = DiscId(tx.new_id::<Disc>()?);

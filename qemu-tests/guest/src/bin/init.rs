@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bigv_test_guest::{layout, lines, pattern};
+use bigv_test_guest::{cidata, layout, lines, pattern};
 
 type Console = Arc<Mutex<File>>;
 
@@ -41,6 +41,8 @@ fn watch_ctrl_alt_del(con: Console) {
     }
 }
 static DISC: Mutex<String> = Mutex::new(String::new());
+/// What the cloud-init seed drive delivered, once found.
+static SEED: Mutex<Option<cidata::Seed>> = Mutex::new(None);
 
 fn say(con: &Console, line: &str) {
     if let Ok(mut f) = con.lock() {
@@ -248,6 +250,114 @@ fn write_and_verify(dev: &str, boot_id: &str) -> Result<(u64, String), String> {
     Ok((offset, previous))
 }
 
+/// The first block device whose FAT label is `CIDATA`, read whole.
+fn find_seed() -> Option<(String, Result<cidata::Seed, String>)> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+        .collect();
+    names.sort();
+    for name in names {
+        let dev = format!("/dev/{name}");
+        let Ok(f) = File::open(&dev) else { continue };
+        // 2048 bytes: one block of a CD drive, four of a disc.
+        let mut head = vec![0u8; 2048];
+        if f.read_exact_at(&mut head, 0).is_err()
+            || cidata::label(&head).as_deref() != Some(cidata::LABEL)
+        {
+            continue;
+        }
+        let size = disc_bytes(&dev);
+        if size == 0 || size > 16 << 20 {
+            return Some((dev, Err(format!("{size} bytes is no seed drive"))));
+        }
+        let mut image = vec![0u8; size as usize];
+        if let Err(e) = f.read_exact_at(&mut image, 0) {
+            return Some((dev, Err(format!("reading: {e}"))));
+        }
+        return Some((dev, cidata::read_image(image)));
+    }
+    None
+}
+
+/// Looks for the seed drive for a while after boot, prints what it
+/// delivered, and runs (records) the first-boot script once per instance.
+fn cidata_check(con: Console) {
+    // As long as the disc check waits for its disc: TCG boots are slow.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        if let Some(found) = find_seed() {
+            break found;
+        }
+        if Instant::now() > deadline {
+            say(&con, &format!("{}none", lines::CIDATA));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    match found {
+        (dev, Err(e)) => say(&con, &format!("{}unreadable dev={dev} {e}", lines::CIDATA)),
+        (dev, Ok(seed)) => {
+            say(&con, &format!("{} dev={dev}", cidata::status_line(&seed)));
+            let line = firstboot(&seed, &dev);
+            say(&con, &format!("{}{line}", lines::FIRSTBOOT));
+            if let Ok(mut s) = SEED.lock() {
+                *s = Some(seed);
+            }
+        }
+    }
+}
+
+/// "Runs" the first-boot script (this guest has no shell: it records
+/// the instance in the last sector of its first disc's data region), or
+/// says it already ran for this instance.
+fn firstboot(seed: &cidata::Seed, seed_dev: &str) -> String {
+    let Some(script) = &seed.firstboot else {
+        return "none".into();
+    };
+    let id = &seed.instance_id;
+    let Some(dev) = ["/dev/vda", "/dev/sda"]
+        .into_iter()
+        .find(|d| *d != seed_dev && std::path::Path::new(d).exists())
+    else {
+        return format!("failed instance={id} no disc to remember it on");
+    };
+    let r = (|| {
+        let f = OpenOptions::new().read(true).write(true).open(dev)?;
+        let mut mbr = [0u8; 512];
+        f.read_exact_at(&mut mbr, 0)?;
+        let (offset, len) = layout::data_region(&mbr)
+            .filter(|(_, len)| *len >= pattern::BLOCKS * pattern::BLOCK as u64 + 512)
+            .ok_or_else(|| std::io::Error::other("no data region with room"))?;
+        let at = offset + len - 512;
+        let mut sector = [0u8; 512];
+        f.read_exact_at(&mut sector, at)?;
+        if cidata::marked_instance(&sector).as_deref() == Some(id) {
+            return Ok(false);
+        }
+        f.write_all_at(&cidata::marker(id), at)?;
+        f.sync_all()?;
+        Ok::<_, std::io::Error>(true)
+    })();
+    match r {
+        Ok(true) => format!("ran instance={id} sha256={}", cidata::short_sha256(script)),
+        Ok(false) => format!("already ran instance={id}"),
+        Err(e) => format!("failed instance={id} {dev}: {e}"),
+    }
+}
+
+/// `login root PASSWORD`, checked against the delivered hash.
+fn login(rest: &str) -> bool {
+    let (user, password) = rest.split_once(' ').unwrap_or((rest, ""));
+    let hash = SEED
+        .lock()
+        .ok()
+        .and_then(|s| s.as_ref()?.password_hash.clone());
+    user == "root" && hash.is_some_and(|h| cidata::password_ok(&h, password))
+}
+
 fn power_off(con: &Console, why: &str, cmd: libc::c_int) {
     say(con, why);
     // SAFETY: sync and reboot take no pointers.
@@ -330,6 +440,17 @@ fn commands(con: Console, input: File, boot_id: &str) {
                 std::thread::spawn(move || disc_check(con, id));
             }
             "poweroff" => power_off(&con, "BIGV-GUEST POWEROFF", libc::RB_POWER_OFF),
+            cmd if cmd.starts_with("login ") => {
+                let ok = login(&cmd["login ".len()..]);
+                say(
+                    &con,
+                    if ok {
+                        lines::LOGIN_OK
+                    } else {
+                        lines::LOGIN_FAILED
+                    },
+                );
+            }
             "reboot" => power_off(&con, "BIGV-GUEST REBOOT", libc::RB_AUTOBOOT),
             other => say(&con, &format!("UNKNOWN {other}")),
         }
@@ -368,6 +489,10 @@ fn main() {
     {
         let con = con.clone();
         std::thread::spawn(move || power_buttons(con));
+    }
+    {
+        let con = con.clone();
+        std::thread::spawn(move || cidata_check(con));
     }
     {
         let con = con.clone();
