@@ -130,10 +130,33 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     let c = ctx.customer;
     guest.row("add server", Instant::now());
     c.run(&[
-        "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
+        "add",
+        "server",
+        SERVER,
+        "--image",
+        TEMPLATE,
+        "--memory",
+        "256M",
+        "--cores",
+        "1",
+        "--disc",
         "1G",
+        "--authorized-keys",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBigVTestKey alice@laptop",
     ]);
     let first = wait_boot(brain, &admin, head, 0, "add server", &mut guest).await;
+    // The install options reached the guest on its seed drive: the root
+    // password `add server` generated (as a hash) and the one key.
+    let seed = until("the guest's cidata line", 60, brain, async || {
+        guest::guest_lines(head)
+            .into_iter()
+            .find(|l| l.contains(lines::CIDATA))
+    })
+    .await;
+    assert!(
+        seed.contains("password=set") && seed.contains("keys=1"),
+        "{seed}"
+    );
     let id1 = lines::boot_id(&first.0).unwrap().to_owned();
     let disc1 = first.1.clone();
     assert!(disc1.contains(lines::DISC_OK), "{disc1}");
