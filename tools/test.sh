@@ -23,5 +23,6 @@ BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test rack
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test customer
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test migrate_vm
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test migrate_disc
+BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test upgrade
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test failures -- --test-threads=1
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test demo
