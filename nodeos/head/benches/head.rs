@@ -12,6 +12,10 @@
 //!   `query-status` until the destination runs); same bandwidth and
 //!   downtime settings; the downtime qemu reports for both.
 //!
+//! "ratio" is median(ours) / median(peer); "paired" the median of each
+//! run's own ratio (its two sides ran back to back, under about the same
+//! machine load).
+//!
 //! Real qemu under TCG, the test guest on our tail's NBD server, a real
 //! spine server, two head agents, all on loopback (see `tests/common`).
 
@@ -20,17 +24,14 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bigv_head::argv::{self, Accel, NicBackend, QemuSettings, VmPaths};
+use bigv_head::argv::{self, VmPaths};
 use bigv_head::qmp::Qmp;
 use bigv_spine::resource::{
     ResourceName, VmDisc, VmIncoming, VmMigrationOrder, VmRunState, VmSpec,
 };
 use bigv_spine::{NodeHandle, Resource};
-use bigv_tail::acl::Acl;
-use bigv_tail::nbd::{DiscServer, Export};
 use bigv_test_guest::lines;
 use common::*;
 
@@ -80,22 +81,13 @@ fn options() -> Options {
 #[derive(Default)]
 struct Sample {
     first_line: Duration,
-    /// Ours: the create order's answer (qemu spawned, QMP up, resumed).
+    /// Ours: the create order's answer (qemu spawned, QMP up, resumed);
+    /// the peer: qemu's QMP greeting after the spawn.
     answered: Duration,
     boot_line: Duration,
     migration: Duration,
     downtime_ms: Option<u64>,
     first_text: String,
-}
-
-fn settings() -> QemuSettings {
-    QemuSettings {
-        accel: Accel::Tcg,
-        nic_backend: NicBackend::User,
-        nbd_reconnect_delay_secs: 60,
-        nbd_open_timeout_secs: 10,
-        local_cdrom: true,
-    }
 }
 
 /// Polls `log` until a complete line satisfies `f`: the time since `t0`
@@ -217,13 +209,16 @@ impl Bench {
     async fn peer(&self, name: &str) -> Sample {
         let mut s = Sample::default();
         let src = peer_paths(&self.root, "peer-a", name);
-        let mut args = argv::command_line(name, &self.spec, &settings(), &src).unwrap();
+        let mut args = argv::command_line(name, &self.spec, &qemu_settings(), &src).unwrap();
         // By hand the guest just runs: no pause for an agent's QMP.
         args.retain(|a| a != "-S");
         let t0 = Instant::now();
         let _src_qemu = Qemu::spawn(&src, &args);
-        boot_lines(&src.serial_log, t0, &mut s).await;
+        // Connected at once, as an operator's monitor would be: also
+        // times qemu's own start-up (to its QMP greeting).
         let (src_qmp, _src_events) = Qmp::connect(&src.qmp, WAIT).await.expect("source QMP");
+        s.answered = t0.elapsed();
+        boot_lines(&src.serial_log, t0, &mut s).await;
 
         let dst = peer_paths(&self.root, "peer-b", name);
         let incoming = VmSpec {
@@ -233,7 +228,7 @@ impl Bench {
             }),
             ..self.spec.clone()
         };
-        let args = argv::command_line(name, &incoming, &settings(), &dst).unwrap();
+        let args = argv::command_line(name, &incoming, &qemu_settings(), &dst).unwrap();
         let m0 = Instant::now();
         let _dst_qemu = Qemu::spawn(&dst, &args);
         let (dst_qmp, _dst_events) = Qmp::connect(&dst.qmp, WAIT).await.expect("dest QMP");
@@ -358,18 +353,10 @@ fn main() {
 async fn run(opts: Options) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let image = root.join("guest.raw");
     eprintln!("building the test guest…");
-    build_guest(&image);
-    let export = Export::open("disc.sata.1", &image, false).unwrap();
-    let tail = DiscServer::start(
-        Arc::new(export),
-        "127.0.0.1:0".parse().unwrap(),
-        Acl::parse(&["127.0.0.1", "127.0.0.1"]).unwrap(),
-    )
-    .await
-    .unwrap();
-    let server = spine_server().await;
+    // Both heads are 127.0.0.1.
+    let (_, tail) = guest_on_tail(&root, &["127.0.0.1", "127.0.0.1"]).await;
+    let server = spine().await;
     let head_a = SpineHead::start(server.local_addr(), &root, "head-a").await;
     let head_b = SpineHead::start(server.local_addr(), &root, "head-b").await;
     let a = ready(&server, "head-a").await;
@@ -408,13 +395,14 @@ async fn run(opts: Options) {
         };
         eprintln!(
             "run {}: ours answered {:.2}s start {:.2}s boot {:.2}s migration {:.2}s downtime {:?} ms; \
-             peer start {:.2}s boot {:.2}s migration {:.2}s downtime {:?} ms",
+             peer QMP up {:.2}s start {:.2}s boot {:.2}s migration {:.2}s downtime {:?} ms",
             i + 1,
             pair.0.answered.as_secs_f64(),
             pair.0.first_line.as_secs_f64(),
             pair.0.boot_line.as_secs_f64(),
             pair.0.migration.as_secs_f64(),
             pair.0.downtime_ms,
+            pair.1.answered.as_secs_f64(),
             pair.1.first_line.as_secs_f64(),
             pair.1.boot_line.as_secs_f64(),
             pair.1.migration.as_secs_f64(),
@@ -438,8 +426,8 @@ async fn run(opts: Options) {
             .map_or("qemu's default".into(), |d| format!("{d} ms")),
     );
     println!(
-        "{:<44} {:>9} {:>9} {:>7} {:>7}",
-        "row", "ours", "peer", "ratio", "target"
+        "{:<44} {:>9} {:>9} {:>7} {:>7} {:>7}",
+        "row", "ours", "peer", "ratio", "paired", "target"
     );
     let rows: [Row; 3] = [
         (
@@ -456,13 +444,24 @@ async fn run(opts: Options) {
     ];
     for (row, f, target) in rows {
         let (x, y) = (secs(&ours, f), secs(&peer, f));
+        // The median of each run's own ratio: the two sides of a run ran
+        // back to back, under about the same load.
+        let paired = median(
+            ours.iter()
+                .zip(&peer)
+                .map(|(o, p)| f(o).as_secs_f64() / f(p).as_secs_f64())
+                .collect(),
+        );
         println!(
-            "{row:<44} {:>8.2}s {:>8.2}s {:>7.2} {target:>7}",
-            x,
-            y,
+            "{row:<44} {x:>8.2}s {y:>8.2}s {:>7.2} {paired:>7.2} {target:>7}",
             x / y
         );
     }
+    println!(
+        "ours: order answered (qemu up, QMP, cont) {:.3}s; peer: qemu's QMP greeting {:.3}s",
+        secs(&ours, |s| s.answered),
+        secs(&peer, |s| s.answered)
+    );
     println!(
         "downtime reported by qemu: ours {}, peer {}",
         downtime(&ours),

@@ -13,7 +13,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bigv_spine::Resource;
@@ -21,8 +20,6 @@ use bigv_spine::resource::{
     ImagerOptions, VmDisc, VmIncoming, VmMigrationOrder, VmMigrationProgress, VmMigrationState,
     VmRunState, VmSpec,
 };
-use bigv_tail::acl::Acl;
-use bigv_tail::nbd::{DiscServer, Export};
 use bigv_test_guest::lines;
 use common::*;
 use tokio::io::AsyncWriteExt;
@@ -53,18 +50,9 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
     logs();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let image = root.join("guest.raw");
-    build_guest(&image);
-    let export = Export::open("disc.sata.1", &image, false).unwrap();
     // The handover lists both heads (here both are 127.0.0.1).
-    let tail = DiscServer::start(
-        Arc::new(export),
-        "127.0.0.1:0".parse().unwrap(),
-        Acl::parse(&["127.0.0.1", "127.0.0.1"]).unwrap(),
-    )
-    .await
-    .unwrap();
-    let server = spine_server().await;
+    let (_, tail) = guest_on_tail(&root, &["127.0.0.1", "127.0.0.1"]).await;
+    let server = spine().await;
     let mut head_a = SpineHead::start(server.local_addr(), &root, "head-a").await;
     let head_b = SpineHead::start(server.local_addr(), &root, "head-b").await;
     let mut a = ready(&server, "head-a").await;

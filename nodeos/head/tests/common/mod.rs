@@ -15,6 +15,8 @@ use bigv_spine::resource::{ResourceName, ResourceValue, VmSpec};
 use bigv_spine::{
     Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Role, ServerConfig, SpineServer,
 };
+use bigv_tail::acl::Acl;
+use bigv_tail::nbd::{DiscServer, Export};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -100,19 +102,69 @@ impl Drop for KillVms {
 }
 
 /// A spine server on loopback with a fast keepalive.
-pub async fn spine_server() -> SpineServer {
+pub async fn spine() -> SpineServer {
+    spine_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+pub async fn spine_at(addr: SocketAddr) -> SpineServer {
     let config = ServerConfig {
         keepalive: Keepalive {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(5),
         },
+        hello_timeout: Duration::from_secs(2),
         order_timeout: Duration::from_secs(60),
         ..ServerConfig::default()
     };
-    SpineServer::bind("127.0.0.1:0".parse().unwrap(), config)
+    SpineServer::bind(addr, config).await.unwrap().0
+}
+
+/// The tests' qemu settings: TCG, user networking, a local CD allowed.
+pub fn qemu_settings() -> QemuSettings {
+    QemuSettings {
+        accel: Accel::Tcg,
+        nic_backend: NicBackend::User,
+        nbd_reconnect_delay_secs: 60,
+        nbd_open_timeout_secs: 10,
+        local_cdrom: true,
+    }
+}
+
+/// The spine link of head `node_id` (addresses: 127.0.0.1): keepalive
+/// every 200 ms, the link dead after `timeout` of silence.
+pub fn head_node_config(spine: SocketAddr, node_id: &str, timeout: Duration) -> NodeConfig {
+    let hello = Hello {
+        node_id: node_id.into(),
+        role: Role::Head,
+        image_version: "test".into(),
+        protocol_version: bigv_spine::PROTOCOL_VERSION,
+        addresses: vec!["127.0.0.1".into()],
+    };
+    let mut nc = NodeConfig::new(spine.to_string(), hello);
+    nc.keepalive = Keepalive {
+        interval: Duration::from_millis(200),
+        timeout,
+    };
+    nc
+}
+
+/// Builds the test guest into `root/guest.raw` and serves it on our
+/// tail's NBD server on loopback, `acl` the heads it admits.
+pub async fn guest_on_tail(root: &Path, acl: &[&str]) -> (PathBuf, DiscServer) {
+    let image = root.join("guest.raw");
+    build_guest(&image);
+    (
+        image.clone(),
+        tail_at(&image, "127.0.0.1:0".parse().unwrap(), acl).await,
+    )
+}
+
+/// Our tail's NBD server for `image` (export `disc.sata.1`) at `addr`.
+pub async fn tail_at(image: &Path, addr: SocketAddr, acl: &[&str]) -> DiscServer {
+    let export = Export::open("disc.sata.1", image, false).unwrap();
+    DiscServer::start(Arc::new(export), addr, Acl::parse(acl).unwrap())
         .await
         .unwrap()
-        .0
 }
 
 /// A head agent on the spine, in `root/NODE_ID/`, its migration listener on
@@ -158,31 +210,14 @@ impl SpineHead {
             qemu: "qemu-system-x86_64".into(),
             run_dir: run_dir.clone(),
             log_dir: root.join(node_id).join("log"),
-            settings: QemuSettings {
-                accel: Accel::Tcg,
-                nic_backend: NicBackend::User,
-                nbd_reconnect_delay_secs: 60,
-                nbd_open_timeout_secs: 10,
-                local_cdrom: true,
-            },
+            settings: qemu_settings(),
             vm_memory_mib: 1024,
             report_interval: Duration::from_millis(500),
             fence_timeout: None,
             migration_address: Some("127.0.0.1".into()),
         };
         let agent = HeadAgent::start(config).await.unwrap();
-        let hello = Hello {
-            node_id: node_id.into(),
-            role: Role::Head,
-            image_version: "test".into(),
-            protocol_version: bigv_spine::PROTOCOL_VERSION,
-            addresses: vec!["127.0.0.1".into()],
-        };
-        let mut nc = NodeConfig::new(spine.to_string(), hello);
-        nc.keepalive = Keepalive {
-            interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(5),
-        };
+        let nc = head_node_config(spine, node_id, Duration::from_secs(5));
         let node = NodeAgent::new(nc, agent.clone());
         agent.set_notifier(node.notifier());
         let runner = agent.clone();
