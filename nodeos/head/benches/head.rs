@@ -22,18 +22,21 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bigv_head::argv::{self, VmPaths};
 use bigv_head::qmp::Qmp;
 use bigv_spine::resource::{
-    ResourceName, VmDisc, VmIncoming, VmMigrationOrder, VmRunState, VmSpec,
+    ResourceName, ResourceValue, VmDisc, VmIncoming, VmMigrationOrder, VmRunState, VmSpec,
 };
-use bigv_spine::{NodeHandle, Resource};
+use bigv_spine::{NodeHandle, Resource, SpineEvent};
 use bigv_test_guest::lines;
 use common::*;
+use tokio::sync::mpsc;
 
 const BOOT_WAIT: Duration = Duration::from_secs(300);
 const MIGRATE_WAIT: Duration = Duration::from_secs(300);
@@ -120,8 +123,34 @@ async fn boot_lines(log: &Path, t0: Instant, s: &mut Sample) {
     s.first_text = first;
 }
 
+/// The `downtime_ms` of each VM's completed migration as `head-a`
+/// reported it, caught from the spine's event stream: the report lives
+/// only until A's qemu has quit, too short for polling the table.
+type Downtimes = Arc<Mutex<HashMap<String, u64>>>;
+
+fn record_downtimes(mut events: mpsc::Receiver<SpineEvent>) -> Downtimes {
+    let seen = Downtimes::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let SpineEvent::Updated {
+                node_id, resource, ..
+            } = ev
+                && node_id == "head-a"
+                && let ResourceName::Vm(name) = resource.name()
+                && let ResourceValue::Vm(spec) = resource.value()
+                && let Some(d) = spec.migration.as_ref().and_then(|m| m.downtime_ms)
+            {
+                record.lock().unwrap().insert(name.clone(), d);
+            }
+        }
+    });
+    seen
+}
+
 struct Bench {
     opts: Options,
+    downtimes: Downtimes,
     spec: VmSpec,
     root: std::path::PathBuf,
     head_a: SpineHead,
@@ -178,9 +207,6 @@ impl Bench {
             .expect("migration order to A");
         let deadline = Instant::now() + MIGRATE_WAIT;
         loop {
-            if let Some(m) = vm_in_table(&self.a, name).and_then(|v| v.migration) {
-                s.downtime_ms = s.downtime_ms.or(m.downtime_ms);
-            }
             if vm_in_table(&self.b, name).and_then(|v| v.state) == Some(VmRunState::Running) {
                 s.migration = m0.elapsed();
                 break;
@@ -188,14 +214,10 @@ impl Bench {
             assert!(Instant::now() < deadline, "timed out migrating {name}");
             tokio::time::sleep(POLL).await;
         }
-        // A reports the downtime before it ends its qemu; catch it if the
-        // poll above did not.
+        // A reports the downtime just before it ends its qemu.
         let until = Instant::now() + WAIT;
         while s.downtime_ms.is_none() && Instant::now() < until {
-            match vm_in_table(&self.a, name) {
-                Some(v) => s.downtime_ms = v.migration.and_then(|m| m.downtime_ms),
-                None => break,
-            }
+            s.downtime_ms = self.downtimes.lock().unwrap().get(name).copied();
             tokio::time::sleep(POLL).await;
         }
         self.b
@@ -356,7 +378,8 @@ async fn run(opts: Options) {
     eprintln!("building the test guest…");
     // Both heads are 127.0.0.1.
     let (_, tail) = guest_on_tail(&root, &["127.0.0.1", "127.0.0.1"]).await;
-    let server = spine().await;
+    let (server, events) = spine_with_events("127.0.0.1:0".parse().unwrap()).await;
+    let downtimes = record_downtimes(events);
     let head_a = SpineHead::start(server.local_addr(), &root, "head-a").await;
     let head_b = SpineHead::start(server.local_addr(), &root, "head-b").await;
     let a = ready(&server, "head-a").await;
@@ -375,6 +398,7 @@ async fn run(opts: Options) {
     };
     let bench = Bench {
         opts,
+        downtimes,
         spec,
         root,
         head_a,

@@ -13,10 +13,12 @@ use bigv_head::agent::{AgentConfig, HeadAgent};
 use bigv_head::argv::{Accel, NicBackend, QemuSettings};
 use bigv_spine::resource::{ResourceName, ResourceValue, VmSpec};
 use bigv_spine::{
-    Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Role, ServerConfig, SpineServer,
+    Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Role, ServerConfig, SpineEvent,
+    SpineServer,
 };
 use bigv_tail::acl::Acl;
 use bigv_tail::nbd::{DiscServer, Export};
+use tokio::sync::mpsc;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -107,6 +109,12 @@ pub async fn spine() -> SpineServer {
 }
 
 pub async fn spine_at(addr: SocketAddr) -> SpineServer {
+    spine_with_events(addr).await.0
+}
+
+/// The same, with its event stream (which must be drained: a full queue
+/// holds up the nodes' connections).
+pub async fn spine_with_events(addr: SocketAddr) -> (SpineServer, mpsc::Receiver<SpineEvent>) {
     let config = ServerConfig {
         keepalive: Keepalive {
             interval: Duration::from_millis(200),
@@ -116,7 +124,7 @@ pub async fn spine_at(addr: SocketAddr) -> SpineServer {
         order_timeout: Duration::from_secs(60),
         ..ServerConfig::default()
     };
-    SpineServer::bind(addr, config).await.unwrap().0
+    SpineServer::bind(addr, config).await.unwrap()
 }
 
 /// The tests' qemu settings: TCG, user networking, a local CD allowed.
