@@ -176,7 +176,10 @@ impl Qmp {
                         source,
                     });
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                // qemu creates the socket some tens of ms after it starts,
+                // and a new VM waits paused for this connection: a short
+                // poll keeps that wait off its start (tools/bench-head.sh).
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         };
         let (read, write) = stream.into_split();

@@ -12,113 +12,20 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-use bigv_head::agent::{AgentConfig, HeadAgent};
-use bigv_head::argv::{Accel, NicBackend, QemuSettings};
+use bigv_spine::Resource;
 use bigv_spine::resource::{
     ImagerOptions, VmDisc, VmIncoming, VmMigrationOrder, VmMigrationProgress, VmMigrationState,
     VmRunState, VmSpec,
 };
-use bigv_spine::{
-    Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Resource, Role, ServerConfig, SpineServer,
-};
-use bigv_tail::acl::Acl;
-use bigv_tail::nbd::{DiscServer, Export};
 use bigv_test_guest::lines;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
-const WAIT: Duration = Duration::from_secs(20);
 const BOOT_WAIT: Duration = Duration::from_secs(180);
 const MIGRATE_WAIT: Duration = Duration::from_secs(120);
-
-/// A head agent on the spine; its qemu processes are killed on drop.
-struct TestHead {
-    agent: Arc<HeadAgent>,
-    task: tokio::task::JoinHandle<()>,
-    run_dir: PathBuf,
-}
-
-impl Drop for TestHead {
-    fn drop(&mut self) {
-        self.task.abort();
-        drop(KillVms(self.run_dir.clone()));
-    }
-}
-
-impl TestHead {
-    /// A new agent for the same head (its qemu processes keep running and
-    /// are re-adopted), as when init restarts a crashed agent.
-    async fn restart_agent(&mut self, spine: SocketAddr, root: &Path, node_id: &str) {
-        self.task.abort();
-        self.agent.shutdown().await;
-        (self.agent, self.task) = TestHead::spawn_agent(spine, root, node_id).await;
-    }
-
-    async fn start(spine: SocketAddr, root: &Path, node_id: &str) -> TestHead {
-        let (agent, task) = TestHead::spawn_agent(spine, root, node_id).await;
-        TestHead {
-            agent,
-            task,
-            run_dir: root.join(node_id).join("run"),
-        }
-    }
-
-    async fn spawn_agent(
-        spine: SocketAddr,
-        root: &Path,
-        node_id: &str,
-    ) -> (Arc<HeadAgent>, tokio::task::JoinHandle<()>) {
-        let run_dir = root.join(node_id).join("run");
-        let config = AgentConfig {
-            qemu: "qemu-system-x86_64".into(),
-            run_dir: run_dir.clone(),
-            log_dir: root.join(node_id).join("log"),
-            settings: QemuSettings {
-                accel: Accel::Tcg,
-                nic_backend: NicBackend::User,
-                nbd_reconnect_delay_secs: 60,
-                nbd_open_timeout_secs: 10,
-                local_cdrom: true,
-            },
-            vm_memory_mib: 1024,
-            report_interval: Duration::from_millis(500),
-            fence_timeout: None,
-            migration_address: Some("127.0.0.1".into()),
-        };
-        let agent = HeadAgent::start(config).await.unwrap();
-        let hello = Hello {
-            node_id: node_id.into(),
-            role: Role::Head,
-            image_version: "test".into(),
-            protocol_version: bigv_spine::PROTOCOL_VERSION,
-            addresses: vec!["127.0.0.1".into()],
-        };
-        let mut nc = NodeConfig::new(spine.to_string(), hello);
-        nc.keepalive = Keepalive {
-            interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(5),
-        };
-        let node = NodeAgent::new(nc, agent.clone());
-        agent.set_notifier(node.notifier());
-        let runner = agent.clone();
-        let task = tokio::spawn(async move {
-            runner.run_spine(&node).await;
-        });
-        (agent, task)
-    }
-}
-
-async fn ready(server: &SpineServer, node_id: &str) -> NodeHandle {
-    wait_for(&format!("{node_id} on the spine"), WAIT, || {
-        server.node(node_id).filter(|h| h.is_ready())
-    })
-    .await
-}
 
 /// The complete lines of a serial log (a line being written is left out).
 fn last_tick(log: &Path) -> Option<u64> {
@@ -143,31 +50,11 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
     logs();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let image = root.join("guest.raw");
-    build_guest(&image);
-    let export = Export::open("disc.sata.1", &image, false).unwrap();
     // The handover lists both heads (here both are 127.0.0.1).
-    let tail = DiscServer::start(
-        Arc::new(export),
-        "127.0.0.1:0".parse().unwrap(),
-        Acl::parse(&["127.0.0.1", "127.0.0.1"]).unwrap(),
-    )
-    .await
-    .unwrap();
-    let config = ServerConfig {
-        keepalive: Keepalive {
-            interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(5),
-        },
-        order_timeout: Duration::from_secs(60),
-        ..ServerConfig::default()
-    };
-    let server = SpineServer::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap()
-        .0;
-    let mut head_a = TestHead::start(server.local_addr(), &root, "head-a").await;
-    let head_b = TestHead::start(server.local_addr(), &root, "head-b").await;
+    let (_, tail) = guest_on_tail(&root, &["127.0.0.1", "127.0.0.1"]).await;
+    let server = spine().await;
+    let mut head_a = SpineHead::start(server.local_addr(), &root, "head-a").await;
+    let head_b = SpineHead::start(server.local_addr(), &root, "head-b").await;
     let mut a = ready(&server, "head-a").await;
     let b = ready(&server, "head-b").await;
 

@@ -14,17 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bigv_head::agent::{AgentConfig, HeadAgent};
-use bigv_head::argv::{Accel, NicBackend, QemuSettings};
 use bigv_spine::resource::{
     ImagerOptions, NetworkInterface, ResourceName, ResourceValue, SignalKind, VmDisc, VmRunState,
     VmSignal, VmSpec,
 };
-use bigv_spine::{
-    ErrorCode, Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, OrderFailure, Resource, Role,
-    ServerConfig, SpineServer,
-};
-use bigv_tail::acl::Acl;
-use bigv_tail::nbd::{DiscServer, Export};
+use bigv_spine::{ErrorCode, NodeAgent, NodeHandle, OrderFailure, Resource, SpineServer};
 use bigv_test_guest::{cidata, lines};
 use common::*;
 use tokio::io::AsyncWriteExt;
@@ -32,23 +26,6 @@ use tokio::io::AsyncWriteExt;
 const WAIT: Duration = Duration::from_secs(20);
 const BOOT_WAIT: Duration = Duration::from_secs(180);
 const VM_MEMORY: u64 = 1024;
-
-async fn spine() -> SpineServer {
-    spine_at("127.0.0.1:0".parse().unwrap()).await
-}
-
-async fn spine_at(addr: SocketAddr) -> SpineServer {
-    let config = ServerConfig {
-        keepalive: Keepalive {
-            interval: Duration::from_millis(200),
-            timeout: Duration::from_secs(5),
-        },
-        hello_timeout: Duration::from_secs(2),
-        order_timeout: Duration::from_secs(60),
-        ..ServerConfig::default()
-    };
-    SpineServer::bind(addr, config).await.unwrap().0
-}
 
 /// A head agent on the spine, with its run and log directories under `root`.
 struct TestHead {
@@ -79,31 +56,14 @@ impl TestHead {
             qemu: "qemu-system-x86_64".into(),
             run_dir: root.join("run"),
             log_dir: root.join("log"),
-            settings: QemuSettings {
-                accel: Accel::Tcg,
-                nic_backend: NicBackend::User,
-                nbd_reconnect_delay_secs: 60,
-                nbd_open_timeout_secs: 10,
-                local_cdrom: true,
-            },
+            settings: qemu_settings(),
             vm_memory_mib: VM_MEMORY,
             report_interval: Duration::from_millis(300),
             fence_timeout: fence,
             migration_address: Some("127.0.0.1".into()),
         };
         let agent = HeadAgent::start(config).await.unwrap();
-        let hello = Hello {
-            node_id: "head1".into(),
-            role: Role::Head,
-            image_version: "test".into(),
-            protocol_version: bigv_spine::PROTOCOL_VERSION,
-            addresses: vec!["127.0.0.1".into()],
-        };
-        let mut nc = NodeConfig::new(spine.to_string(), hello);
-        nc.keepalive = Keepalive {
-            interval: Duration::from_millis(200),
-            timeout: keepalive,
-        };
+        let mut nc = head_node_config(spine, "head1", keepalive);
         nc.backoff = bigv_spine::Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
@@ -226,16 +186,7 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let _killer = KillVms(root.join("run"));
-    let image = root.join("guest.raw");
-    build_guest(&image);
-    let export = Export::open("disc.sata.1", &image, false).unwrap();
-    let tail = DiscServer::start(
-        Arc::new(export),
-        "127.0.0.1:0".parse().unwrap(),
-        Acl::parse(&["127.0.0.1"]).unwrap(),
-    )
-    .await
-    .unwrap();
+    let (image, tail) = guest_on_tail(&root, &["127.0.0.1"]).await;
     let server = spine().await;
     let head = TestHead::start(server.local_addr(), &root).await;
     let h = handle(&server).await;
@@ -472,14 +423,7 @@ async fn head_runs_the_test_guest_and_survives_its_own_restart() {
         last_tick(&log) > t,
         "the guest runs on while its disc stalls"
     );
-    let export = Export::open("disc.sata.1", &image, false).unwrap();
-    let tail = DiscServer::start(
-        Arc::new(export),
-        tail_addr,
-        Acl::parse(&["127.0.0.1"]).unwrap(),
-    )
-    .await
-    .unwrap();
+    let tail = tail_at(&image, tail_addr, &["127.0.0.1"]).await;
     let after = wait_serial(
         &log,
         "the disc check after the tail came back",
