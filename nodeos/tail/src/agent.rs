@@ -290,6 +290,7 @@ impl TailAgent {
         if let Some(m) = &state.mirror {
             spec.migration = Some(m.progress());
         }
+        self.report_backups(state, &mut spec).await;
         spec
     }
 
@@ -759,6 +760,7 @@ impl TailAgent {
         state.spec = DiscSpec {
             imaged_seq: keep.imaged_seq,
             migration: keep.migration,
+            backups: crate::backups::carry(keep.backups, new.backups.clone()),
             allocated: None,
             incoming: match (new.incoming.clone(), keep.incoming) {
                 (Some(n), Some(_)) => Some(n),
@@ -775,6 +777,7 @@ impl TailAgent {
                 self.unserve(name, state).await?;
             }
             self.maybe_image(name, state).await?;
+            self.apply_backups(disc, state).await?;
             if uncertain && wants_migration.is_none() {
                 tracing::warn!(%name, "resuming service after an unconfirmed handover, as ordered");
                 state.spec.migration = None;
@@ -831,6 +834,10 @@ impl TailAgent {
             blocking(move || pools::remove_disc(&path))
                 .await
                 .map_err(|e| failed(&name, "deleting its file", &e))?;
+            let (pools, n) = (self.config.pools.clone(), name.clone());
+            blocking(move || crate::backups::delete_all(&pools, &n))
+                .await
+                .map_err(|e| failed(&name, "deleting its backups", &e))?;
         }
         self.forget(&name);
         tracing::info!(%name, "disc removed");

@@ -1,0 +1,203 @@
+//! Disc backups on a real tail agent with qemu-io as the disc's client:
+//! backup, more writes, restore → the content is the backup point's, holes
+//! stay holes; backups survive an agent restart; delete; a removed disc
+//! takes its backups with it.
+
+mod common;
+
+use bigv_spine::backup::{DiscBackups, RestoreOrder};
+use bigv_spine::resource::{DiscSpec, ResourceName};
+use bigv_spine::{ErrorCode, OrderFailure, Resource};
+use common::tail::*;
+use common::*;
+
+const DISC: &str = "disc.sata.7";
+const MIB: u64 = 1 << 20;
+
+fn spec(backups: Option<DiscBackups>) -> DiscSpec {
+    DiscSpec {
+        size: 64,
+        storage_pool: "sata1".into(),
+        access_control_list: vec!["127.0.0.1".into()],
+        address: "127.0.0.9".into(),
+        backups,
+        ..Default::default()
+    }
+}
+
+fn keep(ids: &[&str], restore: Option<(u64, &str)>) -> Option<DiscBackups> {
+    Some(DiscBackups {
+        keep: ids.iter().map(|s| s.to_string()).collect(),
+        restore: restore.map(|(seq, from)| RestoreOrder {
+            seq,
+            from: from.into(),
+        }),
+        ..Default::default()
+    })
+}
+
+fn order(spec: DiscSpec) -> Resource {
+    Resource::disc("sata", "7", spec)
+}
+
+async fn io(url: &str, cmds: &[&str]) {
+    let cmds: Vec<String> = cmds.iter().map(|s| s.to_string()).collect();
+    let (ok, out) = qemu_io(url, &cmds).await;
+    assert!(ok, "qemu-io {cmds:?}: {out}");
+}
+
+fn taken(d: &DiscSpec) -> Vec<String> {
+    d.backups
+        .as_ref()
+        .map(|b| b.taken.iter().map(|t| t.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_writes_then_restore_gives_the_backup_point() {
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let port = free_port();
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        root.clone(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    h.create(order(spec(None)), 1).await.unwrap();
+    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    let disc_file = root.join("sata1/7.raw");
+
+    // The backup point: data at 0 and at 32 MiB, a hole between.
+    io(
+        &url,
+        &["write -P 0xaa 0 4096", "write -P 0xbb 33554432 65536"],
+    )
+    .await;
+    h.update(order(spec(keep(&["b1"], None))), 2).await.unwrap();
+    let backup = root.join("sata1/backups/sata.7/b1.raw");
+    assert_eq!(std::fs::metadata(&backup).unwrap().len(), 64 * MIB);
+    assert!(
+        allocated_bytes(&backup) <= 256 * 1024,
+        "holes preserved in the backup: {} bytes allocated",
+        allocated_bytes(&backup)
+    );
+    assert_eq!(read_at(&backup, 0, 4096), vec![0xaa; 4096]);
+    assert_eq!(read_at(&backup, 32 * MIB, 65536), vec![0xbb; 65536]);
+    let d = wait_disc(&server, "tail1", DISC, "b1 reported", |d| {
+        d.is_some_and(|d| taken(d) == ["b1"])
+    })
+    .await
+    .unwrap();
+    let facts = &d.backups.as_ref().unwrap().taken[0];
+    assert_eq!((facts.pool.as_str(), facts.size), ("sata1", 64));
+
+    // More writes after the backup, including into the hole.
+    io(
+        &url,
+        &[
+            "write -P 0xcc 0 4096",
+            "write -P 0xdd 16777216 1048576",
+            "write -P 0xee 33554432 4096",
+        ],
+    )
+    .await;
+
+    // Restore: the content is the backup point's, holes are holes again.
+    h.update(order(spec(keep(&["b1"], Some((1, "b1"))))), 3)
+        .await
+        .unwrap();
+    let d = wait_disc(&server, "tail1", DISC, "restored", |d| {
+        d.is_some_and(|d| d.backups.as_ref().and_then(|b| b.restored_seq) == Some(1))
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.backups.unwrap().error, None);
+    io(
+        &url,
+        &[
+            "read -P 0xaa 0 4096",
+            "read -P 0 16777216 1048576",
+            "read -P 0xbb 33554432 65536",
+        ],
+    )
+    .await;
+    assert!(
+        allocated_bytes(&disc_file) <= 256 * 1024,
+        "the hole at 16 MiB is a hole again: {} bytes allocated",
+        allocated_bytes(&disc_file)
+    );
+
+    // The same restore seq again is not carried out again.
+    io(&url, &["write -P 0x11 0 4096"]).await;
+    h.update(order(spec(keep(&["b1"], Some((1, "b1"))))), 4)
+        .await
+        .unwrap();
+    io(&url, &["read -P 0x11 0 4096"]).await;
+
+    // A bad id is refused, naming it; restoring a backup not held fails
+    // in the report.
+    let err = h
+        .update(order(spec(keep(&["../x"], None))), 5)
+        .await
+        .unwrap_err();
+    let OrderFailure::Refused(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.code, ErrorCode::Invalid);
+    assert!(e.message.contains("../x"), "{}", e.message);
+    h.update(order(spec(keep(&["b1"], Some((2, "zz"))))), 6)
+        .await
+        .unwrap();
+    let d = wait_disc(&server, "tail1", DISC, "restore error", |d| {
+        d.is_some_and(|d| d.backups.as_ref().is_some_and(|b| b.error.is_some()))
+    })
+    .await
+    .unwrap();
+    assert!(d.backups.unwrap().error.unwrap().contains("zz"));
+
+    // A second backup; the agent restarts and still reports both.
+    h.update(order(spec(keep(&["b1", "b2"], Some((2, "zz"))))), 7)
+        .await
+        .unwrap();
+    t.stop().await;
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        root.clone(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    wait_disc(&server, "tail1", DISC, "both after restart", |d| {
+        d.is_some_and(|d| taken(d) == ["b1", "b2"])
+    })
+    .await;
+    // b2 holds the 0x11 written after the restore.
+    let b2 = root.join("sata1/backups/sata.7/b2.raw");
+    assert_eq!(read_at(&b2, 0, 4096), vec![0x11; 4096]);
+
+    // Delete: unlisted backups go.
+    h.update(order(spec(keep(&["b2"], None))), 8).await.unwrap();
+    assert!(!backup.exists());
+    wait_disc(&server, "tail1", DISC, "b1 gone", |d| {
+        d.is_some_and(|d| taken(d) == ["b2"])
+    })
+    .await;
+
+    // An order without `backups` (an older brain) leaves them alone.
+    h.update(order(spec(None)), 9).await.unwrap();
+    assert!(b2.exists());
+
+    // Removing the disc removes its backups.
+    h.remove(ResourceName::disc("sata", "7"), 10).await.unwrap();
+    assert!(!b2.exists());
+    assert!(!root.join("sata1/backups/sata.7").exists());
+    t.stop().await;
+}
