@@ -223,10 +223,12 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // A migration in progress rides on every order (without it, the tail
     // would cancel the copy); one that ended is taken off.
     let migrate_to = p.disc_moves.get(&id);
+    let backups = wanted_backups(p, disc, tail, vm_running);
     let steady = !grow
         && acl_ok
         && template == spec.template.as_ref()
-        && migrate_to == spec.migrate_to.as_ref();
+        && migrate_to == spec.migrate_to.as_ref()
+        && crate::backups::same_order(backups.as_ref(), spec.backups.as_ref());
     if steady || !p.may_order(tail, &found.name) {
         return None;
     }
@@ -238,12 +240,38 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         address: address.to_owned(),
         template: template.cloned(),
         migrate_to: migrate_to.cloned(),
+        backups,
         ..DiscSpec::default()
     };
     tracing::info!(disc = id.0, %tail, size_mib = wanted.size, acl = ?wanted.access_control_list, template = ?wanted.template.as_ref().map(|t| t.seq), "updating disc");
     let resource = Resource::new(found.name.clone(), ResourceValue::Disc(wanted)).ok()?;
     let generation = disc.generation.max(found.generation) + 1;
     Some((tail.to_owned(), Action::Update(resource), generation))
+}
+
+/// The disc order's `backups` (see `crate::backups::wanted`), for a
+/// tail that speaks a protocol with backups; stored in its `iceberg` pool
+/// when it has one.
+fn wanted_backups(
+    p: &Pass<'_>,
+    disc: &Disc,
+    tail: &str,
+    vm_running: bool,
+) -> Option<bigv_spine::backup::DiscBackups> {
+    let capable = p
+        .snap
+        .nodes
+        .get(tail)
+        .is_some_and(|n| n.info.protocol_version >= super::snapshot::BACKUPS_PROTOCOL);
+    if !capable {
+        return None;
+    }
+    let iceberg = p
+        .model
+        .pools_of(tail)
+        .find(|pool| pool.grade == crate::backups::ICEBERG)
+        .map(|pool| pool.name.clone());
+    crate::backups::wanted(p.model, disc.id, iceberg, vm_running)
 }
 
 /// Whether a disc migration of `id` is running.

@@ -35,6 +35,26 @@ pub(crate) struct NodeSnap {
     pub pools: BTreeMap<String, PoolFacts>,
 }
 
+impl Snapshot {
+    /// A disc's reported `backups` (see `crate::backups::observe`): from
+    /// the ready tail that holds it, with whether that tail takes backups.
+    pub(crate) fn reported_backups(
+        &self,
+        disc: DiscId,
+    ) -> Option<(Option<bigv_spine::backup::DiscBackups>, bool)> {
+        self.nodes.values().filter(|n| n.ready).find_map(|n| {
+            let r = n.discs.get(&disc)?;
+            Some((
+                r.spec.backups.clone(),
+                n.info.protocol_version >= BACKUPS_PROTOCOL,
+            ))
+        })
+    }
+}
+
+/// The spine protocol version that added disc backups.
+pub(crate) const BACKUPS_PROTOCOL: u32 = 3;
+
 impl NodeSnap {
     pub fn new(info: NodeInfo, ready: bool) -> Self {
         NodeSnap {
