@@ -74,7 +74,7 @@ async fn backups_are_taken_restored_while_off_and_deleted() {
         (list[0]["state"] == "taken").then_some(list)
     })
     .await;
-    assert_eq!(taken[0]["storage_pool"], "sata1");
+    assert_eq!(taken[0]["storage_pool"], "tail1-sata1");
     let on_tail = tail_backups(&tb, &fleet, &vm).unwrap();
     assert_eq!(on_tail.keep, [format!("b{bid}")]);
     let (_, disc) = tb.get(&su, &disc_path("web1")).await;

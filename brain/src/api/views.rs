@@ -16,7 +16,7 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::fields::{Fields, truthy};
 use crate::model::{
-    Account, Backup, BackupSchedule, Disc, Group, IpRecord, Model, Nic, Target, Vm,
+    Account, Backup, BackupSchedule, Disc, Group, IpRecord, Model, Nic, Pool, Target, Vm,
 };
 
 /// The query flags the API honours; anything else is ignored.
@@ -152,12 +152,16 @@ pub fn disc(model: &Model, d: &Disc) -> Value {
 /// A backup: a disc's fields (bigv-api.md §9) and its own.
 pub fn backup(model: &Model, b: &Backup) -> Value {
     let parent = model.disc(b.disc_id);
+    let pool = backup_pool(model, b, parent);
     json!({
         "id": b.id,
         "label": crate::backups::label(b),
         "size": b.size,
-        "storage_grade": backup_grade(model, b, parent),
-        "storage_pool": b.storage_pool,
+        "storage_grade": match pool {
+            Some(p) if p.grade == crate::backups::ICEBERG => p.grade.clone(),
+            _ => parent.map(|d| d.storage_grade.clone()).unwrap_or_default(),
+        },
+        "storage_pool": pool.map(|p| p.label.clone()).or_else(|| b.storage_pool.clone()),
         "virtual_machine_id": parent.map(|d| d.vm_id),
         "parent_disc_id": b.disc_id,
         "manual": b.manual,
@@ -173,19 +177,12 @@ pub fn backup(model: &Model, b: &Backup) -> Value {
     })
 }
 
-/// `iceberg` for a backup kept in a cold-storage pool, else its disc's
-/// grade.
-fn backup_grade(model: &Model, b: &Backup, parent: Option<&Disc>) -> String {
-    let iceberg = b.storage_pool.as_ref().is_some_and(|name| {
-        model
-            .pools
-            .values()
-            .any(|p| &p.name == name && p.grade == crate::backups::ICEBERG)
-    });
-    match parent {
-        Some(d) if !iceberg => d.storage_grade.clone(),
-        _ => crate::backups::ICEBERG.to_owned(),
-    }
+/// The pool holding a backup (the tail reports its own pool name; this is
+/// that pool on the disc's tail), if known.
+fn backup_pool<'m>(model: &'m Model, b: &Backup, parent: Option<&Disc>) -> Option<&'m Pool> {
+    let name = b.storage_pool.as_ref()?;
+    let disc_pool = model.pools.get(parent?.storage_pool.as_ref()?)?;
+    model.pools_of(&disc_pool.node_id).find(|p| &p.name == name)
 }
 
 pub fn backup_schedule(s: &BackupSchedule) -> Value {
