@@ -165,6 +165,7 @@ async fn backup_then_writes_then_restore_gives_the_backup_point() {
     h.update(order(spec(keep(&["b1", "b2"], Some((2, "zz"))))), 7)
         .await
         .unwrap();
+    let old_conn = h.info().conn;
     t.stop().await;
     let t = TestTail::start(
         &server.local_addr().to_string(),
@@ -174,7 +175,16 @@ async fn backup_then_writes_then_restore_gives_the_backup_point() {
         port,
     )
     .await;
-    let h = handle(&server, "tail1").await;
+    // The new connection, not the old one before the spine saw it close.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let h = loop {
+        let h = handle(&server, "tail1").await;
+        if h.info().conn != old_conn {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new connection");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     wait_disc(&server, "tail1", DISC, "both after restart", |d| {
         d.is_some_and(|d| taken(d) == ["b1", "b2"])
     })
