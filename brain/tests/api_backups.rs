@@ -5,7 +5,6 @@
 
 mod api_support;
 mod common;
-#[allow(dead_code, unused_imports)]
 mod reconcile_support;
 
 use api_support::*;

@@ -211,3 +211,77 @@ async fn backup_then_writes_then_restore_gives_the_backup_point() {
     assert!(!root.join("sata1/backups/sata.7").exists());
     t.stop().await;
 }
+
+/// A tail with a cold-storage pool keeps backups there when the order
+/// names it; a pool it does not have is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_the_iceberg_pool_the_order_names() {
+    use bigv_spine::{Hello, NodeAgent, NodeConfig, Role};
+    use bigv_tail::addresses::Addresses;
+    use bigv_tail::agent::{AgentConfig, TailAgent};
+    use bigv_tail::pools::{PoolConfig, Pools};
+
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let port = free_port();
+    let pool = |name: &str, grade: &str| PoolConfig {
+        name: name.into(),
+        grade: grade.into(),
+        path: root.join(name),
+    };
+    let agent = TailAgent::start(AgentConfig {
+        pools: Pools::open(vec![pool("sata1", "sata"), pool("iceberg1", "iceberg")]).unwrap(),
+        images: root.join("images"),
+        nbd_port: port,
+        storage_address: ip("127.0.0.1"),
+        addresses: Addresses::unmanaged(),
+        report_interval: std::time::Duration::from_millis(300),
+        templates_url: None,
+    })
+    .await
+    .unwrap();
+    let hello = Hello {
+        node_id: "tail2".into(),
+        role: Role::Tail,
+        image_version: "test".into(),
+        protocol_version: bigv_spine::PROTOCOL_VERSION,
+        addresses: vec!["127.0.0.1".into()],
+    };
+    let node = NodeAgent::new(
+        NodeConfig::new(server.local_addr().to_string(), hello),
+        agent.clone(),
+    );
+    agent.set_notifier(node.notifier());
+    let task = tokio::spawn(async move { node.run().await });
+    let h = handle(&server, "tail2").await;
+    h.create(order(spec(None)), 1).await.unwrap();
+    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    io(&url, &["write -P 0x5a 1048576 8192"]).await;
+
+    let mut cold = keep(&["b1"], None);
+    cold.as_mut().unwrap().pool = Some("nowhere".into());
+    let err = h.update(order(spec(cold.clone())), 2).await.unwrap_err();
+    let OrderFailure::Refused(e) = err else {
+        panic!("{err:?}")
+    };
+    assert!(e.message.contains("backups.pool"), "{}", e.message);
+
+    cold.as_mut().unwrap().pool = Some("iceberg1".into());
+    h.update(order(spec(cold)), 3).await.unwrap();
+    let file = root.join("iceberg1/backups/sata.7/b1.raw");
+    assert_eq!(read_at(&file, MIB, 8192), vec![0x5a; 8192]);
+    assert!(!root.join("sata1/backups").exists());
+    let d = wait_disc(&server, "tail2", DISC, "b1 reported", |d| {
+        d.is_some_and(|d| taken(d) == ["b1"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.backups.unwrap().taken[0].pool, "iceberg1");
+    // The disc's removal takes the backup in the other pool with it.
+    h.remove(ResourceName::disc("sata", "7"), 4).await.unwrap();
+    assert!(!file.exists());
+    task.abort();
+    agent.shutdown().await;
+}
