@@ -272,3 +272,55 @@ async fn schedules_take_backups_on_the_clock_prune_to_capacity_and_survive_a_res
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(tb.brain.db.read().backups.len(), before);
 }
+
+#[tokio::test]
+async fn a_tail_with_an_iceberg_pool_keeps_backups_there() {
+    let tb = TestBrain::start_with(test_settings(), Clock::manual(T0)).await;
+    let fleet = cluster(&tb, 1, 1).await;
+    networks_and_images(&tb).await;
+    tb.brain
+        .db
+        .write(|tx| {
+            tx.put(bigv_brain::model::Pool {
+                label: "tail1-iceberg1".into(),
+                node_id: "sim-tail-0000".into(),
+                name: "iceberg1".into(),
+                grade: "iceberg".into(),
+                overcommit_ratio: 1.0,
+                usage_strategy: None,
+                migration_concurrency: 1,
+                iops_limit: None,
+            })
+        })
+        .await
+        .unwrap();
+    let su = tb.su().await;
+    account(&tb, &su, "alice").await;
+    let vm = create_vm(&tb, &su, "alice", small_vm("web1")).await;
+
+    // Discs cannot be of the backup grade.
+    let (_, defs) = tb.get(&su, "/definitions").await;
+    assert!(!defs.to_string().contains("iceberg"), "{defs}");
+    let (status, body) = tb
+        .post(
+            &su,
+            &format!("{}/discs", vm_path("alice", "web1")),
+            json!({"storage_grade": "iceberg", "size": 10240}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!messages(&body, "storage_grade").is_empty(), "{body}");
+
+    let backups = format!("{}/backups", disc_path("web1"));
+    let (status, _) = tb.post(&su, &backups, json!(null)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let list = eventually("the backup to be taken", 10, || async {
+        let (_, list) = tb.get(&su, &backups).await;
+        (list[0]["state"] == "taken").then_some(list)
+    })
+    .await;
+    assert_eq!(list[0]["storage_pool"], "tail1-iceberg1");
+    assert_eq!(list[0]["storage_grade"], "iceberg");
+    let on_tail = tail_backups(&tb, &fleet, &vm).unwrap();
+    assert_eq!(on_tail.pool.as_deref(), Some("iceberg1"));
+}

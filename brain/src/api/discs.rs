@@ -47,7 +47,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The grades a disc may ask for: those of the cluster's pools, plus the
-/// usual two always (as `/definitions` lists them).
+/// usual two always (as `/definitions` lists them); not `iceberg`, the
+/// grade of pools that keep backups.
 pub fn storage_grades(model: &Model) -> Vec<String> {
     let mut grades: Vec<String> = model
         .pools
@@ -59,6 +60,7 @@ pub fn storage_grades(model: &Model) -> Vec<String> {
                 .map(|g| (*g).to_owned()),
         )
         .collect();
+    grades.retain(|g| g != crate::backups::ICEBERG);
     grades.sort();
     grades.dedup();
     grades
