@@ -179,6 +179,16 @@ pub fn wanted(
     })
 }
 
+/// Whether a restore of `disc` is ordered and not yet finished: its
+/// server does not start until it is.
+pub fn restore_pending(model: &Model, disc: DiscId) -> bool {
+    model.backups_of(disc).any(|b| {
+        b.restore
+            .as_ref()
+            .is_some_and(|r| r.state == RestoreState::Pending)
+    })
+}
+
 /// Whether the tail's report already carries out `wanted` (the order's
 /// own fields; what the tail reports beside them does not count).
 pub fn same_order(wanted: Option<&DiscBackups>, reported: Option<&DiscBackups>) -> bool {

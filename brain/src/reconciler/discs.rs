@@ -135,8 +135,9 @@ pub(super) fn reported_spec<'a>(p: &Pass<'a>, disc: &Disc) -> Option<&'a DiscSpe
 /// Whether every disc of `vm` exists on its tail, open to `head` and to
 /// nobody else, at its ordered size (NBD has no resize notification: a VM
 /// started before a grow reaches the tail would see the old size until
-/// its next start), with any ordered template copy finished: the
-/// condition for starting the VM there.
+/// its next start), with any ordered template copy finished and no
+/// restore from a backup waiting: the condition for starting the VM
+/// there.
 pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
     let Some(address) = p.node_address(head) else {
         return false;
@@ -150,6 +151,7 @@ pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
         };
         acl_is(&spec.access_control_list, Some(address))
             && spec.size >= disc.size
+            && !crate::backups::restore_pending(p.model, disc.id)
             && disc
                 .template
                 .as_ref()

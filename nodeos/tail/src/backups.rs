@@ -8,10 +8,12 @@
 //! are the record: a restarted agent finds them by listing the folders.
 //!
 //! Taking one: new requests on the disc wait (its export's I/O gate is
-//! held exclusively), the disc is flushed, and the file is cloned with
-//! `FICLONE` where the filesystem shares extents (btrfs, XFS: instant),
-//! else copied extent by extent (SEEK_DATA/SEEK_HOLE), so holes stay
-//! holes. Writes are paused for the copy's length; see docs/storage.md.
+//! held exclusively) while the file is cloned with `FICLONE` where the
+//! filesystem shares extents (btrfs, XFS: instant). Elsewhere it is copied
+//! extent by extent (SEEK_DATA/SEEK_HOLE, so holes stay holes) while the
+//! disc stays in use with its writes tracked, and then, under the gate,
+//! just the blocks written meanwhile are copied again: writes pause for
+//! that last pass only. See docs/storage.md, "Backups".
 //!
 //! Restoring: the disc's clients are disconnected (its server stops and
 //! its address goes), the disc's content is replaced by the backup's
@@ -155,37 +157,96 @@ fn sparse_copy(src: &Export, dst: &File, len: u64) -> std::io::Result<u64> {
     Ok(copied)
 }
 
-/// Takes a consistent copy of `export` into `path` (a new file). The
-/// caller holds the export's I/O gate exclusively.
-pub fn take(export: &Export, path: &Path) -> Result<&'static str, BackupError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+/// A backup being written: `<id>.raw.tmp`, renamed to `<id>.raw` by
+/// [`Partial::seal`] once complete, so a crash never leaves a half backup
+/// under a real id.
+pub struct Partial {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Partial {
+    /// Creates the temporary file for the backup at `path`.
+    pub fn create(path: &Path) -> Result<Partial, BackupError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let tmp = path.with_extension("raw.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
+        Ok(Partial {
+            file,
+            tmp,
+            path: path.to_owned(),
+        })
     }
-    export.flush().map_err(|e| BackupError::Io {
-        op: "flushing",
-        path: export.path().to_owned(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let tmp = path.with_extension("raw.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let dst = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
-    let len = export.size();
-    let how = if reflink(export.file(), &dst).map_err(io("cloning into", &tmp))? {
-        "reflink"
-    } else {
-        dst.set_len(len).map_err(io("sizing", &tmp))?;
-        sparse_copy(export, &dst, len).map_err(io("copying into", &tmp))?;
-        "sparse copy"
-    };
-    dst.sync_all().map_err(io("syncing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
-    sync_dir(path)?;
-    Ok(how)
+
+    /// Clones the whole disc (`FICLONE`): `Ok(false)` where the filesystem
+    /// cannot. The caller holds the I/O gate.
+    pub fn clone_disc(&self, export: &Export) -> Result<bool, BackupError> {
+        reflink(export.file(), &self.file).map_err(io("cloning into", &self.tmp))
+    }
+
+    /// Copies every allocated extent of the disc (holes stay holes).
+    pub fn copy_disc(&self, export: &Export) -> Result<(), BackupError> {
+        let len = export.size();
+        self.file.set_len(len).map_err(io("sizing", &self.tmp))?;
+        sparse_copy(export, &self.file, len).map_err(io("copying into", &self.tmp))?;
+        Ok(())
+    }
+
+    /// Copies `ranges` of the disc again (blocks written during the first
+    /// copy): data as data, zeroes as holes. The caller holds the I/O gate.
+    pub fn recopy(&self, export: &Export, ranges: &[(u64, u64)]) -> Result<u64, BackupError> {
+        let size = export.size();
+        let mut buf = vec![0u8; CHUNK];
+        let mut copied = 0;
+        for &(off, len) in ranges {
+            let end = (off + len).min(size);
+            let mut pos = off;
+            while pos < end {
+                let take = ((end - pos) as usize).min(CHUNK);
+                let chunk = &mut buf[..take];
+                export.read(pos, chunk).map_err(|e| {
+                    io("reading", export.path())(std::io::Error::other(e.to_string()))
+                })?;
+                if chunk.iter().any(|b| *b != 0) {
+                    self.file
+                        .write_all_at(chunk, pos)
+                        .map_err(io("writing", &self.tmp))?;
+                } else {
+                    fallocate(
+                        &self.file,
+                        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        pos as i64,
+                        take as i64,
+                    )
+                    .map_err(|e| io("punching", &self.tmp)(e.into()))?;
+                }
+                pos += take as u64;
+                copied += take as u64;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Makes the backup durable and gives it its real name.
+    pub fn seal(self) -> Result<(), BackupError> {
+        self.file.sync_all().map_err(io("syncing", &self.tmp))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io("renaming", &self.tmp))?;
+        sync_dir(&self.path)
+    }
+
+    /// Removes the temporary file after a failure.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// Replaces `export`'s content with the backup at `path`, keeping the
@@ -269,6 +330,63 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task panicked")
+}
+
+/// Takes a backup of `export` into `path` with its writes paused as
+/// briefly as can be: a clone under the I/O gate where the filesystem
+/// shares extents; else (when `tracked`: nothing else tracks the export's
+/// writes) a first sparse copy while the disc stays in use, its writes
+/// tracked, then under the gate a copy of just the blocks written
+/// meanwhile; else the whole sparse copy under the gate. Returns how, and
+/// how long writes were paused.
+async fn take_paused_briefly(
+    export: Arc<Export>,
+    path: PathBuf,
+    tracked: bool,
+) -> Result<(&'static str, std::time::Duration), BackupError> {
+    let partial = Arc::new(blocking(move || Partial::create(&path)).await?);
+    let result = async {
+        let gate = export.gate.write().await;
+        let t0 = std::time::Instant::now();
+        let (p, e) = (partial.clone(), export.clone());
+        if blocking(move || p.clone_disc(&e)).await? {
+            return Ok(("reflink", t0.elapsed()));
+        }
+        if !tracked {
+            let (p, e) = (partial.clone(), export.clone());
+            blocking(move || p.copy_disc(&e)).await?;
+            return Ok(("sparse copy", t0.elapsed()));
+        }
+        export.start_tracking();
+        drop(gate);
+        let (p, e) = (partial.clone(), export.clone());
+        let first = blocking(move || p.copy_disc(&e)).await;
+        let gate = export.gate.write().await;
+        let t1 = std::time::Instant::now();
+        let dirty = export.take_dirty();
+        export.stop_tracking();
+        first?;
+        let (p, e) = (partial.clone(), export.clone());
+        let ranges = dirty.ranges();
+        blocking(move || p.recopy(&e, &ranges)).await?;
+        drop(gate);
+        Ok((
+            "sparse copy, then the blocks written meanwhile",
+            t1.elapsed(),
+        ))
+    }
+    .await;
+    let partial = Arc::into_inner(partial).expect("no copy outlives its task");
+    match result {
+        Ok(r) => {
+            blocking(move || partial.seal()).await?;
+            Ok(r)
+        }
+        Err(e) => {
+            blocking(move || partial.discard()).await;
+            Err(e)
+        }
+    }
 }
 
 /// The `backups` of an update: the brain's new order, with the restore
@@ -381,14 +499,10 @@ impl TailAgent {
             }
             let dir = backup_dir(&pools, store_in, &name).expect("pool checked");
             let path = dir.join(format!("{id}.raw"));
-            let export = state.export.clone();
-            let t0 = std::time::Instant::now();
-            let gate = export.gate.write().await;
-            let e = export.clone();
-            let how = blocking(move || take(&e, &path)).await;
-            drop(gate);
-            let how = how?;
-            tracing::info!(%name, backup = %id, pool = store_in, how, paused_ms = t0.elapsed().as_millis() as u64, "backup taken");
+            // A running mirror owns the export's write tracking.
+            let tracked = state.mirror.is_none();
+            let (how, paused) = take_paused_briefly(state.export.clone(), path, tracked).await?;
+            tracing::info!(%name, backup = %id, pool = store_in, how, paused_ms = paused.as_millis() as u64, "backup taken");
         }
         let done = state.spec.backups.as_ref().and_then(|b| b.restored_seq);
         if let Some(r) = &order.restore

@@ -285,3 +285,94 @@ async fn backups_go_to_the_iceberg_pool_the_order_names() {
     task.abort();
     agent.shutdown().await;
 }
+
+/// A backup taken while a client writes is the disc at one moment: the
+/// client's writes (each acknowledged before the next is sent) are in it
+/// up to some write and not after, none half. The writes alternate
+/// between the start of the disc and its far end, so a copy that missed
+/// the blocks written during its first pass (which runs from the start to
+/// the end) would hold later writes at the end without earlier ones at
+/// the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_writes_is_the_disc_at_one_moment() {
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let port = free_port();
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        root.clone(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    h.create(order(spec(None)), 1).await.unwrap();
+    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    // Data for the first copy to take a while over.
+    io(&url, &["write -P 0x01 0 67108864"]).await;
+
+    const PAIRS: u64 = 192;
+    const BLOCK: u64 = 65536;
+    const FAR: u64 = 48 * MIB;
+    // Write s (in the order sent): even ones near the start, odd ones far.
+    let offset = |s: u64| {
+        if s % 2 == 0 {
+            s / 2 * BLOCK
+        } else {
+            FAR + s / 2 * BLOCK
+        }
+    };
+    let pattern = |s: u64| 2 + (s % 250) as u8;
+    let cmds: Vec<String> = (0..2 * PAIRS)
+        .map(|s| format!("write -P {} {} {BLOCK}", pattern(s), offset(s)))
+        .collect();
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move { qemu_io(&url, &cmds).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    h.update(order(spec(keep(&["b1"], None))), 2).await.unwrap();
+    let (ok, out) = writer.await.unwrap();
+    assert!(ok, "{out}");
+
+    let backup = root.join("sata1/backups/sata.7/b1.raw");
+    let mut written = vec![];
+    for s in 0..2 * PAIRS {
+        let block = read_at(&backup, offset(s), BLOCK as usize);
+        if block.iter().all(|b| *b == pattern(s)) {
+            written.push(true);
+        } else {
+            assert!(
+                block.iter().all(|b| *b == 0x01),
+                "write {s} is neither in the backup nor not: torn"
+            );
+            written.push(false);
+        }
+    }
+    let moment = written.iter().take_while(|w| **w).count();
+    let later: Vec<usize> = (moment..written.len()).filter(|s| written[*s]).collect();
+    assert!(
+        later.is_empty(),
+        "writes sent after write {moment}, missing from the backup, are in it: {later:?}"
+    );
+    eprintln!(
+        "the backup holds the first {moment} of {} writes",
+        2 * PAIRS
+    );
+    assert_eq!(read_at(&backup, 40 * MIB, 4096), vec![0x01; 4096]);
+    // The disc has every write.
+    let last = 2 * PAIRS - 1;
+    io(
+        &url,
+        &[&format!(
+            "read -P {} {} {BLOCK}",
+            pattern(last),
+            offset(last)
+        )],
+    )
+    .await;
+    t.stop().await;
+}
