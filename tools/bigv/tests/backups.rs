@@ -153,6 +153,11 @@ fn backups_are_taken_shown_restored_and_deleted() {
         .unwrap(),
     );
 
+    let run = h.bigv(&["show", "discs", "web1", "--table"]).ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].ends_with("BackupCount"), "{run:?}");
+    assert!(lines[1].ends_with(" 2"), "{run:?}");
+
     // Restore asks first; the brain refuses it while the server runs.
     h.bigv(&["restore", "backup", "web1", "disc-1", "backup-1"])
         .fails(5);
