@@ -94,6 +94,7 @@ pub fn order(
         created_at: now,
         state: BackupState::Pending,
         storage_pool: None,
+        node_id: None,
         allocated: None,
         error: None,
         restore: None,
@@ -149,6 +150,7 @@ pub fn forget_disc(tx: &mut Tx<'_>, disc: DiscId) -> Result<(), DbError> {
 pub fn wanted(
     model: &Model,
     disc: DiscId,
+    tail: &str,
     pool: Option<String>,
     vm_running: bool,
 ) -> Option<DiscBackups> {
@@ -157,12 +159,16 @@ pub fn wanted(
     let mut restore = None;
     for b in model.backups_of(disc) {
         any = true;
-        if matches!(b.state, BackupState::Pending | BackupState::Taken) {
+        // One taken on another tail is not there to keep (and must not be
+        // taken afresh under its id).
+        let here = b.node_id.as_deref().is_none_or(|n| n == tail);
+        if here && matches!(b.state, BackupState::Pending | BackupState::Taken) {
             keep.push(spine_id(b));
         }
         if let Some(r) = &b.restore
             && r.state == RestoreState::Pending
             && b.state == BackupState::Taken
+            && here
             && !vm_running
         {
             restore = Some(RestoreOrder {
@@ -199,13 +205,22 @@ pub fn same_order(wanted: Option<&DiscBackups>, reported: Option<&DiscBackups>) 
     }
 }
 
+/// A disc's report, for [`observe`].
+pub struct Reported {
+    /// The tail reporting the disc.
+    pub node_id: String,
+    /// Its `backups` (`None`: it reported none).
+    pub backups: Option<DiscBackups>,
+    /// Whether that tail can take backups at all (protocol 3).
+    pub capable: bool,
+}
+
 /// Moves backup records on from what the discs' tails report. `reported`
-/// gives a disc's reported `backups` (outer `None`: its tail is not
-/// connected or does not hold it; inner: no `backups` reported), and
-/// whether its tail can take backups at all.
+/// gives a disc's report, `None` while its tail is not connected or does
+/// not hold it.
 pub fn observe(
     tx: &mut Tx<'_>,
-    reported: &dyn Fn(DiscId) -> Option<(Option<DiscBackups>, bool)>,
+    reported: &dyn Fn(DiscId) -> Option<Reported>,
 ) -> Result<usize, DbError> {
     let model = tx.model();
     let mut puts = vec![];
@@ -215,12 +230,37 @@ pub fn observe(
             deletes.push(b.id);
             continue;
         }
-        let Some((report, capable)) = reported(b.disc_id) else {
+        let Some(Reported {
+            node_id,
+            backups: report,
+            capable,
+        }) = reported(b.disc_id)
+        else {
             continue;
         };
         let id = spine_id(b);
         let mut new = b.clone();
-        if !capable {
+        let moved = b.node_id.as_ref().is_some_and(|n| *n != node_id);
+        if moved {
+            // Left behind on the tail the disc moved away from.
+            if b.state == BackupState::Deleting {
+                deletes.push(b.id);
+                continue;
+            }
+            if b.state == BackupState::Taken {
+                new.state = BackupState::Failed;
+                new.error = Some(format!(
+                    "lost: it was kept on tail {} and the disc moved to tail {node_id}",
+                    b.node_id.as_deref().unwrap_or("?")
+                ));
+            }
+            if let Some(r) = new.restore.as_mut()
+                && r.state == RestoreState::Pending
+            {
+                r.state = RestoreState::Failed;
+                r.error = new.error.clone();
+            }
+        } else if !capable {
             if b.state == BackupState::Pending {
                 new.state = BackupState::Failed;
                 new.error = Some("the disc's tail is too old to take backups".into());
@@ -232,6 +272,7 @@ pub fn observe(
                 BackupState::Pending => {
                     if let Some(t) = held {
                         new.state = BackupState::Taken;
+                        new.node_id = Some(node_id.clone());
                         new.storage_pool = Some(t.pool.clone());
                         new.allocated = Some(t.allocated);
                         new.error = None;

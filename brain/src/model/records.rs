@@ -570,6 +570,10 @@ pub struct Backup {
     /// Reported by the tail once taken.
     #[serde(default)]
     pub storage_pool: Option<String>,
+    /// The tail holding it (a disc that moves to another tail leaves its
+    /// backups behind: they are then lost).
+    #[serde(default)]
+    pub node_id: Option<String>,
     #[serde(default)]
     pub allocated: Option<u64>,
     #[serde(default)]

@@ -273,7 +273,7 @@ fn wanted_backups(
         .pools_of(tail)
         .find(|pool| pool.grade == crate::backups::ICEBERG)
         .map(|pool| pool.name.clone());
-    crate::backups::wanted(p.model, disc.id, iceberg, vm_running)
+    crate::backups::wanted(p.model, disc.id, tail, iceberg, vm_running)
 }
 
 /// Whether a disc migration of `id` is running.

@@ -239,6 +239,10 @@ impl TailAgent {
                 let Ok(state) = disc.state.try_lock() else {
                     continue;
                 };
+                // Handed over to another tail: already reported destroyed.
+                if state.gone {
+                    continue;
+                }
                 let spec = self.reported(&state).await;
                 drop(state);
                 if last.get(&disc.name) != Some(&spec) {
@@ -321,6 +325,11 @@ impl TailAgent {
     pub(crate) async fn report_disc(&self, disc: &Disc, created: bool) {
         let spec = {
             let state = disc.state.lock().await;
+            // Handed over meanwhile (a small disc's mirror can finish
+            // between an order and its report): reported destroyed.
+            if state.gone {
+                return;
+            }
             self.reported(&state).await
         };
         let Some(n) = self.notifier() else { return };

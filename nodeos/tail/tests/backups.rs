@@ -376,3 +376,72 @@ async fn a_backup_taken_under_writes_is_the_disc_at_one_moment() {
     .await;
     t.stop().await;
 }
+
+/// A disc handed over to another tail leaves no backup files behind on
+/// the tail it left (the brain marks those backups lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disc_handed_over_to_another_tail_takes_its_backups_away() {
+    use bigv_spine::resource::{IncomingMirror, MigrationOrder};
+
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = server.local_addr().to_string();
+    let a = TestTail::start(&addr, "tail-a", dir.path().join("a"), ip("127.0.5.1"), port).await;
+    let b = TestTail::start(&addr, "tail-b", dir.path().join("b"), ip("127.0.6.1"), port).await;
+    let ha = handle(&server, "tail-a").await;
+    let hb = handle(&server, "tail-b").await;
+    let mut s = spec(keep(&["b1"], None));
+    s.address = "127.0.7.1".into();
+    ha.create(
+        order(DiscSpec {
+            backups: None,
+            ..s.clone()
+        }),
+        1,
+    )
+    .await
+    .unwrap();
+    io(
+        &format!("nbd://127.0.7.1:{port}/{DISC}"),
+        &["write -P 0x33 0 65536"],
+    )
+    .await;
+    ha.update(order(s.clone()), 2).await.unwrap();
+    let backup = dir.path().join("a/sata1/backups/sata.7/b1.raw");
+    assert!(backup.exists());
+
+    let mut dest = DiscSpec {
+        backups: None,
+        ..s.clone()
+    };
+    dest.incoming = Some(IncomingMirror {
+        from: "127.0.5.1".into(),
+        endpoint: None,
+    });
+    hb.create(order(dest), 1).await.unwrap();
+    let endpoint = wait_disc(&server, "tail-b", DISC, "an incoming endpoint", |d| {
+        d.is_some_and(|d| d.incoming.as_ref().is_some_and(|i| i.endpoint.is_some()))
+    })
+    .await
+    .unwrap()
+    .incoming
+    .unwrap()
+    .endpoint
+    .unwrap();
+    s.migrate_to = Some(MigrationOrder {
+        seq: 1,
+        to: "tail-b".into(),
+        endpoint,
+    });
+    ha.update(order(s), 3).await.unwrap();
+    wait_disc(&server, "tail-a", DISC, "handed over", |d| d.is_none()).await;
+    wait_disc(&server, "tail-b", DISC, "served", |d| {
+        d.is_some_and(|d| d.incoming.is_none())
+    })
+    .await;
+    assert!(!backup.exists(), "the backup went with the old copy");
+    a.stop().await;
+    b.stop().await;
+}
