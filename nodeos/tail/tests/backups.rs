@@ -319,7 +319,7 @@ async fn a_backup_taken_under_writes_is_the_disc_at_one_moment() {
     const FAR: u64 = 48 * MIB;
     // Write s (in the order sent): even ones near the start, odd ones far.
     let offset = |s: u64| {
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             s / 2 * BLOCK
         } else {
             FAR + s / 2 * BLOCK
