@@ -356,7 +356,14 @@ pub fn run_schedules(tx: &mut Tx<'_>, now: u64) -> Result<usize, DbError> {
         old.push(b);
         if s.capacity > 0 && old.len() as u64 > s.capacity {
             let extra = old.len() - s.capacity as usize;
-            for b in &old[..extra] {
+            // One being restored from stays until the restore is over (the
+            // next run prunes it).
+            let restoring = |b: &Backup| {
+                b.restore
+                    .as_ref()
+                    .is_some_and(|r| r.state == RestoreState::Pending)
+            };
+            for b in old[..extra].iter().filter(|b| !restoring(b)) {
                 tracing::info!(backup = b.id, schedule = s.id, "pruning a scheduled backup");
                 delete(tx, b)?;
             }

@@ -378,3 +378,52 @@ async fn a_disc_that_moves_to_another_tail_loses_its_backups() {
     assert_eq!(on_tail.keep, [format!("b{second}")]);
     assert_ne!(first, second);
 }
+
+/// Pruning never takes a backup that is being restored from (its server
+/// would wait for the restore for ever).
+#[tokio::test]
+async fn pruning_spares_a_backup_being_restored() {
+    let tb = TestBrain::start_with(test_settings(), Clock::manual(T0)).await;
+    let _fleet = cluster(&tb, 1, 1).await;
+    networks_and_images(&tb).await;
+    let su = tb.su().await;
+    account(&tb, &su, "alice").await;
+    let start = bigv_brain::api::time::format_time(T0 + 60);
+    let mut body = small_vm("db1");
+    body["discs"][0]["backup_schedules"] =
+        json!([{"start_at": start, "interval_seconds": 3600, "capacity": 1}]);
+    create_vm(&tb, &su, "alice", body).await;
+    let backups = format!("{}/backups", disc_path("db1"));
+    tb.clock.advance(60);
+    tb.brain.reconcile.notify_one();
+    let su = tb.su().await;
+    let first = eventually("the first scheduled backup", 10, || async {
+        let (_, list) = tb.get(&su, &backups).await;
+        (list[0]["state"] == "taken").then(|| list[0]["id"].as_u64().unwrap())
+    })
+    .await;
+    // A restore waiting (the server runs, so it is not carried out yet).
+    tb.brain
+        .db
+        .write(move |tx| {
+            let mut b = tx.model().backups[&first].clone();
+            b.restore = Some(bigv_brain::model::BackupRestore {
+                seq: 1_000_000,
+                state: bigv_brain::model::RestoreState::Pending,
+                error: None,
+            });
+            tx.put(b)
+        })
+        .await
+        .unwrap();
+    tb.clock.advance(3600);
+    tb.brain.reconcile.notify_one();
+    let su = tb.su().await;
+    let list = eventually("the second scheduled backup", 10, || async {
+        let (_, list) = tb.get(&su, &backups).await;
+        (list.as_array().unwrap().len() == 2 && list[1]["state"] == "taken").then_some(list)
+    })
+    .await;
+    assert_eq!(ids(&list)[0], first, "{list}");
+    assert_eq!(list[0]["restore"]["state"], "pending");
+}
