@@ -445,3 +445,57 @@ async fn a_disc_handed_over_to_another_tail_takes_its_backups_away() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A disc grown since its backup keeps its new size when restored: the
+/// backup's content, then zeroes (holes) to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_keeps_the_discs_grown_size() {
+    logs();
+    let (server, _events) = spine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let port = free_port();
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        root.clone(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    h.create(order(spec(None)), 1).await.unwrap();
+    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    io(
+        &url,
+        &["write -P 0x21 0 4096", "write -P 0x22 62914560 4096"],
+    )
+    .await;
+    h.update(order(spec(keep(&["b1"], None))), 2).await.unwrap();
+    let mut grown = spec(keep(&["b1"], None));
+    grown.size = 96;
+    h.update(order(grown.clone()), 3).await.unwrap();
+    io(
+        &url,
+        &["write -P 0x23 83886080 4096", "write -P 0x24 0 4096"],
+    )
+    .await;
+    grown.backups = keep(&["b1"], Some((1, "b1")));
+    h.update(order(grown), 4).await.unwrap();
+    let file = root.join("sata1/7.raw");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 96 * MIB);
+    io(
+        &url,
+        &[
+            "read -P 0x21 0 4096",
+            "read -P 0x22 62914560 4096",
+            "read -P 0 83886080 4096",
+        ],
+    )
+    .await;
+    assert!(
+        allocated_bytes(&file) <= 64 * 1024,
+        "only the backup's data is allocated"
+    );
+    t.stop().await;
+}
