@@ -145,14 +145,14 @@ pub fn forget_disc(tx: &mut Tx<'_>, disc: DiscId) -> Result<(), DbError> {
 /// The `backups` member of the order for `disc`: `None` when it has no
 /// backup records (nothing to keep, delete or restore: the tail leaves
 /// whatever it holds alone) or its tail predates backups. `pool` is the
-/// tail's iceberg pool, if it has one; no restore is ordered while the
-/// disc's server runs.
+/// tail's iceberg pool, if it has one; no restore is ordered while
+/// `hold_restore` (the disc's server runs, or the disc is migrating).
 pub fn wanted(
     model: &Model,
     disc: DiscId,
     tail: &str,
     pool: Option<String>,
-    vm_running: bool,
+    hold_restore: bool,
 ) -> Option<DiscBackups> {
     let mut any = false;
     let mut keep = vec![];
@@ -169,7 +169,7 @@ pub fn wanted(
             && r.state == RestoreState::Pending
             && b.state == BackupState::Taken
             && here
-            && !vm_running
+            && !hold_restore
         {
             restore = Some(RestoreOrder {
                 seq: r.seq,

@@ -225,7 +225,9 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // A migration in progress rides on every order (without it, the tail
     // would cancel the copy); one that ended is taken off.
     let migrate_to = p.disc_moves.get(&id);
-    let backups = wanted_backups(p, disc, tail, vm_running);
+    // No restore under a running server, nor under a mirror's copy.
+    let hold_restore = vm_running || migrating(p, id);
+    let backups = wanted_backups(p, disc, tail, hold_restore);
     let steady = !grow
         && acl_ok
         && template == spec.template.as_ref()
@@ -258,7 +260,7 @@ fn wanted_backups(
     p: &Pass<'_>,
     disc: &Disc,
     tail: &str,
-    vm_running: bool,
+    hold_restore: bool,
 ) -> Option<bigv_spine::backup::DiscBackups> {
     let capable = p
         .snap
@@ -273,7 +275,7 @@ fn wanted_backups(
         .pools_of(tail)
         .find(|pool| pool.grade == crate::backups::ICEBERG)
         .map(|pool| pool.name.clone());
-    crate::backups::wanted(p.model, disc.id, tail, iceberg, vm_running)
+    crate::backups::wanted(p.model, disc.id, tail, iceberg, hold_restore)
 }
 
 /// Whether a disc migration of `id` is running.

@@ -47,6 +47,8 @@ pub enum BackupError {
     NoPool(String),
     #[error("restore: no backup {0:?} of this disc here")]
     NoBackup(String),
+    #[error("restore: the disc is being migrated to another tail")]
+    Migrating,
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -518,6 +520,10 @@ impl TailAgent {
             let Some((_, _, path)) = found else {
                 return Err(BackupError::NoBackup(r.from.clone()));
             };
+            // The mirror would not see the restored blocks.
+            if state.mirror.is_some() {
+                return Err(BackupError::Migrating);
+            }
             let was_serving = state.server.is_some();
             // Nobody may use a disc while its content is replaced.
             if let Err(e) = self.unserve(&name, state).await {
