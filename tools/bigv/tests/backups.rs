@@ -135,6 +135,8 @@ fn backups_are_taken_shown_restored_and_deleted() {
     assert_eq!(second["state"], "taken");
     assert_eq!(second["manual"], true);
 
+    h.bigv(&["schedule", "backups", "--capacity", "7", "web1", "disc-1"])
+        .ok();
     let run = h.bigv(&["show", "backups", "web1", "disc-1"]).ok();
     golden("backups.txt", &normalise(&run.stdout, &h.endpoint));
     let run = h

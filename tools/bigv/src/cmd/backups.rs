@@ -110,24 +110,51 @@ fn line(b: &Value) -> String {
 
 pub fn show(ctx: &Ctx, server: &str, disc: &str) -> Result<()> {
     let r = ctx.resolve_vm(server)?;
-    let list = ctx.client()?.get_value(
-        &format!("{}/backups", disc_path(&r, disc)),
-        &format!("disc {disc} of {r}"),
-    )?;
+    let what = format!("disc {disc} of {r}");
+    let list = ctx
+        .client()?
+        .get_value(&format!("{}/backups", disc_path(&r, disc)), &what)?;
     let items = list.as_array().cloned().unwrap_or_default();
+    // People also want to know what takes them (and the schedule ids
+    // `unschedule backups` needs).
+    let schedules = if ctx.out.is_human() {
+        let d = ctx.client()?.get_value(&disc_path(&r, disc), &what)?;
+        d["backup_schedules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        vec![]
+    };
     ctx.out.show(
         &list,
         HEADERS,
         || items.iter().map(row).collect(),
         || {
-            if items.is_empty() {
+            let mut out = if items.is_empty() {
                 format!("{disc} of {r} has no backups.\n")
             } else {
                 items.iter().map(line).collect()
+            };
+            for s in &schedules {
+                out.push_str(&schedule_line(s));
             }
+            out
         },
     );
     Ok(())
+}
+
+/// `Schedule 3: every week from 00:00, keeping the newest 1 (next …)`
+fn schedule_line(s: &Value) -> String {
+    let keeping = keeping(s["capacity"].as_u64().unwrap_or(0));
+    format!(
+        "Schedule {}: {} from {}, {keeping} (next {})\n",
+        text(s, "id"),
+        every(s["interval_seconds"].as_u64().unwrap_or(0)),
+        text(s, "start_at"),
+        text(s, "next_at"),
+    )
 }
 
 fn wait_limit() -> Duration {
@@ -263,6 +290,14 @@ pub fn delete(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     Ok(())
 }
 
+fn keeping(capacity: u64) -> String {
+    match capacity {
+        0 => "keeping them all".to_owned(),
+        1 => "keeping the newest".to_owned(),
+        n => format!("keeping the newest {n}"),
+    }
+}
+
 fn every(seconds: u64) -> String {
     match seconds {
         86_400 => "every day".into(),
@@ -288,11 +323,7 @@ pub fn schedule(ctx: &Ctx, a: ScheduleArgs) -> Result<()> {
         }),
         &format!("disc {} of {r}", a.disc),
     )?;
-    let keeping = match a.capacity {
-        0 => "keeping them all".to_owned(),
-        1 => "keeping the newest".to_owned(),
-        n => format!("keeping the newest {n}"),
-    };
+    let keeping = keeping(a.capacity);
     ctx.out.show(
         &s,
         &["ID", "StartAt", "IntervalSeconds", "Capacity"],
