@@ -323,6 +323,18 @@ async fn a_tail_with_an_iceberg_pool_keeps_backups_there() {
     assert_eq!(list[0]["storage_grade"], "iceberg");
     let on_tail = tail_backups(&tb, &fleet, &vm).unwrap();
     assert_eq!(on_tail.pool.as_deref(), Some("iceberg1"));
+    // Operators see it counted in the pool.
+    let (_, pools) = tb.get(&su, "/admin/storage_pools").await;
+    let count = |label: &str| {
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["label"] == label)
+            .map(|p| p["backups"].clone())
+    };
+    assert_eq!(count("tail1-iceberg1"), Some(json!(1)), "{pools}");
+    assert_eq!(count("tail1-sata1"), Some(json!(0)), "{pools}");
 }
 
 /// Backups stay on the tail that took them: a disc that moves to another
