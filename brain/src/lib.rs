@@ -2,6 +2,7 @@
 //! brain/README.md for what lives here.
 
 pub mod api;
+pub mod backups;
 pub mod boot;
 pub mod clock;
 pub mod model;

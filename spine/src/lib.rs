@@ -11,6 +11,7 @@
 //!
 //! The wire format and connection state machine are in `docs/spine.md`.
 
+pub mod backup;
 pub mod codec;
 pub mod link;
 pub mod logs;

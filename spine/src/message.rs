@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::resource::{Resource, ResourceName};
 
-/// The protocol version this build speaks. 2 added `log` frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. 2 added `log` frames; 3 the
+/// `backups` member of discs (sent only to nodes of version 3 or later:
+/// the brain orders no backups on an older tail).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build's brain still accepts (a version 1 node
 /// simply never sends `log` frames).
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

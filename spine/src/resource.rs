@@ -483,6 +483,9 @@ pub struct DiscSpec {
     /// Destination side of a migration; see [`IncomingMirror`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming: Option<IncomingMirror>,
+    /// Backups and restores (protocol 3); see `backup.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<crate::backup::DiscBackups>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use bigv_spine::backup::{BackupFacts, DiscBackups, RestoreOrder};
 use bigv_spine::codec::{CodecError, FrameCodec, encode_frame};
 use bigv_spine::message::{ErrorCode, OrderError, Outcome, PowerAction};
 use bigv_spine::resource::{
@@ -201,6 +202,39 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
     let template = prop::option::of(
         (any::<u64>(), text()).prop_map(|(seq, image)| TemplateCopy { seq, image }),
     );
+    let taken = prop::collection::vec(
+        (segment(), segment(), any::<u64>(), any::<u64>()).prop_map(
+            |(id, pool, size, allocated)| BackupFacts {
+                id,
+                pool,
+                size,
+                allocated,
+            },
+        ),
+        0..3,
+    );
+    let backups = prop::option::of(
+        (
+            prop::collection::vec(segment(), 0..3),
+            prop::option::of(segment()),
+            prop::option::of(
+                (any::<u64>(), segment()).prop_map(|(seq, from)| RestoreOrder { seq, from }),
+            ),
+            taken,
+            prop::option::of(any::<u64>()),
+            prop::option::of(text()),
+        )
+            .prop_map(
+                |(keep, pool, restore, taken, restored_seq, error)| DiscBackups {
+                    keep,
+                    pool,
+                    restore,
+                    taken,
+                    restored_seq,
+                    error,
+                },
+            ),
+    );
     (
         (
             any::<u64>(),
@@ -214,13 +248,13 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
             prop::option::of(any::<u64>()),
             prop::option::of(migration),
         ),
-        (any::<bool>(), migrate_to, incoming),
+        (any::<bool>(), migrate_to, incoming, backups),
     )
         .prop_map(
             |(
                 (size, storage_pool, access_control_list, address),
                 (template, imaged_seq, allocated, migration),
-                (allow_shrink, migrate_to, incoming),
+                (allow_shrink, migrate_to, incoming, backups),
             )| DiscSpec {
                 size,
                 storage_pool,
@@ -233,6 +267,7 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
                 allow_shrink,
                 migrate_to,
                 incoming,
+                backups,
             },
         )
 }

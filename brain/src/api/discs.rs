@@ -47,7 +47,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The grades a disc may ask for: those of the cluster's pools, plus the
-/// usual two always (as `/definitions` lists them).
+/// usual two always (as `/definitions` lists them); not `iceberg`, the
+/// grade of pools that keep backups.
 pub fn storage_grades(model: &Model) -> Vec<String> {
     let mut grades: Vec<String> = model
         .pools
@@ -59,6 +60,7 @@ pub fn storage_grades(model: &Model) -> Vec<String> {
                 .map(|g| (*g).to_owned()),
         )
         .collect();
+    grades.retain(|g| g != crate::backups::ICEBERG);
     grades.sort();
     grades.dedup();
     grades
@@ -146,7 +148,10 @@ async fn list(
     let model = state.db.read();
     let found = find_vm(&model, &caller, &acc, &grp, &vm, flags.include_deleted)?;
     Ok(Json(Value::Array(
-        model.discs_of(found.id).map(views::disc).collect(),
+        model
+            .discs_of(found.id)
+            .map(|d| views::disc(&model, d))
+            .collect(),
     )))
 }
 
@@ -159,7 +164,10 @@ async fn show(
     let flags = Flags::parse(query.as_deref());
     let model = state.db.read();
     let found = find_vm(&model, &caller, &acc, &grp, &vm, flags.include_deleted)?;
-    Ok(Json(views::disc(lookup::disc(&model, found, &disc)?)))
+    Ok(Json(views::disc(
+        &model,
+        lookup::disc(&model, found, &disc)?,
+    )))
 }
 
 async fn show_by_id(
@@ -168,7 +176,10 @@ async fn show_by_id(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let model = state.db.read();
-    Ok(Json(views::disc(lookup::disc_by_id(&model, &caller, &id)?)))
+    Ok(Json(views::disc(
+        &model,
+        lookup::disc_by_id(&model, &caller, &id)?,
+    )))
 }
 
 /// A server whose discs may change: vm_admin on it, and not deleted.
@@ -241,7 +252,8 @@ async fn create(
         })
         .await?;
     state.reconcile.notify_one();
-    Ok((StatusCode::CREATED, Json(views::disc(&disc))).into_response())
+    let body = views::disc(&state.db.read(), &disc);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// Applies `size` (grow only), `label`, `virtual_machine_id` (move) and
@@ -369,7 +381,8 @@ async fn update(
         })
         .await?;
     state.reconcile.notify_one();
-    Ok(Json(views::disc(&changed)).into_response())
+    let body = views::disc(&state.db.read(), &changed);
+    Ok(Json(body).into_response())
 }
 
 /// Deletes a disc and its data: only with `?purge=true`, and only while

@@ -14,6 +14,7 @@ pub mod accounts;
 pub mod addresses;
 pub mod admin;
 pub mod api_keys;
+pub mod backups;
 pub mod definitions;
 pub mod discs;
 pub mod error;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(vm_create::routes())
         .merge(power::routes())
         .merge(discs::routes())
+        .merge(backups::routes())
         .merge(nics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(fields::MAX_BODY))
         .with_state(state)

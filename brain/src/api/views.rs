@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use super::access::Caller;
 use super::error::ApiError;
 use super::fields::{Fields, truthy};
-use crate::model::{Account, Disc, Group, IpRecord, Model, Nic, Target, Vm};
+use crate::model::{
+    Account, Backup, BackupSchedule, Disc, Group, IpRecord, Model, Nic, Pool, Target, Vm,
+};
 
 /// The query flags the API honours; anything else is ignored.
 #[derive(Debug, Clone, Copy, Default)]
@@ -115,14 +117,22 @@ pub fn vm(model: &Model, v: &Vm) -> Value {
         "head": head_label(model, v),
         "management_address": v.management_address,
         "hostname": model.hostname(v),
-        "discs": model.discs_of(v.id).map(disc).collect::<Vec<_>>(),
+        "discs": model.discs_of(v.id).map(|d| disc(model, d)).collect::<Vec<_>>(),
         "network_interfaces": model.nics_of(v.id).map(nic).collect::<Vec<_>>(),
         "last_imaged_with": v.last_imaged_with,
     })
 }
 
-pub fn disc(d: &Disc) -> Value {
+pub fn disc(model: &Model, d: &Disc) -> Value {
+    let backup_count = model
+        .backups_of(d.id)
+        .filter(|b| crate::backups::visible(b))
+        .count();
+    let schedules: Vec<Value> = model.schedules_of(d.id).map(backup_schedule).collect();
     json!({
+        "backup_count": backup_count,
+        "backups_enabled": !schedules.is_empty(),
+        "backup_schedules": schedules,
         "id": d.id,
         "label": d.label,
         "size": d.size,
@@ -136,6 +146,52 @@ pub fn disc(d: &Disc) -> Value {
         "migration_progress": null,
         "migration_eta": null,
         "migration_speed": null,
+    })
+}
+
+/// A backup: a disc's fields (bigv-api.md §9) and its own.
+pub fn backup(model: &Model, b: &Backup) -> Value {
+    let parent = model.disc(b.disc_id);
+    let pool = backup_pool(model, b, parent);
+    json!({
+        "id": b.id,
+        "label": crate::backups::label(b),
+        "size": b.size,
+        "storage_grade": match pool {
+            Some(p) if p.grade == crate::backups::ICEBERG => p.grade.clone(),
+            _ => parent.map(|d| d.storage_grade.clone()).unwrap_or_default(),
+        },
+        "storage_pool": pool.map(|p| p.label.clone()).or_else(|| b.storage_pool.clone()),
+        "virtual_machine_id": parent.map(|d| d.vm_id),
+        "parent_disc_id": b.disc_id,
+        "manual": b.manual,
+        "backup_count": 0,
+        "backups_enabled": false,
+        "backup_schedules": [],
+        "state": b.state,
+        "created_at": crate::api::time::format_time(b.created_at),
+        "allocated": b.allocated,
+        "error": b.error,
+        "schedule_id": b.schedule_id,
+        "restore": b.restore.as_ref().map(|r| json!({"state": r.state, "error": r.error})),
+    })
+}
+
+/// The pool holding a backup (the tail reports its own pool name; this is
+/// that pool on the disc's tail), if known.
+fn backup_pool<'m>(model: &'m Model, b: &Backup, parent: Option<&Disc>) -> Option<&'m Pool> {
+    let name = b.storage_pool.as_ref()?;
+    let disc_pool = model.pools.get(parent?.storage_pool.as_ref()?)?;
+    model.pools_of(&disc_pool.node_id).find(|p| &p.name == name)
+}
+
+pub fn backup_schedule(s: &BackupSchedule) -> Value {
+    json!({
+        "id": s.id,
+        "start_at": s.start_at,
+        "interval_seconds": s.interval_seconds,
+        "capacity": s.capacity,
+        "next_at": crate::api::time::format_time(s.next_at),
     })
 }
 

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 
 use super::access::Caller;
 use super::addresses::{Allocator, Chosen, Family};
+use super::backups::{self, ScheduleIn};
 use super::discs::{self, DiscIn};
 use super::error::ApiError;
 use super::fields::Fields;
@@ -207,10 +208,25 @@ pub fn read_name(f: &mut Fields) -> Option<String> {
     ok.then_some(name)
 }
 
+/// A disc's `backup_schedules` (vm_create, bigv-api.md §5.3), errors
+/// named `backup_schedules[N].field` within the disc's.
+fn read_disc_schedules(df: &mut Fields, now: u64) -> Vec<ScheduleIn> {
+    let mut out = vec![];
+    for mut sf in df.objects("backup_schedules").unwrap_or_default() {
+        if let Some(s) = backups::read_schedule(&mut sf, now) {
+            out.push(s);
+        }
+        df.absorb(sf);
+    }
+    out
+}
+
 /// What a create request asks for, checked against the model.
 struct Plan {
     vm: Vm,
     discs: Vec<DiscIn>,
+    /// Each disc's `backup_schedules`.
+    schedules: Vec<Vec<ScheduleIn>>,
     /// The image and the imager options (password hashed) to install.
     image: Option<(String, ImagerOptions)>,
     nic_vlan: u32,
@@ -279,6 +295,7 @@ fn plan(
     let run = power_on.unwrap_or(false) || autoreboot_on.unwrap_or(false);
 
     let mut discs_in: Vec<DiscIn> = vec![];
+    let mut schedules_in: Vec<Vec<ScheduleIn>> = vec![];
     let mut disc_count = 0;
     if shape == Shape::VmCreate {
         let items = match body.raw("discs") {
@@ -306,6 +323,7 @@ fn plan(
                     continue;
                 };
                 let mut df = Fields::new(map);
+                let schedules = read_disc_schedules(&mut df, now);
                 if let Some(d) = discs::read_new_disc(&mut df, &grades) {
                     let clash = d
                         .label
@@ -315,6 +333,7 @@ fn plan(
                         df.error("label", "is used by another disc of this server");
                     }
                     discs_in.push(d);
+                    schedules_in.push(schedules);
                 }
                 p.absorb_disc(i, df);
             }
@@ -422,6 +441,7 @@ fn plan(
         mac: alloc.mac(),
         vm,
         discs: discs_in,
+        schedules: schedules_in,
         image,
         nic_vlan,
         addresses,
@@ -448,9 +468,14 @@ pub fn create(
 
     let mut vm = plan.vm;
     vm.id = VmId(tx.new_id::<Vm>()?);
+    let mut schedules = plan.schedules.into_iter();
     for (i, d) in plan.discs.into_iter().enumerate() {
+        let disc_id = DiscId(tx.new_id::<Disc>()?);
+        for s in schedules.next().unwrap_or_default() {
+            backups::add_schedule(tx, disc_id, s)?;
+        }
         let disc = Disc {
-            id: DiscId(tx.new_id::<Disc>()?),
+            id: disc_id,
             vm_id: vm.id,
             label: d.label.unwrap_or_else(|| format!("disc-{}", i + 1)),
             size: d.size,

@@ -87,6 +87,8 @@ records! {
     affinity_groups: AntiAffinityGroup, "anti_affinity_groups", u64, |r| r.id.0;
     operations: Operation, "operations", u64, |r| r.id.0;
     machines: Machine, "machines", String, |r| r.mac.clone();
+    backups: Backup, "backups", u64, |r| r.id;
+    backup_schedules: BackupSchedule, "backup_schedules", u64, |r| r.id;
 }
 
 pub(crate) const SETTINGS: Table<String, Settings> = Table::new("settings");
@@ -178,6 +180,17 @@ impl Model {
             account.map_or("?", |a| a.name.as_str()),
             self.settings.cluster_domain
         )
+    }
+
+    /// A disc's backups, oldest first.
+    pub fn backups_of(&self, disc: DiscId) -> impl Iterator<Item = &Backup> {
+        self.backups.values().filter(move |b| b.disc_id == disc)
+    }
+
+    pub fn schedules_of(&self, disc: DiscId) -> impl Iterator<Item = &BackupSchedule> {
+        self.backup_schedules
+            .values()
+            .filter(move |s| s.disc_id == disc)
     }
 
     pub fn pools_of(&self, node_id: &str) -> impl Iterator<Item = &Pool> {

@@ -554,3 +554,79 @@ impl Default for Settings {
         }
     }
 }
+
+/// A backup of a disc (bigv-api.md §9): a copy its tail holds beside it
+/// (or in the tail's `iceberg` pool). The id is also its name on the
+/// spine (`backups.keep`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backup {
+    pub id: u64,
+    pub disc_id: DiscId,
+    /// Taken on request (POST), not by a schedule.
+    pub manual: bool,
+    /// The schedule that took it, if any.
+    #[serde(default)]
+    pub schedule_id: Option<u64>,
+    /// The disc's size when ordered, MiB.
+    pub size: u64,
+    /// Unix seconds, when it was ordered.
+    pub created_at: u64,
+    pub state: BackupState,
+    /// Reported by the tail once taken.
+    #[serde(default)]
+    pub storage_pool: Option<String>,
+    /// The tail holding it (a disc that moves to another tail leaves its
+    /// backups behind: they are then lost).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub allocated: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The latest restore of the disc from this backup.
+    #[serde(default)]
+    pub restore: Option<BackupRestore>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupState {
+    /// Ordered; the tail has not reported it yet.
+    Pending,
+    Taken,
+    /// The tail could not take it (`error` says why); it is not retried.
+    Failed,
+    /// Deleted by request or pruning; gone once the tail reports it gone.
+    Deleting,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupRestore {
+    /// The spine's `restore.seq` (unique: drawn from the backup ids).
+    pub seq: u64,
+    pub state: RestoreState,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreState {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// Backups taken every `interval_seconds` from `start_at`, the newest
+/// `capacity` of them kept (0: all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupSchedule {
+    pub id: u64,
+    pub disc_id: DiscId,
+    /// As given (free-form date text, bigv-api.md §9).
+    pub start_at: String,
+    pub interval_seconds: u64,
+    pub capacity: u64,
+    /// Unix seconds of the next backup.
+    pub next_at: u64,
+}

@@ -135,8 +135,9 @@ pub(super) fn reported_spec<'a>(p: &Pass<'a>, disc: &Disc) -> Option<&'a DiscSpe
 /// Whether every disc of `vm` exists on its tail, open to `head` and to
 /// nobody else, at its ordered size (NBD has no resize notification: a VM
 /// started before a grow reaches the tail would see the old size until
-/// its next start), with any ordered template copy finished: the
-/// condition for starting the VM there.
+/// its next start), with any ordered template copy finished and no
+/// restore from a backup waiting: the condition for starting the VM
+/// there.
 pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
     let Some(address) = p.node_address(head) else {
         return false;
@@ -150,6 +151,7 @@ pub(super) fn ready_for(p: &Pass<'_>, vm: VmId, head: &str) -> bool {
         };
         acl_is(&spec.access_control_list, Some(address))
             && spec.size >= disc.size
+            && !crate::backups::restore_pending(p.model, disc.id)
             && disc
                 .template
                 .as_ref()
@@ -223,10 +225,14 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // A migration in progress rides on every order (without it, the tail
     // would cancel the copy); one that ended is taken off.
     let migrate_to = p.disc_moves.get(&id);
+    // No restore under a running server, nor under a mirror's copy.
+    let hold_restore = vm_running || migrating(p, id);
+    let backups = wanted_backups(p, disc, tail, hold_restore);
     let steady = !grow
         && acl_ok
         && template == spec.template.as_ref()
-        && migrate_to == spec.migrate_to.as_ref();
+        && migrate_to == spec.migrate_to.as_ref()
+        && crate::backups::same_order(backups.as_ref(), spec.backups.as_ref());
     if steady || !p.may_order(tail, &found.name) {
         return None;
     }
@@ -238,12 +244,38 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         address: address.to_owned(),
         template: template.cloned(),
         migrate_to: migrate_to.cloned(),
+        backups,
         ..DiscSpec::default()
     };
     tracing::info!(disc = id.0, %tail, size_mib = wanted.size, acl = ?wanted.access_control_list, template = ?wanted.template.as_ref().map(|t| t.seq), "updating disc");
     let resource = Resource::new(found.name.clone(), ResourceValue::Disc(wanted)).ok()?;
     let generation = disc.generation.max(found.generation) + 1;
     Some((tail.to_owned(), Action::Update(resource), generation))
+}
+
+/// The disc order's `backups` (see `crate::backups::wanted`), for a
+/// tail that speaks a protocol with backups; stored in its `iceberg` pool
+/// when it has one.
+fn wanted_backups(
+    p: &Pass<'_>,
+    disc: &Disc,
+    tail: &str,
+    hold_restore: bool,
+) -> Option<bigv_spine::backup::DiscBackups> {
+    let capable = p
+        .snap
+        .nodes
+        .get(tail)
+        .is_some_and(|n| n.info.protocol_version >= super::snapshot::BACKUPS_PROTOCOL);
+    if !capable {
+        return None;
+    }
+    let iceberg = p
+        .model
+        .pools_of(tail)
+        .find(|pool| pool.grade == crate::backups::ICEBERG)
+        .map(|pool| pool.name.clone());
+    crate::backups::wanted(p.model, disc.id, tail, iceberg, hold_restore)
 }
 
 /// Whether a disc migration of `id` is running.

@@ -218,6 +218,16 @@ impl Reconciler {
                 Err(e) => tracing::error!(error = %error_chain(&e), "purging deleted VMs failed"),
             }
         }
+        if crate::backups::due(&self.db.read(), now) {
+            match self
+                .db
+                .write(move |tx| crate::backups::run_schedules(tx, now))
+                .await
+            {
+                Ok(n) => wrote |= n > 0,
+                Err(e) => tracing::error!(error = %error_chain(&e), "scheduled backups failed"),
+            }
+        }
         let mut snap = self.snapshot.take().unwrap_or_default();
         let full = snap.nodes.is_empty() || self.last_full_copy.elapsed() >= FULL_COPY;
         snap.refresh(&self.spine, (!full).then_some(&self.changed));
@@ -240,12 +250,14 @@ impl Reconciler {
                     pass.finish()
                 };
                 changes.apply(tx)?;
-                Ok::<_, DbError>((changes, snap))
+                let observed = crate::backups::observe(tx, &|id| snap.reported_backups(id))?;
+                Ok::<_, DbError>((changes, snap, observed))
             })
             .await;
         let changes = match planned {
-            Ok((changes, snap)) => {
+            Ok((changes, snap, observed)) => {
                 self.snapshot = Some(snap);
+                wrote |= observed > 0;
                 changes
             }
             Err(e) => {

@@ -35,6 +35,25 @@ pub(crate) struct NodeSnap {
     pub pools: BTreeMap<String, PoolFacts>,
 }
 
+impl Snapshot {
+    /// A disc's reported `backups` (see `crate::backups::observe`): from
+    /// the ready tail that serves it (not a migration's destination still
+    /// receiving it), with whether that tail takes backups.
+    pub(crate) fn reported_backups(&self, disc: DiscId) -> Option<crate::backups::Reported> {
+        self.nodes.values().filter(|n| n.ready).find_map(|n| {
+            let r = n.discs.get(&disc).filter(|r| r.spec.incoming.is_none())?;
+            Some(crate::backups::Reported {
+                node_id: n.info.node_id.clone(),
+                backups: r.spec.backups.clone(),
+                capable: n.info.protocol_version >= BACKUPS_PROTOCOL,
+            })
+        })
+    }
+}
+
+/// The spine protocol version that added disc backups.
+pub(crate) const BACKUPS_PROTOCOL: u32 = 3;
+
 impl NodeSnap {
     pub fn new(info: NodeInfo, ready: bool) -> Self {
         NodeSnap {

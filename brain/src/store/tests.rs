@@ -485,3 +485,30 @@ fn integrity_check_passes_on_a_healthy_store() {
     let mut store = populated(dir.path());
     assert_eq!(store.check_integrity().unwrap(), Integrity::Clean);
 }
+
+/// A table declared by newer code without a migration (as `backups` and
+/// `backup_schedules` were) is created when an existing store opens; the
+/// data already there is untouched and the schema version stays.
+#[test]
+fn a_table_added_without_a_migration_is_created_at_open() {
+    const NOTES: Table<u64, User> = Table::new("notes");
+    const V2_NOTES: Schema = Schema::new(
+        &[VMS.info(), USERS.info(), COUNTERS.info(), NOTES.info()],
+        &[
+            Migration::new("count migration runs", count_run),
+            Migration::new("vm memory in MiB", memory_to_mib),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    drop(populated(dir.path()));
+    let store = Store::open(dir.path(), V2_NOTES).unwrap();
+    let read = store.read().unwrap();
+    assert_eq!(read.get(VMS, &1).unwrap(), Some(vm("web1", 1024)));
+    assert_eq!(read.len(NOTES).unwrap(), 0);
+    drop(read);
+    let mut txn = store.write().unwrap();
+    let id = txn.next_id(NOTES).unwrap();
+    txn.insert(NOTES, &id, &user("a note")).unwrap();
+    txn.commit().unwrap();
+    assert_eq!(store.read().unwrap().len(NOTES).unwrap(), 1);
+}

@@ -239,6 +239,10 @@ impl TailAgent {
                 let Ok(state) = disc.state.try_lock() else {
                     continue;
                 };
+                // Handed over to another tail: already reported destroyed.
+                if state.gone {
+                    continue;
+                }
                 let spec = self.reported(&state).await;
                 drop(state);
                 if last.get(&disc.name) != Some(&spec) {
@@ -290,6 +294,7 @@ impl TailAgent {
         if let Some(m) = &state.mirror {
             spec.migration = Some(m.progress());
         }
+        self.report_backups(state, &mut spec).await;
         spec
     }
 
@@ -320,6 +325,11 @@ impl TailAgent {
     pub(crate) async fn report_disc(&self, disc: &Disc, created: bool) {
         let spec = {
             let state = disc.state.lock().await;
+            // Handed over meanwhile (a small disc's mirror can finish
+            // between an order and its report): reported destroyed.
+            if state.gone {
+                return;
+            }
             self.reported(&state).await
         };
         let Some(n) = self.notifier() else { return };
@@ -759,6 +769,7 @@ impl TailAgent {
         state.spec = DiscSpec {
             imaged_seq: keep.imaged_seq,
             migration: keep.migration,
+            backups: crate::backups::carry(keep.backups, new.backups.clone()),
             allocated: None,
             incoming: match (new.incoming.clone(), keep.incoming) {
                 (Some(n), Some(_)) => Some(n),
@@ -775,6 +786,7 @@ impl TailAgent {
                 self.unserve(name, state).await?;
             }
             self.maybe_image(name, state).await?;
+            self.apply_backups(disc, state).await?;
             if uncertain && wants_migration.is_none() {
                 tracing::warn!(%name, "resuming service after an unconfirmed handover, as ordered");
                 state.spec.migration = None;
@@ -831,6 +843,10 @@ impl TailAgent {
             blocking(move || pools::remove_disc(&path))
                 .await
                 .map_err(|e| failed(&name, "deleting its file", &e))?;
+            let (pools, n) = (self.config.pools.clone(), name.clone());
+            blocking(move || crate::backups::delete_all(&pools, &n))
+                .await
+                .map_err(|e| failed(&name, "deleting its backups", &e))?;
         }
         self.forget(&name);
         tracing::info!(%name, "disc removed");

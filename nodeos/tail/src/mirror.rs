@@ -434,6 +434,16 @@ async fn final_phase(
             {
                 tracing::warn!(%name, error = %error_chain(&e), "handed over, but deleting the old copy failed");
             }
+            // Backups stay with the tail that took them, which no longer
+            // holds the disc: they go too (the brain marks them lost).
+            let (pools, n) = (agent.config().pools.clone(), name.clone());
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || crate::backups::delete_all(&pools, &n))
+                    .await
+                    .expect("remove panicked")
+            {
+                tracing::warn!(%name, error = %error_chain(&e), "handed over, but deleting its backups failed");
+            }
             state.gone = true;
             state.mirror = None;
             drop(state);

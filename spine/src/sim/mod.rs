@@ -105,6 +105,49 @@ struct SimHandler {
     node_id: OnceLock<String>,
 }
 
+/// Backups are instant here: every listed id is held at once (sized as
+/// the disc, nothing allocated), a restore of a held one is done at once,
+/// of any other fails in `error`. An order without `backups` keeps what
+/// was held.
+fn sim_backups(
+    spec: &DiscSpec,
+    old: Option<crate::backup::DiscBackups>,
+) -> Option<crate::backup::DiscBackups> {
+    use crate::backup::BackupFacts;
+    let Some(mut order) = spec.backups.clone() else {
+        return old;
+    };
+    let old = old.unwrap_or_default();
+    order.taken = order
+        .keep
+        .iter()
+        .map(|id| {
+            old.taken
+                .iter()
+                .find(|t| &t.id == id)
+                .cloned()
+                .unwrap_or(BackupFacts {
+                    id: id.clone(),
+                    pool: order.pool.clone().unwrap_or(spec.storage_pool.clone()),
+                    size: spec.size,
+                    allocated: 0,
+                })
+        })
+        .collect();
+    order.restored_seq = old.restored_seq;
+    order.error = None;
+    if let Some(r) = &order.restore
+        && old.restored_seq.is_none_or(|d| d < r.seq)
+    {
+        if order.taken.iter().any(|t| t.id == r.from) {
+            order.restored_seq = Some(r.seq);
+        } else {
+            order.error = Some(format!("restore: no backup {:?} of this disc here", r.from));
+        }
+    }
+    Some(order)
+}
+
 fn refuse(code: ErrorCode, message: impl Into<String>) -> OrderError {
     OrderError::new(code, message)
 }
@@ -346,6 +389,8 @@ impl SimHandler {
                 spec.migration = old.migration.clone();
             }
         }
+        let old_backups = old.and_then(|d| d.backups.clone());
+        spec.backups = sim_backups(&spec, old_backups);
         self.steer_mirror(&mut state, name, &mut spec);
         state.discs.insert(name.clone(), spec.clone());
         Resource::new(name.clone(), ResourceValue::Disc(spec))

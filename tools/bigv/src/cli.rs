@@ -98,9 +98,18 @@ pub enum Command {
     /// Delete: server, disc, group, key, api key
     #[command(subcommand)]
     Delete(Delete),
-    /// Undelete a deleted server
+    /// Undelete a deleted server (restore server), or put a backup back over its disc (restore backup)
     #[command(subcommand)]
-    Restore(OnServer),
+    Restore(RestoreNoun),
+    /// Take a backup of a disc: backup disc SERVER DISC
+    #[command(subcommand)]
+    Backup(BackupNoun),
+    /// Back a disc up regularly: schedule backups [--start T] SERVER DISC [INTERVAL]
+    #[command(subcommand)]
+    Schedule(ScheduleNoun),
+    /// Stop a backup schedule: unschedule backups SERVER DISC ID
+    #[command(subcommand)]
+    Unschedule(UnscheduleNoun),
     /// Power a server on (and keep it on)
     #[command(subcommand)]
     Start(OnServer),
@@ -174,6 +183,65 @@ pub enum OnServer {
     Server(ServerArg),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RestoreNoun {
+    /// Undelete a deleted server
+    Server(ServerArg),
+    /// Replace a disc's content with a backup's (the server must be off)
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    pub server: String,
+    /// The disc's label (or id)
+    pub disc: String,
+    /// The backup's label (backup-N) or id
+    pub backup: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupNoun {
+    /// Take a backup of a disc now
+    Disc(ShowDiscArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// When the first backup is taken: a time of day HH:MM (UTC) or YYYY-MM-DD HH:MM:SS UTC
+    #[arg(long, default_value = "00:00")]
+    pub start: String,
+    /// How many of the schedule's backups to keep (0: all)
+    #[arg(long, default_value_t = 0)]
+    pub capacity: u64,
+    pub server: String,
+    /// The disc's label (or id)
+    pub disc: String,
+    /// Seconds between backups (default 86400, a day)
+    pub interval: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleNoun {
+    /// Take a disc's backups regularly
+    Backups(ScheduleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnscheduleArgs {
+    pub server: String,
+    /// The disc's label (or id)
+    pub disc: String,
+    /// The schedule's id (see `bigv show disc SERVER DISC --json`)
+    pub schedule: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UnscheduleNoun {
+    /// Stop a backup schedule (its backups stay)
+    Backups(UnscheduleArgs),
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct AddServerArgs {
     /// name[.group[.account]]
@@ -232,6 +300,9 @@ pub struct AddServerArgs {
     /// An IP address to give it (one IPv4, one IPv6; private VLANs only)
     #[arg(long = "ip")]
     pub ips: Vec<String>,
+    /// Back the first disc up daily, weekly (the default) or never
+    #[arg(long, value_name = "daily|weekly|never")]
+    pub backup: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -429,6 +500,8 @@ pub enum Show {
     Discs(ServerArg),
     /// One disc
     Disc(ShowDiscArgs),
+    /// A disc's backups
+    Backups(ShowDiscArgs),
     /// The images servers can be imaged with
     Images,
     /// The storage grades
@@ -556,6 +629,8 @@ pub enum Delete {
     Server(DeleteServerArgs),
     /// Delete a disc for good
     Disc(ShowDiscArgs),
+    /// Delete a backup of a disc for good
+    Backup(BackupArgs),
     /// Delete a group (it must be empty, or use --recursive)
     Group(DeleteGroupArgs),
     /// Remove an SSH key

@@ -123,6 +123,7 @@ pub struct Disc {
     pub storage_pool: Option<String>,
     pub virtual_machine_id: VmId,
     pub iops_limit: Option<u64>,
+    pub backup_count: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -148,6 +148,9 @@ fn a_server_is_created_with_power_on_and_shown() {
                 "mac",
                 "head",
                 "management_address",
+                // The backup schedule `add server` sends starts tomorrow.
+                "start_at",
+                "next_at",
             ],
         ))
         .unwrap(),

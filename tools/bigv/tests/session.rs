@@ -108,6 +108,16 @@ fn the_worked_session_in_the_docs_is_real() {
             "add", "server", "web2", "--image", "bookworm", "--disc", "gold:10G",
         ]),
         step(&["shutdown", "server", "web1"]),
+        step(&[
+            "schedule",
+            "backups",
+            "--start",
+            "03:00",
+            "--capacity",
+            "7",
+            "web1",
+            "disc-1",
+        ]),
         Step {
             env: &[],
             args: &["delete", "server", "web1"],

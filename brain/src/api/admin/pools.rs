@@ -74,7 +74,16 @@ fn pool_view(state: &AppState, model: &Model, pool: &Pool) -> Value {
         "alloc": alloc,
         "discs_count": discs.len(),
         "discs": discs,
-        "backups": 0,
+        // Backups kept in this pool (on its tail, by its tail's name).
+        "backups": model
+            .backups
+            .values()
+            .filter(|b| {
+                b.state == crate::model::BackupState::Taken
+                    && b.node_id.as_deref() == Some(pool.node_id.as_str())
+                    && b.storage_pool.as_deref() == Some(pool.name.as_str())
+            })
+            .count(),
         "overcommit_ratio": ratio_json(pool.overcommit_ratio),
         "migration_concurrency": pool.migration_concurrency,
         "usage_strategy": pool.usage_strategy,

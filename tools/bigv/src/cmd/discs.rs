@@ -11,7 +11,14 @@ use crate::names::{DiscSpec, SizeSpec, VmRef, human_size, seg};
 use crate::output::{note, opt};
 use crate::types::Disc;
 
-const DISC_HEADERS: &[&str] = &["ID", "Label", "StorageGrade", "Size", "StoragePool"];
+const DISC_HEADERS: &[&str] = &[
+    "ID",
+    "Label",
+    "StorageGrade",
+    "Size",
+    "StoragePool",
+    "BackupCount",
+];
 
 fn disc_row(d: &Disc) -> Vec<String> {
     vec![
@@ -20,6 +27,7 @@ fn disc_row(d: &Disc) -> Vec<String> {
         d.storage_grade.clone(),
         d.size.to_string(),
         opt(&d.storage_pool),
+        d.backup_count.to_string(),
     ]
 }
 

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod backups;
 pub mod config;
 pub mod console;
 pub mod debug;
@@ -288,6 +289,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             cli::Show::Groups(a) => accounts::show_groups(c, a.name.as_deref()),
             cli::Show::Discs(a) => discs::list(c, &a.server),
             cli::Show::Disc(a) => discs::show(c, &a.server, &a.label),
+            cli::Show::Backups(a) => backups::show(c, &a.server, &a.label),
             cli::Show::Images => definitions::images(c),
             cli::Show::Storage => definitions::storage(c),
             cli::Show::Zones => definitions::zones(c),
@@ -319,11 +321,16 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Delete(delete) => match delete {
             cli::Delete::Server(a) => servers::delete(c, &a.server, a.purge),
             cli::Delete::Disc(a) => discs::delete(c, &a.server, &a.label),
+            cli::Delete::Backup(a) => backups::delete(c, a),
             cli::Delete::Group(a) => accounts::delete_group(c, &a.group, a.recursive),
             cli::Delete::Key(a) => users::delete_key(c, a),
             cli::Delete::Api(cli::DeleteApiNoun::Key(a)) => users::delete_api_key(c, a),
         },
-        Command::Restore(cli::OnServer::Server(a)) => servers::restore(c, &a.server),
+        Command::Restore(cli::RestoreNoun::Server(a)) => servers::restore(c, &a.server),
+        Command::Restore(cli::RestoreNoun::Backup(a)) => backups::restore(c, a),
+        Command::Backup(cli::BackupNoun::Disc(a)) => backups::backup(c, &a.server, &a.label),
+        Command::Schedule(cli::ScheduleNoun::Backups(a)) => backups::schedule(c, a),
+        Command::Unschedule(cli::UnscheduleNoun::Backups(a)) => backups::unschedule(c, a),
         Command::Start(cli::OnServer::Server(a)) => servers::start(c, &a.server),
         Command::Stop(cli::OnServer::Server(a)) => servers::stop(c, &a.server),
         Command::Restart(cli::OnServer::Server(a)) => servers::restart(c, &a.server),

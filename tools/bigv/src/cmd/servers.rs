@@ -197,15 +197,20 @@ pub fn add(ctx: &Ctx, a: AddServerArgs) -> Result<()> {
     if a.hwprofile_locked {
         vm.insert("hardware_profile_locked".into(), json!(true));
     }
+    let schedules = super::backups::new_server_schedules(a.backup.as_deref().unwrap_or("weekly"))?;
     let discs: Vec<Value> = specs
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            json!({
+            let mut disc = json!({
                 "label": s.label.clone().unwrap_or_else(|| format!("disc-{}", i + 1)),
                 "storage_grade": s.grade.as_deref().unwrap_or(DEFAULT_GRADE),
                 "size": s.size,
-            })
+            });
+            if let (0, Some(schedules)) = (i, &schedules) {
+                disc["backup_schedules"] = schedules.clone();
+            }
+            disc
         })
         .collect();
     let mut body = json!({"virtual_machine": vm, "discs": discs});
