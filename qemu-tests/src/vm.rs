@@ -53,7 +53,9 @@ impl Vm {
         cmd
             // -nographic (not -display none) is what turns on SeaBIOS's and
             // iPXE's serial console: the DHCP and script lines are there.
-            .args(["-nographic", "-nodefaults", "-no-reboot"]);
+            // No -no-reboot: a node reboots as a real one does (a rolling
+            // upgrade reboots every node onto the new image).
+            .args(["-nographic", "-nodefaults"]);
         match spec.direct {
             None => cmd.args(["-boot", "n"]),
             Some(d) => cmd

@@ -86,11 +86,10 @@ fn rolling_upgrade_reboots_every_node_and_no_vm() {
         assert!(first.1.contains(lines::DISC_OK), "{}", first.1);
         let id1 = lines::boot_id(&first.0).unwrap().to_owned();
         let heads = || (0..2).map(|i| &cluster.nodes[i].vm);
-        let tick_before = heads()
-            .filter_map(last_tick)
-            .map(|(n, _)| n)
-            .max()
-            .expect("the guest ticks");
+        let tick_before = until("the guest to tick", 60, &mut cluster.brain, async || {
+            heads().filter_map(last_tick).map(|(n, _)| n).max()
+        })
+        .await;
 
         // Image v2: the same binaries under another version.
         let (image2, v2) = bigv_qemu_tests::image::build_next();
