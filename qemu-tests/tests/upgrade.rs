@@ -209,13 +209,15 @@ fn rolling_upgrade_reboots_every_node_and_no_vm() {
 /// Each node's evacuation, reboot and total seconds, as the brain recorded.
 fn node_table(nodes: &Value) -> String {
     let mut s = String::from("node    evacuate  reboot  total (s)\n");
+    // Values do not pad: format each as a string first.
+    let field = |n: &Value, k: &str| n[k].to_string();
     for n in nodes.as_array().into_iter().flatten() {
         s.push_str(&format!(
             "{:7} {:>8} {:>7} {:>6}\n",
             n["label"].as_str().unwrap_or("?"),
-            n["evacuate_secs"],
-            n["reboot_secs"],
-            n["total_secs"]
+            field(n, "evacuate_secs"),
+            field(n, "reboot_secs"),
+            field(n, "total_secs")
         ));
     }
     s
