@@ -11,6 +11,7 @@ pub mod agent;
 pub mod bench;
 pub mod config;
 pub mod mirror;
+mod mirror_send;
 pub mod nbd;
 pub mod pools;
 pub mod templates;

@@ -296,6 +296,19 @@ impl Export {
         Ok(false)
     }
 
+    /// Whether a WRITE of `[offset, offset+length)` may go ahead (for a
+    /// payload written by other means than [`Export::write`], which then
+    /// calls [`Export::written`]).
+    pub fn check_write(&self, offset: u64, length: u64) -> Result<(), ExportError> {
+        self.check_writable("write")?;
+        self.check("write", offset, length)
+    }
+
+    /// Records a write done by other means (for a mirror's dirty map).
+    pub fn written(&self, offset: u64, length: u64) {
+        self.mark_dirty(offset, length);
+    }
+
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         let len = data.len() as u64;
         self.check_writable("write")?;
@@ -355,7 +368,10 @@ impl Export {
     }
 
     fn punch(&self, offset: u64, length: u64) -> std::io::Result<()> {
-        if length == 0 {
+        if length == 0 || !self.has_data(offset, offset + length)? {
+            // Already a hole: punching would take the inode's lock and a
+            // journal transaction for nothing (a mirror's first pass sends
+            // a WRITE_ZEROES for every hole of the source).
             return Ok(());
         }
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
@@ -438,6 +454,16 @@ impl Export {
             pos = next;
         }
         Ok(out)
+    }
+
+    /// Whether any of `[offset, end)` is data (`SEEK_DATA`; unwritten
+    /// extents, which read as zeroes, count as holes).
+    fn has_data(&self, offset: u64, end: u64) -> std::io::Result<bool> {
+        match lseek(self.file.as_fd(), offset as i64, Whence::SeekData) {
+            Ok(d) => Ok((d as u64) < end),
+            Err(Errno::ENXIO) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether `pos` is in data, and where that run ends (capped at `end`).
