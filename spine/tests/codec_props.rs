@@ -233,6 +233,7 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
                 allow_shrink,
                 migrate_to,
                 incoming,
+                limits: None,
             },
         )
 }

@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod agent;
 pub mod bench;
 pub mod config;
+pub mod limits;
 pub mod mirror;
 mod mirror_send;
 pub mod nbd;

@@ -103,6 +103,8 @@ struct Shared {
     /// heads (a live migration's handover).
     active: Mutex<Vec<Active>>,
     next_conn: AtomicU64,
+    /// The disc's IOPS and bandwidth limits, shared by its connections.
+    limiter: crate::limits::Limiter,
 }
 
 /// A disc being served. Dropping it without [`DiscServer::stop`] leaves
@@ -147,6 +149,7 @@ impl DiscServer {
             acl: Mutex::new(acl),
             active: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
+            limiter: crate::limits::Limiter::default(),
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -187,6 +190,15 @@ impl DiscServer {
             a.cancel.cancel();
         }
         *self.shared.acl.lock().expect("acl poisoned") = acl;
+    }
+
+    /// Sets (or lifts, with `None`) the disc's IOPS and bandwidth limits;
+    /// they apply at once to requests not yet admitted.
+    pub fn set_limits(&self, limits: Option<bigv_spine::resource::DiscLimits>) {
+        if self.shared.limiter.limits() != limits {
+            tracing::info!(disc = self.shared.export.name(), ?limits, "I/O limits");
+            self.shared.limiter.set(limits);
+        }
     }
 
     /// The address of the connected client admitted last, if any.
@@ -433,6 +445,22 @@ async fn transmission(
             Ok(r) => r,
             Err(e) => break Err(ConnError::Protocol(e)),
         };
+        // The disc's limits: the request waits here, and nothing more is
+        // read from this client meanwhile.
+        let cost = match request.command {
+            Command::Read | Command::Write => Some(u64::from(request.length)),
+            Command::Trim | Command::WriteZeroes => Some(0),
+            _ => None,
+        };
+        if let Some(bytes) = cost {
+            let wait = shared.limiter.take(bytes);
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => break Ok(()),
+                }
+            }
+        }
         let kib = match request.command {
             Command::Read | Command::Write => request.length.min(MAX_PAYLOAD).div_ceil(1024).max(1),
             _ => 0,
