@@ -267,6 +267,12 @@ fn create_destination(
     if !p.may_order(dest_tail, &name) {
         return;
     }
+    let dest_pool = p
+        .model
+        .pools
+        .values()
+        .find(|pl| pl.node_id == dest_tail && pl.name == pool_name);
+    let limits = super::disc_limits::disc_limits(disc, dest_pool);
     let spec = DiscSpec {
         size: disc.size,
         storage_pool: pool_name,
@@ -279,6 +285,7 @@ fn create_destination(
             from: from.to_owned(),
             endpoint: None,
         }),
+        limits,
         ..DiscSpec::default()
     };
     let Ok(resource) = Resource::new(name, bigv_spine::ResourceValue::Disc(spec)) else {

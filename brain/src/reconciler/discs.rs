@@ -201,6 +201,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
             access_control_list: acl,
             address: address.to_owned(),
             template: disc.template.clone().filter(|_| !vm_running),
+            limits: super::disc_limits::disc_limits(disc, Some(pool)),
             ..DiscSpec::default()
         };
         tracing::info!(disc = id.0, %tail, pool = %pool_label, size_mib = disc.size, "creating disc");
@@ -223,10 +224,12 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // A migration in progress rides on every order (without it, the tail
     // would cancel the copy); one that ended is taken off.
     let migrate_to = p.disc_moves.get(&id);
+    let limits = super::disc_limits::disc_limits(disc, Some(pool));
     let steady = !grow
         && acl_ok
         && template == spec.template.as_ref()
-        && migrate_to == spec.migrate_to.as_ref();
+        && migrate_to == spec.migrate_to.as_ref()
+        && limits == spec.limits;
     if steady || !p.may_order(tail, &found.name) {
         return None;
     }
@@ -238,6 +241,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         address: address.to_owned(),
         template: template.cloned(),
         migrate_to: migrate_to.cloned(),
+        limits,
         ..DiscSpec::default()
     };
     tracing::info!(disc = id.0, %tail, size_mib = wanted.size, acl = ?wanted.access_control_list, template = ?wanted.template.as_ref().map(|t| t.seq), "updating disc");
