@@ -414,7 +414,10 @@ impl TailAgent {
             state.export.clone(),
             listen,
             acl,
-            ServeOptions { handover: Some(tx) },
+            ServeOptions {
+                handover: Some(tx),
+                write_behind: true,
+            },
         )
         .await
         .map_err(|e| failed(name, "listening for the mirror", &e))?;

@@ -140,13 +140,24 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn start(peer: Peer, cfg: &BenchConfig, file: &Path) -> anyhow::Result<Server> {
+    start_with(peer, cfg, file, &[])
+}
+
+/// [`start`], with extra arguments for our `serve` (limits).
+fn start_with(
+    peer: Peer,
+    cfg: &BenchConfig,
+    file: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
     let port = free_port()?;
     let path = file.to_str().context("file path is not UTF-8")?;
     let mut cmd = match peer {
         Peer::Ours => {
             let mut c = Command::new(&cfg.ours);
             c.args(["serve", path, "--name", "bench", "--allow", "127.0.0.1"])
-                .args(["--listen", &format!("127.0.0.1:{port}")]);
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(extra);
             c
         }
         Peer::QemuNbd => {
@@ -288,8 +299,35 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
         results.push(row);
     }
     print!("{}", table(&peers, &results));
+    limited(cfg, &file)?;
     let _ = std::fs::remove_file(&file);
     mirror_vs_cp(cfg)?;
+    Ok(())
+}
+
+/// Our server with a disc limit of 2000 IOPS: how close a client at
+/// depth 32 is held to it (the first second's worth is the burst).
+fn limited(cfg: &BenchConfig, file: &Path) -> anyhow::Result<()> {
+    const IOPS: u64 = 2000;
+    let w = Workload {
+        name: "4 KiB random read, depth 32, capped",
+        write: false,
+        block: 4096,
+        step: Some((1 << 20) + 4096),
+        depth: 32,
+        count: 5 * IOPS,
+    };
+    let server = start_with(Peer::Ours, cfg, file, &["--iops", &IOPS.to_string()])?;
+    let secs = qemu_img_bench(server.port, &w)?;
+    drop(server);
+    let expected = (w.count - IOPS) as f64 / IOPS as f64;
+    println!(
+        "{:<34} {:>14} {:>14} {:>13.2}x",
+        format!("4 KiB read d32, {IOPS} IOPS cap"),
+        format!("{secs:.2} s"),
+        format!("{expected:.2} s exp."),
+        secs / expected
+    );
     Ok(())
 }
 
@@ -327,10 +365,15 @@ fn mirror_vs_cp(cfg: &BenchConfig) -> anyhow::Result<()> {
         let secs = runtime.block_on(async {
             let export = std::sync::Arc::new(crate::nbd::Export::open("bench", &src, true)?);
             let dest = std::sync::Arc::new(crate::nbd::Export::open("bench", &dst, false)?);
-            let server = crate::nbd::DiscServer::start(
+            // As a migration's destination serves its mirror connection.
+            let server = crate::nbd::DiscServer::start_with(
                 dest,
                 "127.0.0.1:0".parse()?,
                 crate::acl::Acl::parse(&["127.0.0.1"])?,
+                crate::nbd::server::ServeOptions {
+                    write_behind: true,
+                    ..Default::default()
+                },
             )
             .await?;
             let started = Instant::now();

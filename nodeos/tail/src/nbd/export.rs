@@ -323,6 +323,22 @@ impl Export {
         Ok(())
     }
 
+    /// Starts writeback of `[offset, offset+length)` without waiting for
+    /// it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a later FLUSH
+    /// has less left to do. Best effort: errors surface at the FLUSH.
+    pub fn write_behind(&self, offset: u64, length: u64) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe {
+            nix::libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as i64,
+                length as i64,
+                nix::libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+
     /// Makes every completed write durable.
     pub fn flush(&self) -> Result<(), ExportError> {
         if self.read_only {

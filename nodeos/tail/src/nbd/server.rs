@@ -93,6 +93,11 @@ pub struct ServeOptions {
     /// Accept `NBD_CMD_BIGV_HANDOVER` and pass it here (a migration
     /// destination's mirror listener). Without it the command is refused.
     pub handover: Option<mpsc::Sender<HandoverRequest>>,
+    /// Start writing each large WRITE back to the disc as soon as it is
+    /// in (`sync_file_range`), instead of leaving it all to the final
+    /// FLUSH: a migration destination, whose FLUSH comes while the
+    /// source's clients are paused.
+    pub write_behind: bool,
 }
 
 struct Shared {
@@ -475,7 +480,8 @@ async fn transmission(
                 .check_write(request.offset, u64::from(request.length))
                 .is_ok()
         {
-            match spliced_write(&export, &mut read, &mut pipe, request, &cancel).await {
+            let behind = shared.options.write_behind;
+            match spliced_write(&export, &mut read, &mut pipe, request, behind, &cancel).await {
                 Spliced::NotTaken => {}
                 Spliced::Stop(r) => break r,
                 Spliced::Done(errno) => {
@@ -571,6 +577,7 @@ async fn spliced_write(
     read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     pipe: &mut Option<super::splice::Pipe>,
     request: Request,
+    write_behind: bool,
     cancel: &CancellationToken,
 ) -> Spliced {
     use std::os::fd::AsFd;
@@ -612,6 +619,9 @@ async fn spliced_write(
     let offset = request.offset;
     let mut job = tokio::task::spawn_blocking(move || {
         let r = super::splice::receive(&sock, &the_pipe, &e, offset, &head, length, &flag);
+        if write_behind && r.is_ok() {
+            e.write_behind(offset, length as u64);
+        }
         (the_pipe, r)
     });
     // Never leave the thread writing after the connection is gone: a
