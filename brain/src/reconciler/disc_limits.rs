@@ -84,17 +84,18 @@ mod tests {
         );
         // The pool's IOPS, then the disc's, win over the grade's.
         assert_eq!(
-            disc_limits(&disc("sata", None), Some(&pool("sata", Some(50))))
-                .and_then(|l| l.iops),
+            disc_limits(&disc("sata", None), Some(&pool("sata", Some(50)))).and_then(|l| l.iops),
             Some(50)
         );
         assert_eq!(
-            disc_limits(&disc("sata", Some(7)), Some(&pool("sata", Some(50))))
-                .and_then(|l| l.iops),
+            disc_limits(&disc("sata", Some(7)), Some(&pool("sata", Some(50)))).and_then(|l| l.iops),
             Some(7)
         );
         // A grade without figures is unlimited unless an override says so.
-        assert_eq!(disc_limits(&disc("ram", None), Some(&pool("ram", None))), None);
+        assert_eq!(
+            disc_limits(&disc("ram", None), Some(&pool("ram", None))),
+            None
+        );
         assert_eq!(
             disc_limits(&disc("ram", Some(9)), Some(&pool("ram", None))),
             Some(DiscLimits {

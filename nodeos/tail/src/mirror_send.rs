@@ -184,7 +184,10 @@ impl Sender {
         let mut credits = self.window;
         for (i, job) in jobs.into_iter().enumerate() {
             while credits == 0 {
-                match self.credits.recv_timeout(Duration::from_millis(POLL_MS as u64)) {
+                match self
+                    .credits
+                    .recv_timeout(Duration::from_millis(POLL_MS as u64))
+                {
                     Ok(()) => credits += 1,
                     Err(std_mpsc::RecvTimeoutError::Timeout) => self.check_stop()?,
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => {

@@ -12,8 +12,12 @@ use common::*;
 /// Runs `qemu-img bench` (`-w` for writes) and returns its wall time.
 async fn bench(url: &str, count: u64, size: u64, write: bool) -> Duration {
     let mut cmd = tokio::process::Command::new("qemu-img");
-    cmd.args(["bench", "-f", "raw", "-d", "4"])
-        .args(["-c", &count.to_string(), "-s", &size.to_string()]);
+    cmd.args(["bench", "-f", "raw", "-d", "4"]).args([
+        "-c",
+        &count.to_string(),
+        "-s",
+        &size.to_string(),
+    ]);
     if write {
         cmd.arg("-w");
     }
@@ -64,7 +68,10 @@ async fn a_limited_disc_is_held_near_its_rates_and_an_unlimited_one_is_not() {
         limited >= expected.mul_f64(0.8),
         "40 MiB at 8 MiB/s took {limited:?}, expected about {expected:?}"
     );
-    assert!(limited <= expected * 4, "40 MiB at 8 MiB/s took {limited:?}");
+    assert!(
+        limited <= expected * 4,
+        "40 MiB at 8 MiB/s took {limited:?}"
+    );
 
     // Unlimited, the same runs go much faster than the limits allowed.
     server.set_limits(None);

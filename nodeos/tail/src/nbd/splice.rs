@@ -60,7 +60,8 @@ impl Pipe {
         // SAFETY: pipe2 succeeded, so both are open descriptors we own.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: plain fcntl on a descriptor we own.
-        let got = unsafe { nix::libc::fcntl(write.as_raw_fd(), nix::libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let got =
+            unsafe { nix::libc::fcntl(write.as_raw_fd(), nix::libc::F_SETPIPE_SZ, PIPE_SIZE) };
         let size = if got > 0 { got as usize } else { 64 << 10 };
         Ok(Pipe { read, write, size })
     }
