@@ -189,6 +189,11 @@ async fn migration_under_writes_hands_over_exact_content_and_allocation() {
                     if n % 7 == 3 {
                         cmds.push(format!("discard {} 64k", blk * BLOCK));
                         ops.push((blk, 0u8));
+                    } else if n % 5 == 1 && blk + 4 <= SIZE / BLOCK {
+                        // 256 KiB: the server's splice path.
+                        let pattern = (n % 200 + 20) as u8;
+                        cmds.push(format!("write -P {pattern} {} 256k", blk * BLOCK));
+                        ops.extend((blk..blk + 4).map(|b| (b, pattern)));
                     } else {
                         let pattern = (n % 200 + 20) as u8;
                         cmds.push(format!("write -P {pattern} {} 64k", blk * BLOCK));

@@ -569,7 +569,7 @@ enum Spliced {
 }
 
 /// A large WRITE's payload, socket → file with `splice` (see
-/// [`super::splice`]), under the I/O gate, on a blocking thread. The
+/// [`super::splice`], which takes the I/O gate), on a blocking thread. The
 /// connection waits for it: a request's payload is the next bytes on the
 /// socket anyway.
 async fn spliced_write(
@@ -582,10 +582,6 @@ async fn spliced_write(
 ) -> Spliced {
     use std::os::fd::AsFd;
     use tokio::io::AsyncBufRead;
-    let gate = tokio::select! {
-        g = export.gate.read() => g,
-        _ = cancel.cancelled() => return Spliced::Stop(Ok(())),
-    };
     if export.is_fenced() {
         return Spliced::NotTaken;
     }
@@ -636,12 +632,12 @@ async fn spliced_write(
     let done = match joined {
         Ok((p, Ok(()))) => {
             *pipe = Some(p);
-            export.written(offset, length as u64);
             Spliced::Done(0)
         }
+        // Handed over mid-payload: no answer, and this copy is done with.
+        Ok((_, Err(super::splice::SpliceError::Fenced))) => Spliced::Stop(Ok(())),
         Ok((p, Err(super::splice::SpliceError::File(source)))) => {
             *pipe = Some(p);
-            export.written(offset, length as u64);
             let err = ExportError::Io {
                 op: "write",
                 offset,
@@ -667,7 +663,6 @@ async fn spliced_write(
             source: std::io::Error::other(join.to_string()),
         })),
     };
-    drop(gate);
     done
 }
 

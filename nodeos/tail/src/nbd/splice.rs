@@ -34,6 +34,10 @@ pub enum SpliceError {
     /// so the connection carries on and the client gets the error.
     #[error("writing a spliced WRITE payload")]
     File(#[source] std::io::Error),
+    /// The disc was handed over meanwhile: nothing more lands here, the
+    /// write is not answered (the client resends it to the new server).
+    #[error("the disc was handed over")]
+    Fenced,
 }
 
 /// A connection's pipe, made on first use and dropped after an error
@@ -93,8 +97,13 @@ fn wait_readable(fd: RawFd, stop: &AtomicBool) -> std::io::Result<()> {
 
 /// Writes a WRITE payload of `length` bytes at `offset`: `head` (its
 /// start, already read from the socket) then the rest straight from
-/// `sock`. The caller has checked the range and holds the I/O gate. On a file error the
-/// rest of the payload is read and discarded, so the stream stays in step.
+/// `sock`. The caller has checked the range. On a file error the rest of
+/// the payload is read and discarded, so the stream stays in step.
+///
+/// The export's I/O gate is held (shared) around each write into the file
+/// and the blocks are marked for a mirror there, not while waiting for
+/// the socket: a client slow to send its payload cannot hold up a
+/// mirror's pause.
 pub fn receive(
     sock: &OwnedFd,
     pipe: &Pipe,
@@ -108,7 +117,17 @@ pub fn receive(
     let sock = sock.as_raw_fd();
     let file = export.file().as_raw_fd();
     // What the connection's reader had already buffered, the ordinary way.
-    let mut failed: Option<std::io::Error> = export.file().write_all_at(head, offset).err();
+    let mut failed: Option<std::io::Error> = {
+        let _gate = export.gate.blocking_read();
+        if export.is_fenced() {
+            return Err(SpliceError::Fenced);
+        }
+        let r = export.file().write_all_at(head, offset).err();
+        // Marked after the write, as Export::write does: a mirror pass
+        // that takes the mark copies the new bytes.
+        export.written(offset, head.len() as u64);
+        r
+    };
     let mut off = (offset + head.len() as u64) as nix::libc::loff_t;
     let mut left = length - head.len();
     let mut in_pipe = 0usize;
@@ -160,6 +179,11 @@ pub fn receive(
             in_pipe -= n as usize;
             continue;
         }
+        let gate = export.gate.blocking_read();
+        if export.is_fenced() {
+            return Err(SpliceError::Fenced);
+        }
+        let at = off as u64;
         // SAFETY: valid descriptors; `off` is a valid pointer the kernel
         // advances.
         let n = unsafe {
@@ -172,6 +196,8 @@ pub fn receive(
                 nix::libc::SPLICE_F_MOVE,
             )
         };
+        export.written(at, in_pipe as u64);
+        drop(gate);
         if n > 0 {
             in_pipe -= n as usize;
             continue;
