@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::resource::{Resource, ResourceName};
 
-/// The protocol version this build speaks. 2 added `log` frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. 2 added `log` frames, 3 the
+/// disc's `limits` (the brain orders them only to nodes speaking 3).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build's brain still accepts (a version 1 node
 /// simply never sends `log` frames).
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

@@ -22,6 +22,22 @@ pub const GRADE_LIMITS: &[(&str, u64, u64)] = &[
     ("ssd", 10_000, 400),
 ];
 
+/// The spine version that added `disc.limits`: an older tail would refuse
+/// an order carrying them (values reject unknown fields), so it gets none.
+pub const LIMITS_SINCE: u32 = 3;
+
+/// [`disc_limits`] for a disc on a tail speaking `protocol_version`.
+pub fn disc_limits_for(
+    protocol_version: u32,
+    disc: &Disc,
+    pool: Option<&Pool>,
+) -> Option<DiscLimits> {
+    if protocol_version < LIMITS_SINCE {
+        return None;
+    }
+    disc_limits(disc, pool)
+}
+
 /// The limits a disc is served with, in `pool` (its grade's, with the
 /// pool's and then the disc's own IOPS override); `None` when unlimited.
 pub fn disc_limits(disc: &Disc, pool: Option<&Pool>) -> Option<DiscLimits> {
@@ -90,6 +106,15 @@ mod tests {
         assert_eq!(
             disc_limits(&disc("sata", Some(7)), Some(&pool("sata", Some(50)))).and_then(|l| l.iops),
             Some(7)
+        );
+        // A tail that predates limits is not sent any.
+        assert_eq!(
+            disc_limits_for(2, &disc("sata", None), Some(&pool("sata", None))),
+            None
+        );
+        assert_eq!(
+            disc_limits_for(3, &disc("sata", None), Some(&pool("sata", None))),
+            sata
         );
         // A grade without figures is unlimited unless an override says so.
         assert_eq!(

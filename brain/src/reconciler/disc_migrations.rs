@@ -272,7 +272,12 @@ fn create_destination(
         .pools
         .values()
         .find(|pl| pl.node_id == dest_tail && pl.name == pool_name);
-    let limits = super::disc_limits::disc_limits(disc, dest_pool);
+    let version = p
+        .snap
+        .nodes
+        .get(dest_tail)
+        .map_or(0, |n| n.info.protocol_version);
+    let limits = super::disc_limits::disc_limits_for(version, disc, dest_pool);
     let spec = DiscSpec {
         size: disc.size,
         storage_pool: pool_name,

@@ -175,6 +175,11 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     let (pool_label, address) = (disc.storage_pool.as_deref()?, disc.address.as_deref()?);
     let pool = p.pool(pool_label)?;
     let (tail, found) = reported(p, disc)?;
+    let version = p
+        .snap
+        .nodes
+        .get(tail)
+        .map_or(0, |n| n.info.protocol_version);
     let acl = desired_acl(p, disc);
     // Never overwrite a disc under a running VM (the API only reimages
     // stopped ones; this makes sure).
@@ -201,7 +206,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
             access_control_list: acl,
             address: address.to_owned(),
             template: disc.template.clone().filter(|_| !vm_running),
-            limits: super::disc_limits::disc_limits(disc, Some(pool)),
+            limits: super::disc_limits::disc_limits_for(version, disc, Some(pool)),
             ..DiscSpec::default()
         };
         tracing::info!(disc = id.0, %tail, pool = %pool_label, size_mib = disc.size, "creating disc");
@@ -224,7 +229,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // A migration in progress rides on every order (without it, the tail
     // would cancel the copy); one that ended is taken off.
     let migrate_to = p.disc_moves.get(&id);
-    let limits = super::disc_limits::disc_limits(disc, Some(pool));
+    let limits = super::disc_limits::disc_limits_for(version, disc, Some(pool));
     let steady = !grow
         && acl_ok
         && template == spec.template.as_ref()
