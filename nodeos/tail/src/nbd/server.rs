@@ -629,7 +629,7 @@ async fn spliced_write(
             (&mut job).await
         }
     };
-    let done = match joined {
+    match joined {
         Ok((p, Ok(()))) => {
             *pipe = Some(p);
             Spliced::Done(0)
@@ -662,8 +662,7 @@ async fn spliced_write(
             during: "a spliced WRITE",
             source: std::io::Error::other(join.to_string()),
         })),
-    };
-    done
+    }
 }
 
 async fn write_replies(
