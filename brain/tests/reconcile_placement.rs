@@ -13,7 +13,7 @@ use bigv_brain::clock::Clock;
 use bigv_brain::model::{
     Admission, DbError, DiscId, Operation, OperationId, OperationKind, OperationState, Role, VmId,
 };
-use bigv_spine::resource::TemplateCopy;
+use bigv_spine::resource::{DiscLimits, TemplateCopy};
 use common::*;
 use reconcile_support::*;
 
@@ -194,6 +194,39 @@ async fn a_disc_resize_reaches_its_tail_without_restarting_the_vm() {
         sim(&fleet, &head).vms()[&id.0.to_string()].started_at,
         started
     );
+}
+
+#[tokio::test]
+async fn discs_are_ordered_with_their_grades_limits_and_an_iops_override_follows() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 1);
+    joined(&tb, &fleet).await;
+    let id = create_vm(&tb, NewVm::running("web1")).await;
+    wait_running(&tb, &fleet, id, 10).await;
+    let disc = discs(&tb, id).remove(0);
+    // The test fleet's pools are sata: the grade's rates.
+    let (_, on_tail) = disc_on_tails(&fleet, &disc).unwrap();
+    assert_eq!(
+        on_tail.limits,
+        Some(DiscLimits {
+            iops: Some(500),
+            mib_per_second: Some(100)
+        })
+    );
+    // An admin's iops_limit on the disc reaches the tail, bandwidth kept.
+    update_disc(&tb, disc.id, |d| d.iops_limit = Some(50)).await;
+    eventually("the tail to hold the new limit", 10, || {
+        let limits = disc_on_tails(&fleet, &disc).and_then(|(_, spec)| spec.limits);
+        async move {
+            (limits
+                == Some(DiscLimits {
+                    iops: Some(50),
+                    mib_per_second: Some(100),
+                }))
+            .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::resource::{Resource, ResourceName};
 
 /// The protocol version this build speaks. 2 added `log` frames; 3 the
-/// `backups` member of discs (sent only to nodes of version 3 or later:
-/// the brain orders no backups on an older tail).
+/// disc's `backups` and `limits` members (sent only to nodes speaking 3:
+/// the brain orders neither backups nor limits on an older tail).
 pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build's brain still accepts (a version 1 node
 /// simply never sends `log` frames).

@@ -486,6 +486,24 @@ pub struct DiscSpec {
     /// Backups and restores (protocol 3); see `backup.rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<crate::backup::DiscBackups>,
+    /// I/O limits the tail enforces on the disc's clients; none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<DiscLimits>,
+}
+
+/// Per-disc I/O limits (the storage grade's guaranteed rates, set by the
+/// brain). Enforced by the tail's NBD server for the disc's clients, by
+/// making requests wait, never by failing them; a mirror's copy is not
+/// limited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscLimits {
+    /// Requests per second (READ, WRITE, TRIM, WRITE_ZEROES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
+    /// READ and WRITE data, MiB per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mib_per_second: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -268,6 +268,7 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
                 migrate_to,
                 incoming,
                 backups,
+                limits: None,
             },
         )
 }

@@ -267,6 +267,17 @@ fn create_destination(
     if !p.may_order(dest_tail, &name) {
         return;
     }
+    let dest_pool = p
+        .model
+        .pools
+        .values()
+        .find(|pl| pl.node_id == dest_tail && pl.name == pool_name);
+    let version = p
+        .snap
+        .nodes
+        .get(dest_tail)
+        .map_or(0, |n| n.info.protocol_version);
+    let limits = super::disc_limits::disc_limits_for(version, disc, dest_pool);
     let spec = DiscSpec {
         size: disc.size,
         storage_pool: pool_name,
@@ -279,6 +290,7 @@ fn create_destination(
             from: from.to_owned(),
             endpoint: None,
         }),
+        limits,
         ..DiscSpec::default()
     };
     let Ok(resource) = Resource::new(name, bigv_spine::ResourceValue::Disc(spec)) else {

@@ -177,6 +177,11 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     let (pool_label, address) = (disc.storage_pool.as_deref()?, disc.address.as_deref()?);
     let pool = p.pool(pool_label)?;
     let (tail, found) = reported(p, disc)?;
+    let version = p
+        .snap
+        .nodes
+        .get(tail)
+        .map_or(0, |n| n.info.protocol_version);
     let acl = desired_acl(p, disc);
     // Never overwrite a disc under a running VM (the API only reimages
     // stopped ones; this makes sure).
@@ -203,6 +208,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
             access_control_list: acl,
             address: address.to_owned(),
             template: disc.template.clone().filter(|_| !vm_running),
+            limits: super::disc_limits::disc_limits_for(version, disc, Some(pool)),
             ..DiscSpec::default()
         };
         tracing::info!(disc = id.0, %tail, pool = %pool_label, size_mib = disc.size, "creating disc");
@@ -228,11 +234,13 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
     // No restore under a running server, nor under a mirror's copy.
     let hold_restore = vm_running || migrating(p, id);
     let backups = wanted_backups(p, disc, tail, hold_restore);
+    let limits = super::disc_limits::disc_limits_for(version, disc, Some(pool));
     let steady = !grow
         && acl_ok
         && template == spec.template.as_ref()
         && migrate_to == spec.migrate_to.as_ref()
-        && crate::backups::same_order(backups.as_ref(), spec.backups.as_ref());
+        && crate::backups::same_order(backups.as_ref(), spec.backups.as_ref())
+        && limits == spec.limits;
     if steady || !p.may_order(tail, &found.name) {
         return None;
     }
@@ -245,6 +253,7 @@ fn decide(p: &Pass<'_>, id: DiscId) -> Option<(String, Action, u64)> {
         template: template.cloned(),
         migrate_to: migrate_to.cloned(),
         backups,
+        limits,
         ..DiscSpec::default()
     };
     tracing::info!(disc = id.0, %tail, size_mib = wanted.size, acl = ?wanted.access_control_list, template = ?wanted.template.as_ref().map(|t| t.seq), "updating disc");

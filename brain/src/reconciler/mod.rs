@@ -28,6 +28,7 @@
 //! - `orders.rs`: orders, in-flight tracking and retry backoff.
 //! - `scale.rs` (tests): passes at benchmark size.
 
+mod disc_limits;
 mod disc_migrations;
 mod discs;
 mod fencing;

@@ -213,6 +213,7 @@ fn converged() -> (Model, Snapshot) {
             access_control_list: vec![address(head)],
             address: storage_address(DiscId(v)),
             allocated: Some(0),
+            limits: super::disc_limits::disc_limits_for(1, &disc, None),
             ..DiscSpec::default()
         };
         let head_snap = snap.nodes.get_mut(&head_id(head)).expect("head");

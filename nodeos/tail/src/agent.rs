@@ -380,6 +380,7 @@ impl TailAgent {
         let server = DiscServer::start(state.export.clone(), listen, acl)
             .await
             .map_err(|e| failed(name, "listening", &e))?;
+        server.set_limits(state.spec.limits);
         state.server = Some(server);
         Ok(())
     }
@@ -423,7 +424,10 @@ impl TailAgent {
             state.export.clone(),
             listen,
             acl,
-            ServeOptions { handover: Some(tx) },
+            ServeOptions {
+                handover: Some(tx),
+                write_behind: true,
+            },
         )
         .await
         .map_err(|e| failed(name, "listening for the mirror", &e))?;
@@ -801,6 +805,7 @@ impl TailAgent {
             }
             if let Some(server) = &state.server {
                 server.set_acl(new_acl);
+                server.set_limits(new.limits);
             }
             if let Some(order) = new.migrate_to.clone()
                 && state.mirror.is_none()

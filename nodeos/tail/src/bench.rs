@@ -140,13 +140,24 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn start(peer: Peer, cfg: &BenchConfig, file: &Path) -> anyhow::Result<Server> {
+    start_with(peer, cfg, file, &[])
+}
+
+/// [`start`], with extra arguments for our `serve` (limits).
+fn start_with(
+    peer: Peer,
+    cfg: &BenchConfig,
+    file: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
     let port = free_port()?;
     let path = file.to_str().context("file path is not UTF-8")?;
     let mut cmd = match peer {
         Peer::Ours => {
             let mut c = Command::new(&cfg.ours);
             c.args(["serve", path, "--name", "bench", "--allow", "127.0.0.1"])
-                .args(["--listen", &format!("127.0.0.1:{port}")]);
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(extra);
             c
         }
         Peer::QemuNbd => {
@@ -288,8 +299,35 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
         results.push(row);
     }
     print!("{}", table(&peers, &results));
+    limited(cfg, &file)?;
     let _ = std::fs::remove_file(&file);
     mirror_vs_cp(cfg)?;
+    Ok(())
+}
+
+/// Our server with a disc limit of 2000 IOPS: how close a client at
+/// depth 32 is held to it (the first second's worth is the burst).
+fn limited(cfg: &BenchConfig, file: &Path) -> anyhow::Result<()> {
+    const IOPS: u64 = 2000;
+    let w = Workload {
+        name: "4 KiB random read, depth 32, capped",
+        write: false,
+        block: 4096,
+        step: Some((1 << 20) + 4096),
+        depth: 32,
+        count: 5 * IOPS,
+    };
+    let server = start_with(Peer::Ours, cfg, file, &["--iops", &IOPS.to_string()])?;
+    let secs = qemu_img_bench(server.port, &w)?;
+    drop(server);
+    let expected = (w.count - IOPS) as f64 / IOPS as f64;
+    println!(
+        "{:<34} {:>14} {:>14} {:>13.2}x",
+        format!("4 KiB read d32, {IOPS} IOPS cap"),
+        format!("{secs:.2} s"),
+        format!("{expected:.2} s exp."),
+        secs / expected
+    );
     Ok(())
 }
 
@@ -315,6 +353,11 @@ fn mirror_vs_cp(cfg: &BenchConfig) -> anyhow::Result<()> {
         .build()?;
     let mut best_mirror = f64::MAX;
     let mut best_cp = f64::MAX;
+    // CPU seconds per copy (least of the runs): ours is the whole process
+    // (both ends of the mirror), cp's is cp + sync. Less at the mercy of
+    // other load on the machine than the wall time.
+    let mut cpu_mirror = f64::MAX;
+    let mut cpu_cp = f64::MAX;
     for _ in 0..cfg.runs.max(1) {
         let dst = cfg.dir.join("mirror-dst.raw");
         let _ = std::fs::remove_file(&dst);
@@ -322,21 +365,29 @@ fn mirror_vs_cp(cfg: &BenchConfig) -> anyhow::Result<()> {
         let secs = runtime.block_on(async {
             let export = std::sync::Arc::new(crate::nbd::Export::open("bench", &src, true)?);
             let dest = std::sync::Arc::new(crate::nbd::Export::open("bench", &dst, false)?);
-            let server = crate::nbd::DiscServer::start(
+            // As a migration's destination serves its mirror connection.
+            let server = crate::nbd::DiscServer::start_with(
                 dest,
                 "127.0.0.1:0".parse()?,
                 crate::acl::Acl::parse(&["127.0.0.1"])?,
+                crate::nbd::server::ServeOptions {
+                    write_behind: true,
+                    ..Default::default()
+                },
             )
             .await?;
             let started = Instant::now();
+            let cpu = cpu_seconds(RUSAGE_SELF);
             crate::mirror::copy_once(&export, server.local_addr()).await?;
             let secs = started.elapsed().as_secs_f64();
+            cpu_mirror = cpu_mirror.min(cpu_seconds(RUSAGE_SELF) - cpu);
             server.stop().await;
             anyhow::Ok(secs)
         })?;
         best_mirror = best_mirror.min(secs);
         let _ = std::fs::remove_file(&dst);
         let started = Instant::now();
+        let cpu = cpu_seconds(RUSAGE_CHILDREN);
         let ok = Command::new("cp")
             .args(["--sparse=always"])
             .arg(&src)
@@ -348,6 +399,7 @@ fn mirror_vs_cp(cfg: &BenchConfig) -> anyhow::Result<()> {
             bail!("cp --sparse=always failed");
         }
         best_cp = best_cp.min(started.elapsed().as_secs_f64());
+        cpu_cp = cpu_cp.min(cpu_seconds(RUSAGE_CHILDREN) - cpu);
         let _ = std::fs::remove_file(&dst);
     }
     let _ = std::fs::remove_file(&src);
@@ -363,7 +415,28 @@ fn mirror_vs_cp(cfg: &BenchConfig) -> anyhow::Result<()> {
         format!("{:.0} MiB/s", mib / best_cp),
         best_cp / best_mirror
     );
+    println!(
+        "{:<34} {:>14} {:>14} {:>13.2}x",
+        "  CPU time per copy",
+        format!("{:.0} ms", cpu_mirror * 1000.0),
+        format!("{:.0} ms", cpu_cp * 1000.0),
+        cpu_cp / cpu_mirror
+    );
     Ok(())
+}
+
+const RUSAGE_SELF: i32 = nix::libc::RUSAGE_SELF;
+const RUSAGE_CHILDREN: i32 = nix::libc::RUSAGE_CHILDREN;
+
+/// User + system CPU seconds of this process (all threads) or of its
+/// waited-for children.
+fn cpu_seconds(who: i32) -> f64 {
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut ru: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage for the call to fill.
+    unsafe { nix::libc::getrusage(who, &mut ru) };
+    let secs = |t: nix::libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 fn table(peers: &[Peer], results: &[Vec<Cell>]) -> String {

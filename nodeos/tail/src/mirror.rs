@@ -274,58 +274,10 @@ async fn copy_range(
     if pos < end {
         pieces.push((pos, end - pos, false));
     }
-    // A reader thread reads ahead while this task sends: disc reads and
-    // network writes overlap.
-    let (tx, mut rx) = mpsc::channel::<Result<(u64, u64, Option<Vec<u8>>), std::io::Error>>(4);
-    let e = export.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        for (off, len, is_data) in pieces {
-            let chunk = if is_data { CHUNK } else { 1 << 30 };
-            let mut at = off;
-            while at < off + len {
-                let n = (off + len - at).min(chunk);
-                let item = if is_data {
-                    let mut buf = vec![0u8; n as usize];
-                    e.read(at, &mut buf)
-                        .map(|()| (at, n, Some(buf)))
-                        .map_err(std::io::Error::other)
-                } else {
-                    Ok((at, n, None))
-                };
-                let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
-                    return;
-                }
-                at += n;
-            }
-        }
-    });
-    while let Some(item) = rx.recv().await {
-        let (at, n, data) = item.map_err(MirrorError::Local)?;
-        while client.in_flight() >= WINDOW {
-            client.complete().await.map_err(MirrorError::Destination)?;
-        }
-        match data {
-            Some(buf) => {
-                client
-                    .submit(Command::Write, 0, at, n as u32, Some(&buf))
-                    .await
-                    .map_err(MirrorError::Destination)?;
-                progress.update(|p| p.bytes_done += n);
-            }
-            None => {
-                client
-                    .submit(Command::WriteZeroes, 0, at, n as u32, None)
-                    .await
-                    .map_err(MirrorError::Destination)?;
-            }
-        }
-    }
-    reader.await.expect("mirror reader panicked");
-    while client.in_flight() > 0 {
-        client.complete().await.map_err(MirrorError::Destination)?;
-    }
-    Ok(())
+    crate::mirror_send::send_pieces(export, client, &pieces, CHUNK, WINDOW, |n| {
+        progress.update(|p| p.bytes_done += n)
+    })
+    .await
 }
 
 /// One full pass of the mirror's copy, from `export` to the NBD server at

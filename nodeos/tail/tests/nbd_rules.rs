@@ -229,7 +229,10 @@ async fn handover_is_only_accepted_where_a_mirror_is_expected() {
         export,
         "127.0.0.1:0".parse().unwrap(),
         Acl::parse(&[HEAD_A]).unwrap(),
-        ServeOptions { handover: Some(tx) },
+        ServeOptions {
+            handover: Some(tx),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

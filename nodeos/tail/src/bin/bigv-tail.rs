@@ -98,6 +98,12 @@ enum Cmd {
         name: String,
         #[arg(long)]
         read_only: bool,
+        /// Hold clients to this many requests per second.
+        #[arg(long)]
+        iops: Option<u64>,
+        /// Hold clients to this many MiB/s of data.
+        #[arg(long)]
+        mib_per_second: Option<u64>,
     },
 }
 
@@ -173,7 +179,17 @@ fn main() -> anyhow::Result<()> {
                 allow,
                 name,
                 read_only,
-            } => serve(file, listen, allow, name, read_only).await,
+                iops,
+                mib_per_second,
+            } => {
+                let limits = (iops.is_some() || mib_per_second.is_some()).then_some(
+                    bigv_spine::resource::DiscLimits {
+                        iops,
+                        mib_per_second,
+                    },
+                );
+                serve(file, listen, allow, name, read_only, limits).await
+            }
         }
     })
 }
@@ -219,11 +235,13 @@ async fn serve(
     allow: Vec<IpAddr>,
     name: String,
     read_only: bool,
+    limits: Option<bigv_spine::resource::DiscLimits>,
 ) -> anyhow::Result<()> {
     let export = Export::open(name, &file, read_only)
         .with_context(|| format!("opening {}", file.display()))?;
     let server =
         DiscServer::start(Arc::new(export), listen, allow.into_iter().collect::<Acl>()).await?;
+    server.set_limits(limits);
     println!("listening on {}", server.local_addr());
     tokio::signal::ctrl_c().await.context("waiting for ^C")?;
     server.stop().await;

@@ -253,6 +253,28 @@ impl NbdClient {
         Ok((cookie, None))
     }
 
+    /// The connection's socket, for a sender that writes requests itself
+    /// (the mirror's `sendfile` path). Call [`NbdClient::push`] first and
+    /// submit nothing through this client while such a sender runs.
+    pub(crate) fn socket(&self) -> &TcpStream {
+        self.write.get_ref().as_ref()
+    }
+
+    /// Reads one simple reply header: its error value and cookie, without
+    /// looking the cookie up (requests sent through [`NbdClient::socket`]
+    /// are not in this client's queue). Not for READ replies.
+    pub(crate) async fn read_reply_head(&mut self) -> Result<(u32, u64), ClientError> {
+        let magic = self.read.read_u32().await.map_err(io("a reply"))?;
+        if magic != SIMPLE_REPLY_MAGIC {
+            return Err(ClientError::Protocol {
+                what: "reply magic",
+            });
+        }
+        let errno = self.read.read_u32().await.map_err(io("a reply"))?;
+        let cookie = self.read.read_u64().await.map_err(io("a reply"))?;
+        Ok((errno, cookie))
+    }
+
     pub async fn read(&mut self, offset: u64, length: u32) -> Result<Vec<u8>, ClientError> {
         self.submit(Command::Read, 0, offset, length, None).await?;
         Ok(self.complete().await?.1.unwrap_or_default())

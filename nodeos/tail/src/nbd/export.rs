@@ -296,6 +296,19 @@ impl Export {
         Ok(false)
     }
 
+    /// Whether a WRITE of `[offset, offset+length)` may go ahead (for a
+    /// payload written by other means than [`Export::write`], which then
+    /// calls [`Export::written`]).
+    pub fn check_write(&self, offset: u64, length: u64) -> Result<(), ExportError> {
+        self.check_writable("write")?;
+        self.check("write", offset, length)
+    }
+
+    /// Records a write done by other means (for a mirror's dirty map).
+    pub fn written(&self, offset: u64, length: u64) {
+        self.mark_dirty(offset, length);
+    }
+
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
         let len = data.len() as u64;
         self.check_writable("write")?;
@@ -308,6 +321,22 @@ impl Export {
         }
         self.mark_dirty(offset, len);
         Ok(())
+    }
+
+    /// Starts writeback of `[offset, offset+length)` without waiting for
+    /// it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so a later FLUSH
+    /// has less left to do. Best effort: errors surface at the FLUSH.
+    pub fn write_behind(&self, offset: u64, length: u64) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe {
+            nix::libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as i64,
+                length as i64,
+                nix::libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
 
     /// Makes every completed write durable.
@@ -355,7 +384,10 @@ impl Export {
     }
 
     fn punch(&self, offset: u64, length: u64) -> std::io::Result<()> {
-        if length == 0 {
+        if length == 0 || !self.has_data(offset, offset + length)? {
+            // Already a hole: punching would take the inode's lock and a
+            // journal transaction for nothing (a mirror's first pass sends
+            // a WRITE_ZEROES for every hole of the source).
             return Ok(());
         }
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
@@ -438,6 +470,16 @@ impl Export {
             pos = next;
         }
         Ok(out)
+    }
+
+    /// Whether any of `[offset, end)` is data (`SEEK_DATA`; unwritten
+    /// extents, which read as zeroes, count as holes).
+    fn has_data(&self, offset: u64, end: u64) -> std::io::Result<bool> {
+        match lseek(self.file.as_fd(), offset as i64, Whence::SeekData) {
+            Ok(d) => Ok((d as u64) < end),
+            Err(Errno::ENXIO) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether `pos` is in data, and where that run ends (capped at `end`).

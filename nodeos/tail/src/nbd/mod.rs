@@ -11,6 +11,7 @@ pub mod export;
 pub mod handshake;
 pub mod protocol;
 pub mod server;
+pub mod splice;
 
 pub use client::{ClientError, NbdClient};
 pub use export::{Export, ExportError};

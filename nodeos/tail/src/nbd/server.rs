@@ -93,6 +93,11 @@ pub struct ServeOptions {
     /// Accept `NBD_CMD_BIGV_HANDOVER` and pass it here (a migration
     /// destination's mirror listener). Without it the command is refused.
     pub handover: Option<mpsc::Sender<HandoverRequest>>,
+    /// Start writing each large WRITE back to the disc as soon as it is
+    /// in (`sync_file_range`), instead of leaving it all to the final
+    /// FLUSH: a migration destination, whose FLUSH comes while the
+    /// source's clients are paused.
+    pub write_behind: bool,
 }
 
 struct Shared {
@@ -103,6 +108,8 @@ struct Shared {
     /// heads (a live migration's handover).
     active: Mutex<Vec<Active>>,
     next_conn: AtomicU64,
+    /// The disc's IOPS and bandwidth limits, shared by its connections.
+    limiter: crate::limits::Limiter,
 }
 
 /// A disc being served. Dropping it without [`DiscServer::stop`] leaves
@@ -147,6 +154,7 @@ impl DiscServer {
             acl: Mutex::new(acl),
             active: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
+            limiter: crate::limits::Limiter::default(),
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -187,6 +195,15 @@ impl DiscServer {
             a.cancel.cancel();
         }
         *self.shared.acl.lock().expect("acl poisoned") = acl;
+    }
+
+    /// Sets (or lifts, with `None`) the disc's IOPS and bandwidth limits;
+    /// they apply at once to requests not yet admitted.
+    pub fn set_limits(&self, limits: Option<bigv_spine::resource::DiscLimits>) {
+        if self.shared.limiter.limits() != limits {
+            tracing::info!(disc = self.shared.export.name(), ?limits, "I/O limits");
+            self.shared.limiter.set(limits);
+        }
     }
 
     /// The address of the connected client admitted last, if any.
@@ -406,6 +423,7 @@ async fn transmission(
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let budget = Arc::new(Semaphore::new(BUFFER_BUDGET_KIB as usize));
     let mut handlers = JoinSet::new();
+    let mut pipe: Option<super::splice::Pipe> = None;
 
     let result = loop {
         let permit = tokio::select! {
@@ -432,6 +450,22 @@ async fn transmission(
             Ok(r) => r,
             Err(e) => break Err(ConnError::Protocol(e)),
         };
+        // The disc's limits: the request waits here, and nothing more is
+        // read from this client meanwhile.
+        let cost = match request.command {
+            Command::Read | Command::Write => Some(u64::from(request.length)),
+            Command::Trim | Command::WriteZeroes => Some(0),
+            _ => None,
+        };
+        if let Some(bytes) = cost {
+            let wait = shared.limiter.take(bytes);
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => break Ok(()),
+                }
+            }
+        }
         let kib = match request.command {
             Command::Read | Command::Write => request.length.min(MAX_PAYLOAD).div_ceil(1024).max(1),
             _ => 0,
@@ -440,6 +474,46 @@ async fn transmission(
             p = budget.clone().acquire_many_owned(kib) => p.expect("semaphore never closed"),
             _ = cancel.cancelled() => break Ok(()),
         };
+        if request.command == Command::Write
+            && request.length >= super::splice::SPLICE_MIN
+            && export
+                .check_write(request.offset, u64::from(request.length))
+                .is_ok()
+        {
+            let behind = shared.options.write_behind;
+            match spliced_write(&export, &mut read, &mut pipe, request, behind, &cancel).await {
+                Spliced::NotTaken => {}
+                Spliced::Stop(r) => break r,
+                Spliced::Done(errno) => {
+                    let (export, tx) = (export.clone(), tx.clone());
+                    handlers.spawn(async move {
+                        let fua = request.flags & CMD_FLAG_FUA != 0;
+                        let mut errno = errno;
+                        if errno == 0 && fua {
+                            let e = export.clone();
+                            let flushed = tokio::task::spawn_blocking(move || e.flush()).await;
+                            errno = match flushed {
+                                Ok(Ok(())) => 0,
+                                Ok(Err(e)) => errno_of(&e) as u32,
+                                Err(_) => NbdErrno::Io as u32,
+                            };
+                        }
+                        let mut head = BytesMut::with_capacity(16);
+                        put_simple_reply(&mut head, request.cookie, errno);
+                        let _ = tx
+                            .send(Reply {
+                                head,
+                                data: None,
+                                budget: Some(buffers),
+                            })
+                            .await;
+                        drop(permit);
+                    });
+                    while handlers.try_join_next().is_some() {}
+                    continue;
+                }
+            }
+        }
         let payload = if request.command == Command::Write {
             let mut data = vec![0u8; request.length as usize];
             let got = tokio::select! {
@@ -483,6 +557,112 @@ async fn transmission(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+enum Spliced {
+    /// Not done (the disc is fenced): read the payload the ordinary way.
+    NotTaken,
+    /// Written (0) or failed with this error value; the payload is consumed.
+    Done(u32),
+    /// End the connection with this.
+    Stop(Result<(), ConnError>),
+}
+
+/// A large WRITE's payload, socket → file with `splice` (see
+/// [`super::splice`], which takes the I/O gate), on a blocking thread. The
+/// connection waits for it: a request's payload is the next bytes on the
+/// socket anyway.
+async fn spliced_write(
+    export: &Arc<Export>,
+    read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    pipe: &mut Option<super::splice::Pipe>,
+    request: Request,
+    write_behind: bool,
+    cancel: &CancellationToken,
+) -> Spliced {
+    use std::os::fd::AsFd;
+    use tokio::io::AsyncBufRead;
+    if export.is_fenced() {
+        return Spliced::NotTaken;
+    }
+    let length = request.length as usize;
+    let buffered = read.buffer().len().min(length);
+    let head = read.buffer()[..buffered].to_vec();
+    std::pin::Pin::new(&mut *read).consume(buffered);
+    let the_pipe = match pipe.take() {
+        Some(p) => p,
+        None => match super::splice::Pipe::new() {
+            Ok(p) => p,
+            Err(source) => {
+                return Spliced::Stop(Err(ConnError::Io {
+                    during: "making a pipe",
+                    source,
+                }));
+            }
+        },
+    };
+    let sock = match read.get_ref().as_ref().as_fd().try_clone_to_owned() {
+        Ok(s) => s,
+        Err(source) => {
+            return Spliced::Stop(Err(ConnError::Io {
+                during: "duplicating the socket",
+                source,
+            }));
+        }
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e, flag) = (export.clone(), stop.clone());
+    let offset = request.offset;
+    let mut job = tokio::task::spawn_blocking(move || {
+        let r = super::splice::receive(&sock, &the_pipe, &e, offset, &head, length, &flag);
+        if write_behind && r.is_ok() {
+            e.write_behind(offset, length as u64);
+        }
+        (the_pipe, r)
+    });
+    // Never leave the thread writing after the connection is gone: a
+    // replacing connection's writes must not be overtaken.
+    let joined = tokio::select! {
+        j = &mut job => j,
+        _ = cancel.cancelled() => {
+            stop.store(true, Ordering::Release);
+            (&mut job).await
+        }
+    };
+    match joined {
+        Ok((p, Ok(()))) => {
+            *pipe = Some(p);
+            Spliced::Done(0)
+        }
+        // Handed over mid-payload: no answer, and this copy is done with.
+        Ok((_, Err(super::splice::SpliceError::Fenced))) => Spliced::Stop(Ok(())),
+        Ok((p, Err(super::splice::SpliceError::File(source)))) => {
+            *pipe = Some(p);
+            let err = ExportError::Io {
+                op: "write",
+                offset,
+                length: length as u64,
+                path: export.path().to_owned(),
+                source,
+            };
+            tracing::warn!(disc = export.name(), error = %error_chain(&err), "I/O error");
+            Spliced::Done(errno_of(&err) as u32)
+        }
+        Ok((_, Err(super::splice::SpliceError::Socket(source)))) => {
+            if cancel.is_cancelled() {
+                Spliced::Stop(Ok(()))
+            } else {
+                Spliced::Stop(Err(ConnError::Io {
+                    during: "reading a WRITE payload",
+                    source,
+                }))
+            }
+        }
+        Err(join) => Spliced::Stop(Err(ConnError::Io {
+            during: "a spliced WRITE",
+            source: std::io::Error::other(join.to_string()),
+        })),
+    }
 }
 
 async fn write_replies(
