@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::resource::{Resource, ResourceName};
 
-/// The protocol version this build speaks. 2 added `log` frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this build speaks. 2 added `log` frames; 3 added
+/// `welcome.fence_timeout_secs`.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build's brain still accepts (a version 1 node
-/// simply never sends `log` frames).
+/// simply never sends `log` frames; nodes below 3 are not told the fence
+/// timeout, because their `welcome` rejects unknown fields).
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// An order's tag, chosen by the brain, echoed in the node's reply.
@@ -168,6 +170,12 @@ pub enum ToNode {
     Welcome {
         protocol_version: u32,
         brain_version: String,
+        /// Version 3: how long a head may go without hearing the brain
+        /// before it must kill every VM (the brain restarts them elsewhere
+        /// after this plus a margin). Absent: the node keeps its own
+        /// setting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence_timeout_secs: Option<u64>,
     },
     /// The node's protocol version is outside what the brain speaks; the
     /// brain closes after sending.
