@@ -312,12 +312,17 @@ async fn tail_scenario(cluster: &mut Cluster, admin: &Admin, id: &str, t: &mut T
         Some(id),
         "the check must find the pattern this boot wrote before the outage: {disc}"
     );
-    until("the tail back online", 120, &mut cluster.brain, async || {
-        admin
-            .node("/admin/tails", &tail_mac)
-            .await
-            .filter(|tl| tl["online"] == true)
-    })
+    until(
+        "the tail back online",
+        120,
+        &mut cluster.brain,
+        async || {
+            admin
+                .node("/admin/tails", &tail_mac)
+                .await
+                .filter(|tl| tl["online"] == true)
+        },
+    )
     .await;
     t.mark(row, "tail back");
     let head = &cluster.nodes[0].vm;
@@ -328,7 +333,10 @@ async fn tail_scenario(cluster: &mut Cluster, admin: &Admin, id: &str, t: &mut T
             l.contains("i/o error") || l.contains("disc fail") || l.contains("blk_update_request")
         })
         .collect();
-    assert!(errors.is_empty(), "I/O errors on the guest's console: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "I/O errors on the guest's console: {errors:#?}"
+    );
     assert_eq!(guest::boot_ids(head), [id], "the guest rebooted");
     eprintln!(
         "tail cable out {TAIL_OUT:?}: the disc check stalled, then {disc} {resumed_after:?} after the cable came back"
@@ -345,7 +353,8 @@ const MARGIN_SECS: u64 = 5;
 const CABLE_OUT: Duration = Duration::from_secs(45);
 
 #[test]
-fn head_cables_pulled_short_nothing_moves_past_the_fence_the_vm_moves_once_head_powered_off_it_moves_back() {
+fn head_cables_pulled_short_nothing_moves_past_the_fence_the_vm_moves_once_head_powered_off_it_moves_back()
+ {
     if !bigv_qemu_tests::slow_tests_enabled(
         "head_cables_pulled_short_nothing_moves_past_the_fence_the_vm_moves_once_head_powered_off_it_moves_back",
     ) {
@@ -509,12 +518,17 @@ async fn head_scenario(
         t.get(row, "head offline").is_some(),
         "the brain never saw the head go while its cable was out for {CABLE_OUT:?}"
     );
-    until("both heads back online", 120, &mut cluster.brain, async || {
-        let a = admin.node("/admin/heads", &first_mac).await?;
-        let b = admin.node("/admin/heads", &other_mac).await?;
-        (a["online"] == true && a["running_virtual_machines_count"] == 1 && b["online"] == true)
-            .then_some(())
-    })
+    until(
+        "both heads back online",
+        120,
+        &mut cluster.brain,
+        async || {
+            let a = admin.node("/admin/heads", &first_mac).await?;
+            let b = admin.node("/admin/heads", &other_mac).await?;
+            (a["online"] == true && a["running_virtual_machines_count"] == 1 && b["online"] == true)
+                .then_some(())
+        },
+    )
     .await;
     t.mark(row, "head back");
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -692,8 +706,7 @@ async fn long_cable_pull(
         moved_secs >= (FENCE_SECS + MARGIN_SECS) as f64,
         "the brain restarted the VM {moved_secs} s after the pull: before the fence timeout plus margin"
     );
-    let (_, boot2, disc2) =
-        wait_boot_on(cluster, &[other], 0, row, t, guest::GUEST_LIMIT).await;
+    let (_, boot2, disc2) = wait_boot_on(cluster, &[other], 0, row, t, guest::GUEST_LIMIT).await;
     let id2 = lines::boot_id(&boot2).unwrap().to_owned();
     assert_ne!(id1, id2, "a new boot on the other head");
     assert_eq!(
@@ -710,7 +723,8 @@ async fn long_cable_pull(
     );
     let tail = &cluster.nodes[2].vm;
     assert!(
-        tail.saw("peer removed from the access list") || tail.saw("refused: peer not in the access list"),
+        tail.saw("peer removed from the access list")
+            || tail.saw("refused: peer not in the access list"),
         "the tail neither dropped nor refused the old head when the disc's access list moved"
     );
 

@@ -626,6 +626,7 @@ impl HeadAgent {
             return Ok(());
         };
         tracing::info!(vm = %name, pid = vm.pid, "stopping VM (ordered)");
+        migration::settle(self, &vm).await;
         if let Err(e) = vm.qmp.quit().await {
             tracing::warn!(vm = %name, error = %e, "QMP quit failed; killing qemu");
             vm::kill(vm.pid);

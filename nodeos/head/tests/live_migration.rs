@@ -161,10 +161,29 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         order_timeout: Duration::from_secs(60),
         ..ServerConfig::default()
     };
-    let server = SpineServer::bind("127.0.0.1:0".parse().unwrap(), config)
+    let (server, mut events) = SpineServer::bind("127.0.0.1:0".parse().unwrap(), config)
         .await
-        .unwrap()
-        .0;
+        .unwrap();
+    // Every migration progress head A reports, as the brain would see it
+    // (the table alone may drop the last report: the VM is destroyed
+    // right after it).
+    let reported: Arc<std::sync::Mutex<Vec<VmMigrationProgress>>> = Arc::default();
+    {
+        let reported = reported.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let bigv_spine::SpineEvent::Updated {
+                    node_id, resource, ..
+                } = event
+                    && node_id == "head-a"
+                    && let (_, bigv_spine::ResourceValue::Vm(spec)) = resource.into_parts()
+                    && let Some(m) = spec.migration
+                {
+                    reported.lock().unwrap().push(m);
+                }
+            }
+        });
+    }
     let mut head_a = TestHead::start(server.local_addr(), &root, "head-a").await;
     let head_b = TestHead::start(server.local_addr(), &root, "head-b").await;
     let mut a = ready(&server, "head-a").await;
@@ -348,6 +367,20 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         "ram_total is the guest's RAM: {seen:?}"
     );
     assert!(head_a.agent.pid("t1").is_none(), "A's qemu ended");
+    // The final report carries qemu's downtime.
+    let last = reported
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|m| m.seq == 3)
+        .cloned()
+        .expect("A reported the migration");
+    let downtime = last.downtime_ms.expect("A reported the downtime");
+    assert!(
+        downtime > 0 && downtime < 10_000,
+        "downtime {downtime} ms: {last:?}"
+    );
+    eprintln!("downtime reported by A: {downtime} ms");
 
     // B runs the same guest: same boot, ticks continuing.
     let moved = wait_for("B to report the guest running", WAIT, || {
