@@ -213,11 +213,7 @@ async fn other_pool(admin: &Admin) -> (String, u64) {
 /// A pool's free space (MiB) as its tail last reported it.
 async fn pool_free(admin: &Admin, name: &str) -> Option<u64> {
     let pools = admin.get("/admin/storage_pools").await;
-    pools
-        .as_array()?
-        .iter()
-        .find(|p| p["name"] == name)?["free_space"]
-        .as_u64()
+    pools.as_array()?.iter().find(|p| p["name"] == name)?["free_space"].as_u64()
 }
 
 /// The tail whose pool holds the (only) disc, as the brain lists pools.
