@@ -105,6 +105,9 @@ impl Brain {
             .await
             .with_context(|| format!("listening for the spine on {}", config.spine_addr))?;
         let spine = Arc::new(spine);
+        // Heads learn the fence timeout from `welcome` (settings changes
+        // reach them at their next session: `reconciler/fencing.rs`).
+        spine.set_fence_timeout(Some(db.read().settings.fence_timeout_secs));
         let spine_addr = spine.local_addr();
 
         let shutdown = CancellationToken::new();

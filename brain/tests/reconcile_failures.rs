@@ -226,3 +226,37 @@ async fn a_restarted_brain_reconverges_without_creating_or_removing_anything() {
     assert_eq!(discs_after, discs_before);
     assert_eq!(vms_before.len(), 3);
 }
+
+#[tokio::test]
+async fn heads_are_welcomed_with_the_fence_timeout_and_a_change_reaches_their_next_session() {
+    let tb = TestBrain::start().await;
+    let fleet = fleet(&tb, 1, 0);
+    joined(&tb, &fleet).await;
+    let h = head(0);
+    let told = |tb: &TestBrain| {
+        tb.brain
+            .spine
+            .node(&h)
+            .map(|n| (n.info().conn, n.info().fence_timeout_secs))
+    };
+    let (conn, secs) = told(&tb).expect("connected");
+    assert_eq!(secs, Some(tb.brain.db.read().settings.fence_timeout_secs));
+
+    let su = tb.su().await;
+    let (status, body) = tb
+        .put(
+            &su,
+            "/admin/settings",
+            serde_json::json!({"fence_timeout_secs": 7}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(told(&tb), Some((conn, secs)), "a session keeps its welcome");
+
+    sim(&fleet, &h).drop_connection();
+    eventually("the head's next session to be told 7 s", 10, || {
+        let now = told(&tb);
+        async move { now.filter(|&(c, s)| c != conn && s == Some(7)) }
+    })
+    .await;
+}

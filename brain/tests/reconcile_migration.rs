@@ -282,6 +282,11 @@ async fn a_running_vm_moves_to_another_head_as_the_same_guest() {
     .await;
     let job = job_ends(&tb, op, 20).await;
     assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        job["downtime_ms"],
+        bigv_spine::sim::SIM_DOWNTIME_MS,
+        "the source's final downtime, reported as it went: {job}"
+    );
 
     let to = wait_running(&tb, &fleet, id, 10).await;
     assert_ne!(to, from);

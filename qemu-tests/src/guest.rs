@@ -143,6 +143,33 @@ pub async fn wait_boot(
     }
 }
 
+/// The guest's `DISC OK`/`DISC FAIL` lines on this head's console, in
+/// order (one per disc check: at each boot and for each ctrl-alt-delete).
+pub fn disc_lines(head: &Vm) -> Vec<String> {
+    guest_lines(head)
+        .into_iter()
+        .filter(|l| l.contains(lines::DISC_OK) || l.contains(lines::DISC_FAIL))
+        .collect()
+}
+
+/// Presses ctrl-alt-delete on `server` (`name.group.account`) through the
+/// API (a `sendkey` signal): the test guest answers with a disc check,
+/// the way to make it do I/O at a chosen moment.
+pub async fn disc_check_by_keys(admin: &Admin, server: &str) {
+    let mut parts = server.split('.');
+    let (Some(vm), Some(group), Some(account), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("{server}: expected name.group.account");
+    };
+    admin
+        .post(
+            &format!("/accounts/{account}/groups/{group}/virtual_machines/{vm}/signal"),
+            serde_json::json!({"signal": "sendkey", "data": "ctrl-alt-delete"}),
+        )
+        .await;
+}
+
 /// The guest's `TICK` lines on the head's console: `(n, uptime)`.
 pub fn ticks(head: &Vm) -> Vec<(u64, f64)> {
     guest_lines(head)

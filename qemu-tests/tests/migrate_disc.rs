@@ -9,6 +9,8 @@
 //!   drops its caches and reads it back: `DISC OK` naming the first boot
 //!   as the writer of what it found, and no I/O error on its console;
 //! - the disc is then in the other tail's pool (the brain's pool lists);
+//! - sparseness kept: the destination pool's free space drops by the
+//!   disc's data (template and patterns, < 200 MiB), not its 1 GiB;
 //! - a second reset, now served only by the new tail: `DISC OK` naming the
 //!   boot that wrote during the migration (the data verifies after).
 //!
@@ -87,6 +89,10 @@ fn disc_migrates_live_between_tails() {
         let id1 = lines::boot_id(&first.0).unwrap().to_owned();
         let before = tail_of_disc(&admin).await;
         eprintln!("first boot: {first:?}; the disc is on {before}");
+        // The other pool's free space before it holds the disc (MiB, from
+        // the tail's statvfs): what the copy takes from it shows whether
+        // the holes stayed holes.
+        let (dest_pool, dest_free_before) = other_pool(&admin).await;
 
         // Reboot the guest (it writes and verifies at boot) and migrate its
         // disc meanwhile.
@@ -123,6 +129,30 @@ fn disc_migrates_live_between_tails() {
         .await;
         eprintln!("the disc moved from {before} to {after}");
 
+        // Sparseness kept: the 1 GiB disc holds the template (64 MiB) and
+        // the guest's patterns; the destination pool loses about that,
+        // not the disc's size. (Tails report pools every 10 s.)
+        until(
+            "the destination pool's free space to show the copy",
+            60,
+            &mut cluster.brain,
+            async || {
+                let free = pool_free(&admin, &dest_pool).await?;
+                (free < dest_free_before).then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+        let dest_free_after = pool_free(&admin, &dest_pool).await.expect("the pool");
+        let taken = dest_free_before.saturating_sub(dest_free_after);
+        eprintln!(
+            "pool {dest_pool}: {dest_free_before} MiB free before, {dest_free_after} MiB after: the copy took {taken} MiB of a 1024 MiB disc"
+        );
+        assert!(
+            taken <= SPARSE_LIMIT_MIB,
+            "the copy took {taken} MiB on the destination for a 1 GiB disc holding ~70 MiB: holes were filled"
+        );
+
         // Served by the new tail alone: the pattern written during the
         // migration is there.
         t.row("reset on the new tail", Instant::now());
@@ -157,6 +187,33 @@ fn disc_migrates_live_between_tails() {
     );
     drop(cluster);
     drop(data_dir);
+}
+
+/// Most the destination pool may lose to the copy: the disc's data (the
+/// 64 MiB template plus 1 MiB patterns) with room for ext4's own
+/// bookkeeping, far under the disc's 1024 MiB.
+const SPARSE_LIMIT_MIB: u64 = 200;
+
+/// The pool that does not hold the disc: (name, free MiB).
+async fn other_pool(admin: &Admin) -> (String, u64) {
+    let pools = admin.get("/admin/storage_pools").await;
+    let empty: Vec<&Value> = pools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["discs_count"] == 0)
+        .collect();
+    assert_eq!(empty.len(), 1, "exactly one pool is empty: {pools}");
+    let name = empty[0]["name"].as_str().expect("a pool name").to_owned();
+    let free = empty[0]["free_space"].as_u64().expect("free_space");
+    assert!(free > 1024, "the empty pool has room: {pools}");
+    (name, free)
+}
+
+/// A pool's free space (MiB) as its tail last reported it.
+async fn pool_free(admin: &Admin, name: &str) -> Option<u64> {
+    let pools = admin.get("/admin/storage_pools").await;
+    pools.as_array()?.iter().find(|p| p["name"] == name)?["free_space"].as_u64()
 }
 
 /// The tail whose pool holds the (only) disc, as the brain lists pools.

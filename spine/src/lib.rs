@@ -27,6 +27,6 @@ pub use message::{
     ErrorCode, Generation, Hello, MIN_PROTOCOL_VERSION, OrderError, Outcome, PROTOCOL_VERSION,
     PowerAction, Role, Tag, ToBrain, ToNode,
 };
-pub use node::{Backoff, NodeAgent, NodeConfig, NodeHandler, Notifier};
+pub use node::{Backoff, NodeAgent, NodeConfig, NodeHandler, Notifier, Welcomed};
 pub use resource::{Resource, ResourceError, ResourceName, ResourceValue};
 pub use server::{NodeHandle, NodeInfo, OrderFailure, ServerConfig, SpineEvent, SpineServer};

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::resource::{Resource, ResourceName};
 
 /// The protocol version this build speaks. 2 added `log` frames; 3 the
-/// disc's `backups` and `limits` members (sent only to nodes speaking 3:
-/// the brain orders neither backups nor limits on an older tail).
+/// disc's `backups` and `limits` members and `welcome.fence_timeout_secs`
+/// (each sent only to nodes speaking 3: older ones reject unknown fields).
 pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build's brain still accepts (a version 1 node
-/// simply never sends `log` frames).
+/// simply never sends `log` frames; nodes below 3 are not told the fence
+/// timeout, because their `welcome` rejects unknown fields).
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// An order's tag, chosen by the brain, echoed in the node's reply.
@@ -170,6 +171,12 @@ pub enum ToNode {
     Welcome {
         protocol_version: u32,
         brain_version: String,
+        /// Version 3: how long a head may go without hearing the brain
+        /// before it must kill every VM (the brain restarts them elsewhere
+        /// after this plus a margin). Absent: the node keeps its own
+        /// setting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence_timeout_secs: Option<u64>,
     },
     /// The node's protocol version is outside what the brain speaks; the
     /// brain closes after sending.

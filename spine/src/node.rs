@@ -31,11 +31,24 @@ use crate::tls::{Fingerprint, brain_server_name, pinned_client_config};
 /// [`Notifier`] (`created`/`updated`/`destroyed`) before returning: the
 /// brain's table then holds the node's actual state when the reply lands.
 pub trait NodeHandler: Send + Sync + 'static {
+    /// The brain welcomed this session (called before `snapshot`).
+    fn welcomed(&self, welcome: &Welcomed) {
+        let _ = welcome;
+    }
     /// Every resource the node holds now; dumped as `created` on connect.
     fn snapshot(&self) -> impl Future<Output = Vec<Resource>> + Send;
     fn create(&self, resource: Resource) -> impl Future<Output = Result<(), OrderError>> + Send;
     fn update(&self, resource: Resource) -> impl Future<Output = Result<(), OrderError>> + Send;
     fn remove(&self, name: ResourceName) -> impl Future<Output = Result<(), OrderError>> + Send;
+}
+
+/// What the brain said in its `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcomed {
+    pub protocol_version: u32,
+    pub brain_version: String,
+    /// The brain's fence timeout (protocol 3); `None` from older brains.
+    pub fence_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -367,8 +380,14 @@ impl<H: NodeHandler> NodeAgent<H> {
             Some(Ok(ToNode::Welcome {
                 protocol_version,
                 brain_version,
+                fence_timeout_secs,
             })) => {
-                tracing::info!(protocol_version, %brain_version, "joined the spine");
+                tracing::info!(protocol_version, %brain_version, ?fence_timeout_secs, "joined the spine");
+                self.handler.welcomed(&Welcomed {
+                    protocol_version,
+                    brain_version,
+                    fence_timeout: fence_timeout_secs.map(Duration::from_secs),
+                });
                 Ok(())
             }
             Some(Ok(ToNode::VersionMismatch {

@@ -65,6 +65,9 @@ pub struct NodeInfo {
     pub protocol_version: u32,
     pub addresses: Vec<String>,
     pub peer: SocketAddr,
+    /// The fence timeout its `welcome` told it (protocol 3 and later,
+    /// and only while the brain set one).
+    pub fence_timeout_secs: Option<u64>,
 }
 
 impl NodeInfo {
@@ -77,6 +80,7 @@ impl NodeInfo {
             protocol_version: hello.protocol_version,
             addresses: hello.addresses,
             peer,
+            fence_timeout_secs: None,
         }
     }
 }
@@ -193,6 +197,8 @@ struct Inner {
     logs: Mutex<HashMap<String, crate::logs::NodeLogs>>,
     events: mpsc::Sender<SpineEvent>,
     next_conn: AtomicU64,
+    /// Told to nodes in `welcome`; 0: none.
+    fence_timeout_secs: AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -228,6 +234,7 @@ impl SpineServer {
             logs: Mutex::default(),
             events,
             next_conn: AtomicU64::new(1),
+            fence_timeout_secs: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, inner.clone()));
@@ -236,6 +243,15 @@ impl SpineServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The fence timeout told to nodes that connect from now on (`None`
+    /// or 0: none; nodes keep their own). A connected node keeps what its
+    /// `welcome` said, [`NodeInfo::fence_timeout_secs`].
+    pub fn set_fence_timeout(&self, secs: Option<u64>) {
+        self.inner
+            .fence_timeout_secs
+            .store(secs.unwrap_or(0), Ordering::Release);
     }
 
     /// The node's current connection, if any.
@@ -426,8 +442,12 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, inner: Arc<Inner>) {
             return reject(&inner, peer, reason).await;
         }
     };
+    let mut info = NodeInfo::new(hello, inner.next_conn.fetch_add(1, Ordering::Relaxed), peer);
+    // Older nodes' `welcome` rejects unknown fields: tell only version 3+.
+    info.fence_timeout_secs = Some(inner.fence_timeout_secs.load(Ordering::Acquire))
+        .filter(|&secs| secs > 0 && info.protocol_version >= 3);
     let conn = Arc::new(Conn {
-        info: NodeInfo::new(hello, inner.next_conn.fetch_add(1, Ordering::Relaxed), peer),
+        info,
         out: link.out.clone(),
         pending: Mutex::default(),
         resources: Mutex::default(),
@@ -453,6 +473,7 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, inner: Arc<Inner>) {
         .send(ToNode::Welcome {
             protocol_version: conn.info.protocol_version,
             brain_version: inner.config.brain_version.clone(),
+            fence_timeout_secs: conn.info.fence_timeout_secs,
         })
         .await;
     tracing::info!(node = %node_id, conn = conn.info.conn, %peer, role = %conn.info.role, image = %conn.info.image_version, "node joined the spine");

@@ -372,10 +372,13 @@ fn to_brain() -> impl Strategy<Value = ToBrain> {
 
 fn to_node() -> impl Strategy<Value = ToNode> {
     prop_oneof![
-        (any::<u32>(), text()).prop_map(|(protocol_version, brain_version)| ToNode::Welcome {
-            protocol_version,
-            brain_version
-        }),
+        (any::<u32>(), text(), any::<Option<u64>>()).prop_map(
+            |(protocol_version, brain_version, fence_timeout_secs)| ToNode::Welcome {
+                protocol_version,
+                brain_version,
+                fence_timeout_secs,
+            }
+        ),
         (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
             |(node_version, brain_min, brain_max)| ToNode::VersionMismatch {
                 node_version,

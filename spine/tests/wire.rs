@@ -181,6 +181,7 @@ async fn a_node_gives_up_on_a_silent_brain() {
         let welcome = ToNode::Welcome {
             protocol_version: PROTOCOL_VERSION,
             brain_version: "fake".into(),
+            fence_timeout_secs: None,
         };
         sock.write_all(&encode_frame(&welcome).unwrap())
             .await
@@ -285,4 +286,105 @@ async fn plain_tcp_cannot_talk_to_a_tls_brain() {
     })
     .await;
     assert!(server.nodes().is_empty());
+}
+
+/// Reads one frame's raw JSON.
+async fn read_raw(sock: &mut TcpStream) -> serde_json::Value {
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    sock.read_exact(&mut body).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn welcome_tells_version_3_nodes_the_fence_timeout_and_older_ones_nothing() {
+    let (server, _events) = start_server(server_config()).await;
+    server.set_fence_timeout(Some(25));
+    let mut new = TcpStream::connect(server.local_addr()).await.unwrap();
+    new.write_all(&encode_frame(&hello("h3", 3)).unwrap())
+        .await
+        .unwrap();
+    let welcome = read_raw(&mut new).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["fence_timeout_secs"], 25, "{welcome}");
+    let info = server.node("h3").expect("connected").info().clone();
+    assert_eq!(info.fence_timeout_secs, Some(25));
+
+    // A version 2 node's welcome rejects unknown fields: not a word.
+    let mut old = TcpStream::connect(server.local_addr()).await.unwrap();
+    old.write_all(&encode_frame(&hello("h2", 2)).unwrap())
+        .await
+        .unwrap();
+    let welcome = read_raw(&mut old).await;
+    assert_eq!(
+        welcome,
+        serde_json::json!({"type": "welcome", "protocol_version": 2, "brain_version": env!("CARGO_PKG_VERSION")})
+    );
+
+    // Unset: version 3 nodes hear nothing either, and a welcome without
+    // the field still decodes.
+    server.set_fence_timeout(None);
+    let mut unset = TcpStream::connect(server.local_addr()).await.unwrap();
+    unset
+        .write_all(&encode_frame(&hello("h4", 3)).unwrap())
+        .await
+        .unwrap();
+    let welcome: ToNode = read_frame(&mut unset).await.unwrap();
+    assert!(
+        matches!(
+            welcome,
+            ToNode::Welcome {
+                fence_timeout_secs: None,
+                ..
+            }
+        ),
+        "{welcome:?}"
+    );
+}
+
+/// Records what the brain's welcome said; holds nothing.
+#[derive(Default)]
+struct Listener {
+    welcomed: std::sync::Mutex<Vec<bigv_spine::Welcomed>>,
+}
+
+impl bigv_spine::NodeHandler for Listener {
+    fn welcomed(&self, welcome: &bigv_spine::Welcomed) {
+        self.welcomed.lock().unwrap().push(welcome.clone());
+    }
+    async fn snapshot(&self) -> Vec<bigv_spine::Resource> {
+        vec![]
+    }
+    async fn create(&self, _: bigv_spine::Resource) -> Result<(), bigv_spine::OrderError> {
+        unreachable!("no orders in this test")
+    }
+    async fn update(&self, _: bigv_spine::Resource) -> Result<(), bigv_spine::OrderError> {
+        unreachable!("no orders in this test")
+    }
+    async fn remove(&self, _: bigv_spine::ResourceName) -> Result<(), bigv_spine::OrderError> {
+        unreachable!("no orders in this test")
+    }
+}
+
+#[tokio::test]
+async fn the_node_hands_the_welcome_to_its_handler() {
+    let (server, mut events) = start_server(server_config()).await;
+    server.set_fence_timeout(Some(42));
+    let handler = Arc::new(Listener::default());
+    let agent = bigv_spine::NodeAgent::new(
+        SimNode::config(&server.local_addr().to_string(), "h1", "v1"),
+        handler.clone(),
+    );
+    let session = tokio::spawn(async move { agent.session().await });
+    wait_ready(&mut events, "h1").await;
+    assert_eq!(
+        *handler.welcomed.lock().unwrap(),
+        [bigv_spine::Welcomed {
+            protocol_version: PROTOCOL_VERSION,
+            brain_version: env!("CARGO_PKG_VERSION").into(),
+            fence_timeout: Some(std::time::Duration::from_secs(42)),
+        }]
+    );
+    session.abort();
 }

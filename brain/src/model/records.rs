@@ -380,6 +380,9 @@ pub enum OperationKind {
     MigrateVm {
         vm_id: VmId,
         to_head: Option<String>,
+        /// qemu's final downtime (ms) as the source head reported it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        downtime_ms: Option<u64>,
     },
     MigrateDisc {
         disc_id: DiscId,

@@ -12,6 +12,13 @@
 //! from the brain's start: later than the truth, never earlier. It is
 //! fenced once `now > since + timeout + margin`: with one-second readings
 //! that is strictly more than timeout + margin of real time.
+//!
+//! Heads learn the timeout from the spine's `welcome` (protocol 3). A
+//! head keeps what its last welcome said until its next session, so after
+//! the setting is lowered the brain waits the longer of the setting and
+//! what the node was last told. (A head older than protocol 3, or one
+//! told nothing, uses its own `fence_timeout_secs`, which its operator
+//! keeps at most the brain's.)
 
 use std::collections::HashMap;
 
@@ -36,6 +43,8 @@ pub(crate) enum Liveness {
 #[derive(Debug, Default)]
 pub(crate) struct Absences {
     since: HashMap<String, u64>,
+    /// The fence timeout each node's latest `welcome` told it.
+    told: HashMap<String, u64>,
 }
 
 impl Absences {
@@ -43,6 +52,12 @@ impl Absences {
     /// reconnects has heard the brain and restarted its fence timer.
     pub fn observe(&mut self, snap: &Snapshot) {
         self.since.retain(|node, _| !snap.connected(node));
+        for (node, n) in &snap.nodes {
+            match n.info.fence_timeout_secs {
+                Some(secs) => self.told.insert(node.clone(), secs),
+                None => self.told.remove(node),
+            };
+        }
     }
 
     /// The node's liveness; the first query for a node that is not
@@ -59,8 +74,10 @@ impl Absences {
             Some(_) => Liveness::Joining,
             None => {
                 let since = *self.since.entry(node.to_owned()).or_insert(now);
+                let told = self.told.get(node).copied().unwrap_or(0);
                 let fence = settings
                     .fence_timeout_secs
+                    .max(told)
                     .saturating_add(settings.fence_margin_secs);
                 if now > since.saturating_add(fence) {
                     Liveness::Fenced
@@ -79,6 +96,10 @@ mod tests {
     use bigv_spine::{NodeInfo, Role};
 
     fn connected(node: &str, ready: bool) -> Snapshot {
+        connected_told(node, ready, None)
+    }
+
+    fn connected_told(node: &str, ready: bool, told: Option<u64>) -> Snapshot {
         let info = NodeInfo {
             node_id: node.into(),
             conn: 1,
@@ -87,6 +108,7 @@ mod tests {
             protocol_version: 1,
             addresses: vec![],
             peer: "127.0.0.1:1".parse().unwrap(),
+            fence_timeout_secs: told,
         };
         let mut snap = Snapshot::default();
         snap.nodes.insert(node.into(), NodeSnap::new(info, ready));
@@ -116,5 +138,27 @@ mod tests {
         assert_eq!(a.liveness(&gone, &settings, "h", 107), Liveness::Unknown);
         assert_eq!(a.liveness(&gone, &settings, "h", 111), Liveness::Unknown);
         assert_eq!(a.liveness(&gone, &settings, "h", 112), Liveness::Fenced);
+    }
+
+    #[test]
+    fn a_head_told_a_longer_timeout_than_the_setting_now_says_gets_the_longer() {
+        let settings = Settings {
+            fence_timeout_secs: 3,
+            fence_margin_secs: 1,
+            ..Settings::default()
+        };
+        let mut a = Absences::default();
+        // Welcomed while the setting was 10; lowered to 3 since.
+        a.observe(&connected_told("h", true, Some(10)));
+        let gone = Snapshot::default();
+        a.observe(&gone);
+        assert_eq!(a.liveness(&gone, &settings, "h", 100), Liveness::Unknown);
+        assert_eq!(a.liveness(&gone, &settings, "h", 111), Liveness::Unknown);
+        assert_eq!(a.liveness(&gone, &settings, "h", 112), Liveness::Fenced);
+        // Its next session told it 3: the setting rules again.
+        a.observe(&connected_told("h", true, Some(3)));
+        a.observe(&gone);
+        assert_eq!(a.liveness(&gone, &settings, "h", 200), Liveness::Unknown);
+        assert_eq!(a.liveness(&gone, &settings, "h", 205), Liveness::Fenced);
     }
 }

@@ -200,6 +200,20 @@ impl Reconciler {
 
     fn noted(&mut self, event: &SpineEvent) {
         tracing::trace!(%event, "spine event");
+        // A migration's final downtime comes in the source's last report,
+        // which the next pass may no longer see (the VM goes right after).
+        if let SpineEvent::Updated { resource, .. } | SpineEvent::Created { resource, .. } = event
+            && let bigv_spine::ResourceValue::Vm(spec) = resource.value()
+            && let Some(m) = &spec.migration
+            && let Some(ms) = m.downtime_ms
+            && let Some(vm) = vm_of_resource(resource.name())
+        {
+            self.recall
+                .lock()
+                .expect("reconciler memory poisoned")
+                .migration_downtimes
+                .insert((vm, m.seq), ms);
+        }
         if let Some(node) = node_of(event)
             && !self.changed.contains(node)
         {

@@ -31,6 +31,9 @@ pub(crate) struct Recall {
     /// VMs seen running on the head the model places them on: if one then
     /// vanishes from that head, it stopped (crash, shutdown).
     pub seen_running: HashMap<VmId, String>,
+    /// qemu's downtime for a VM's live migration (its `seq`, the
+    /// operation's id), from the source head's last report.
+    pub migration_downtimes: HashMap<(VmId, u64), u64>,
     /// A head refused to start the VM: place it afresh, elsewhere if can be.
     pub refused: HashMap<VmId, String>,
     /// The last reason logged for a VM or disc that could not be placed.
@@ -53,6 +56,13 @@ impl Recall {
     /// past their backoff (the resource was dealt with another way).
     fn prune(&mut self, model: &Model, now: Instant) {
         self.seen_running.retain(|id, _| model.vm(*id).is_some());
+        self.migration_downtimes.retain(|(id, seq), _| {
+            model.vm(*id).is_some()
+                && model
+                    .operations
+                    .get(seq)
+                    .is_some_and(|op| op.state == OperationState::Running)
+        });
         self.refused.retain(|id, _| model.vm(*id).is_some());
         self.unplaced_vms.retain(|id, _| model.vm(*id).is_some());
         self.unplaced_discs

@@ -57,6 +57,7 @@ fn info(node_id: String, role: SpineRole, n: usize) -> NodeInfo {
         protocol_version: 1,
         addresses: vec![address(n)],
         peer: "127.0.0.1:1".parse().expect("literal"),
+        fence_timeout_secs: None,
     }
 }
 

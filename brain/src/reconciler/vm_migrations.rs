@@ -42,7 +42,7 @@ pub(super) fn plan(p: &mut Pass<'_>) {
             continue;
         }
         match &op.kind {
-            OperationKind::MigrateVm { vm_id, to_head } => {
+            OperationKind::MigrateVm { vm_id, to_head, .. } => {
                 step(p, op, *vm_id, to_head.as_deref());
             }
             OperationKind::EmptyHead { node_id } => empty_head(p, op, node_id),
@@ -67,6 +67,7 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
                 picked.kind = OperationKind::MigrateVm {
                     vm_id,
                     to_head: Some(dest),
+                    downtime_ms: None,
                 };
                 picked.phase = "preparing".into();
                 picked.updated_at = p.now;
@@ -96,7 +97,7 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
     p.vm_handover.insert(vm_id, dest.clone());
 
     // Switched over: the guest runs on the destination.
-    if let Some((spec, generation)) =
+    if let Some((_, generation)) =
         at_dest.filter(|(s, _)| s.incoming.is_none() && s.state == Some(VmRunState::Running))
     {
         if let Some((_, source_generation)) = at_source {
@@ -112,12 +113,17 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, vm_id: VmId, to_head: Option<&str>
             }
             return set_phase(p, op, "switching over", None);
         }
-        tracing::info!(vm = vm_id.0, from = %source, to = %dest, downtime_ms = ?spec.migration.as_ref().and_then(|m| m.downtime_ms), "VM migration finished");
+        let downtime = p.recall.migration_downtimes.get(&(vm_id, seq)).copied();
+        tracing::info!(vm = vm_id.0, from = %source, to = %dest, downtime_ms = ?downtime, "VM migration finished");
         let record = p.vm_mut(vm_id);
         record.head = Some(dest.clone());
         record.generation = record.generation.max(*generation);
         p.recall.seen_running.insert(vm_id, dest);
-        return finish(p, op, Ok(()));
+        let mut done = op.clone();
+        if let OperationKind::MigrateVm { downtime_ms, .. } = &mut done.kind {
+            *downtime_ms = downtime.or(*downtime_ms);
+        }
+        return finish(p, &done, Ok(()));
     }
     let Some((running, source_generation)) = at_source else {
         if p.recall.seen_running.get(&vm_id) == Some(&source) && at_dest.is_some() {
@@ -256,6 +262,7 @@ pub(super) fn head_evacuation(p: &Pass<'_>, node_id: &str) -> Evacuation<VmId> {
         child: |vm_id| OperationKind::MigrateVm {
             vm_id,
             to_head: None,
+            downtime_ms: None,
         },
         concurrency: EMPTY_HEAD_CONCURRENCY,
         name: |p, vm| {

@@ -41,6 +41,7 @@ pub struct AgentConfig {
     /// How often memory and load are reported.
     pub report_interval: Duration,
     /// Kill every VM after this long without the brain; `None` never does.
+    /// Only until a brain's `welcome` gives its own (`fence.rs`).
     pub fence_timeout: Option<Duration>,
     /// The address incoming live migrations listen on (the storage
     /// network's); `None` refuses `incoming` creates.
@@ -53,7 +54,7 @@ pub struct HeadAgent {
     vms: Mutex<BTreeMap<String, Arc<Vm>>>,
     notifier: OnceLock<Notifier>,
     shutdown: CancellationToken,
-    fence: Option<Fence>,
+    fence: Fence,
 }
 
 pub(crate) struct Vm {
@@ -97,7 +98,7 @@ impl HeadAgent {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         }
-        let fence = config.fence_timeout.map(|t| Fence::new(t, &config.run_dir));
+        let fence = Fence::new(config.fence_timeout, &config.run_dir);
         let agent = Arc::new_cyclic(|me| HeadAgent {
             me: me.clone(),
             config,
@@ -121,9 +122,7 @@ impl HeadAgent {
             }
             agent.readopt(name).await;
         }
-        if agent.fence.is_some() {
-            tokio::spawn(agent.clone().fence_loop());
-        }
+        tokio::spawn(agent.clone().fence_loop());
         Ok(agent)
     }
 
@@ -136,9 +135,7 @@ impl HeadAgent {
         loop {
             let started = tokio::time::Instant::now();
             let result = node.session().await;
-            if let Some(f) = &self.fence {
-                f.disconnected(keepalive);
-            }
+            self.fence.disconnected(keepalive);
             match result {
                 Ok(action) => return action,
                 Err(e) => {
@@ -156,7 +153,7 @@ impl HeadAgent {
 
     /// Kills every VM once the brain has been away for the fence timeout.
     async fn fence_loop(self: Arc<Self>) {
-        let Some(fence) = &self.fence else { return };
+        let fence = &self.fence;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -180,7 +177,7 @@ impl HeadAgent {
             tracing::error!(
                 vms = vms.len(),
                 silent_secs = silent.as_secs(),
-                fence_timeout_secs = fence.timeout().as_secs(),
+                fence_timeout_secs = fence.timeout().unwrap_or_default().as_secs(),
                 "the brain has been away past the fence timeout: killing every VM (it may run them elsewhere now)"
             );
             for vm in &vms {
@@ -435,9 +432,7 @@ impl HeadAgent {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            if let Some(f) = &self.fence {
-                f.record_contact();
-            }
+            self.fence.record_contact();
             let facts = self.facts().await;
             if let Some(n) = self.notifier.get() {
                 for r in facts {
@@ -631,6 +626,7 @@ impl HeadAgent {
             return Ok(());
         };
         tracing::info!(vm = %name, pid = vm.pid, "stopping VM (ordered)");
+        migration::settle(self, &vm).await;
         if let Err(e) = vm.qmp.quit().await {
             tracing::warn!(vm = %name, error = %e, "QMP quit failed; killing qemu");
             vm::kill(vm.pid);
@@ -653,11 +649,14 @@ impl HeadAgent {
 }
 
 impl NodeHandler for HeadAgent {
+    fn welcomed(&self, welcome: &bigv_spine::Welcomed) {
+        self.fence.told(welcome.fence_timeout);
+    }
+
     async fn snapshot(&self) -> Vec<Resource> {
         // The dump follows `welcome`: the brain is heard again.
-        if let Some(fenced) = self.fence.as_ref().map(Fence::connected)
-            && fenced > 0
-        {
+        let fenced = self.fence.connected();
+        if fenced > 0 {
             tracing::warn!(
                 vms = fenced,
                 "back on the spine after a fence: {fenced} VM(s) were killed while the brain was away and are not in this dump"

@@ -14,14 +14,17 @@
 //! nbd_reconnect_delay_secs = 300
 //! nbd_open_timeout_secs = 30
 //! report_interval_secs = 10
-//! fence_timeout_secs = 120      # kill every VM after this long without the brain; 0 never
+//! fence_timeout_secs = 120      # until a brain gives its own: kill every VM after this long without the brain; 0 never
 //! migration_address = "10.1.0.5"  # incoming live migrations listen here; omit: the first of `addresses`
 //! image_version = "2026.11.1"   # reported to the brain; default: the crate version
 //! ```
 //!
-//! `fence_timeout_secs` must not exceed the brain's setting of the same
-//! name: the brain restarts the VMs elsewhere after its timeout plus a
-//! margin. (The spine's `welcome` does not carry it yet.)
+//! The brain's `welcome` (spine protocol 3) carries the brain's own fence
+//! timeout, which then replaces `fence_timeout_secs` and is kept in
+//! `run_dir` for restarted agents (`fence.rs`). Before any brain has said
+//! one, or with a brain too old to say, `fence_timeout_secs` applies and
+//! must not exceed the brain's setting: the brain restarts the VMs
+//! elsewhere after its timeout plus a margin.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,6 +6,12 @@
 //! silently for that long before the link notices), and a restarted agent
 //! starts from the last time a previous agent recorded contact
 //! (`run_dir/spine-seen`), not from its own start.
+//!
+//! The timeout is the brain's: its `welcome` carries it (spine protocol
+//! 3), and the fence keeps it in `run_dir/fence-timeout` so that an agent
+//! restarted while the brain is away still fences on the brain's time.
+//! The head's own `fence_timeout_secs` applies only until a brain has
+//! said one (or when the brain is too old to say).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug)]
 struct State {
+    /// `None`: never fence.
+    timeout: Option<Duration>,
     connected: bool,
     /// When the brain was last heard (valid while not connected).
     last_heard: Instant,
@@ -21,8 +29,10 @@ struct State {
 }
 
 pub struct Fence {
-    timeout: Duration,
+    /// The head's own setting, used until a brain tells its own.
+    configured: Option<Duration>,
     seen_file: PathBuf,
+    timeout_file: PathBuf,
     state: Mutex<State>,
 }
 
@@ -33,9 +43,21 @@ pub fn due(connected: bool, last_heard: Instant, timeout: Duration, now: Instant
 
 impl Fence {
     /// A fence that counts from the last contact a previous agent
-    /// recorded in `run_dir`, or from now.
-    pub fn new(timeout: Duration, run_dir: &Path) -> Fence {
+    /// recorded in `run_dir`, or from now, with the timeout a brain last
+    /// gave (kept in `run_dir`) or else `configured` (`None`: never).
+    pub fn new(configured: Option<Duration>, run_dir: &Path) -> Fence {
         let seen_file = run_dir.join("spine-seen");
+        let timeout_file = run_dir.join("fence-timeout");
+        let timeout = match std::fs::read_to_string(&timeout_file) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(secs) => Some(Duration::from_secs(secs)),
+                Err(_) => {
+                    tracing::warn!(file = %timeout_file.display(), "unreadable brain fence timeout: using the configured one");
+                    configured
+                }
+            },
+            Err(_) => configured,
+        };
         let now = Instant::now();
         let last_heard = std::fs::metadata(&seen_file)
             .and_then(|m| m.modified())
@@ -44,9 +66,11 @@ impl Fence {
             .and_then(|ago| now.checked_sub(ago))
             .unwrap_or(now);
         Fence {
-            timeout,
+            configured,
             seen_file,
+            timeout_file,
             state: Mutex::new(State {
+                timeout,
                 connected: false,
                 last_heard,
                 fenced: 0,
@@ -54,8 +78,32 @@ impl Fence {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
+    /// The timeout in force (`None`: never fence).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.state().timeout
+    }
+
+    /// The brain's welcome said `brain` (`None`: a brain too old to say).
+    /// Kept for agents started later, before they hear a brain.
+    pub fn told(&self, brain: Option<Duration>) {
+        let timeout = match brain {
+            Some(t) => {
+                let written = std::fs::write(&self.timeout_file, format!("{}\n", t.as_secs()));
+                if let Err(e) = written {
+                    tracing::warn!(file = %self.timeout_file.display(), error = %e, "cannot keep the brain's fence timeout; a restarted agent would use the configured one");
+                }
+                Some(t)
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.timeout_file);
+                self.configured
+            }
+        };
+        let mut s = self.state();
+        if s.timeout != timeout {
+            tracing::info!(from = ?s.timeout, to = ?timeout, "fence timeout set by the brain");
+            s.timeout = timeout;
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -94,7 +142,8 @@ impl Fence {
     /// True if the VMs must die now.
     pub fn is_due(&self) -> bool {
         let s = self.state();
-        due(s.connected, s.last_heard, self.timeout, Instant::now())
+        s.timeout
+            .is_some_and(|t| due(s.connected, s.last_heard, t, Instant::now()))
     }
 
     /// How long the brain has not been heard, if disconnected.
@@ -124,7 +173,7 @@ mod tests {
     #[test]
     fn disconnect_counts_from_before_the_keepalive_timeout_and_restart_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let f = Fence::new(Duration::from_secs(30), dir.path());
+        let f = Fence::new(Some(Duration::from_secs(30)), dir.path());
         assert_eq!(f.connected(), 0);
         assert!(dir.path().join("spine-seen").exists());
         f.disconnected(Duration::from_secs(20));
@@ -143,7 +192,42 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        let g = Fence::new(Duration::from_secs(30), dir.path());
+        let g = Fence::new(Some(Duration::from_secs(30)), dir.path());
         assert!(g.is_due(), "40 s without contact is past a 30 s fence");
+    }
+
+    #[test]
+    fn the_brains_timeout_wins_and_outlives_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fence::new(Some(Duration::from_secs(120)), dir.path());
+        assert_eq!(f.timeout(), Some(Duration::from_secs(120)));
+        f.told(Some(Duration::from_secs(20)));
+        assert_eq!(f.timeout(), Some(Duration::from_secs(20)));
+        f.connected();
+        f.disconnected(Duration::from_secs(5));
+
+        // An agent restarted 21 s after the last contact, brain still
+        // away: the brain's 20 s apply, not its configured 120 s.
+        let old = SystemTime::now() - Duration::from_secs(21);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("spine-seen"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let g = Fence::new(Some(Duration::from_secs(120)), dir.path());
+        assert_eq!(g.timeout(), Some(Duration::from_secs(20)));
+        assert!(g.is_due());
+
+        // Even a head configured never to fence obeys the brain.
+        let never = Fence::new(None, dir.path());
+        assert!(never.is_due());
+
+        // A brain too old to say: back to the head's own setting.
+        g.told(None);
+        assert_eq!(g.timeout(), Some(Duration::from_secs(120)));
+        assert!(!dir.path().join("fence-timeout").exists());
+        assert_eq!(Fence::new(None, dir.path()).timeout(), None);
+        assert!(!Fence::new(None, dir.path()).is_due());
     }
 }

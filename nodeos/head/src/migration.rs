@@ -171,6 +171,48 @@ pub(crate) fn resume(agent: Arc<HeadAgent>, vm: Arc<Vm>, spec: &VmSpec) {
     tokio::spawn(watch(agent, vm, order));
 }
 
+/// Reports migration `seq` completed: the RAM moved and qemu's final
+/// downtime (once; later calls report nothing).
+async fn completed(agent: &HeadAgent, vm: &Vm, seq: u64, info: &crate::qmp::MigrateInfo) {
+    let done = set_progress(vm, seq, |m| {
+        let changed = m.downtime_ms.is_none() || m.ram_done != info.ram_transferred;
+        m.ram_done = info.ram_transferred;
+        m.ram_total = info.ram_total.max(m.ram_total);
+        m.downtime_ms = info.downtime_ms.or(m.downtime_ms);
+        changed
+    })
+    .await;
+    if let Some(spec) = done {
+        tracing::info!(vm = %vm.name, seq, downtime_ms = ?info.downtime_ms, ram = info.ram_transferred, "live migration complete");
+        agent.report_vm(&vm.name, spec).await;
+    }
+}
+
+/// Before an ordered stop of a VM migrating out: the brain stops the
+/// source as soon as the destination runs, which can be before the
+/// watcher's next poll; a migration qemu has completed is reported now
+/// (with its downtime), before the stop ends the source qemu and with it
+/// the last chance to ask.
+pub(crate) async fn settle(agent: &HeadAgent, vm: &Vm) {
+    let seq = {
+        let spec = vm.spec.lock().await;
+        if !outgoing(&spec) {
+            return;
+        }
+        spec.migration.as_ref().map(|m| m.seq)
+    };
+    let Some(seq) = seq else { return };
+    match vm.qmp.query_migrate().await {
+        Ok(info) if info.status == "completed" => completed(agent, vm, seq, &info).await,
+        Ok(info) => {
+            tracing::debug!(vm = %vm.name, status = %info.status, "stopped during an outgoing migration")
+        }
+        Err(e) => {
+            tracing::warn!(vm = %vm.name, error = %error_chain(&e), "query-migrate before the stop failed: the migration's downtime is not known")
+        }
+    }
+}
+
 /// Polls qemu's migration until it ends, reporting progress; on success
 /// ends the source qemu.
 async fn watch(agent: Arc<HeadAgent>, vm: Arc<Vm>, order: VmMigrationOrder) {
@@ -194,17 +236,8 @@ async fn watch(agent: Arc<HeadAgent>, vm: Arc<Vm>, order: VmMigrationOrder) {
         };
         match info.status.as_str() {
             "completed" => {
-                let done = set_progress(&vm, seq, |m| {
-                    m.ram_done = info.ram_transferred;
-                    m.ram_total = info.ram_total.max(m.ram_total);
-                    m.downtime_ms = info.downtime_ms;
-                    true
-                })
-                .await;
-                if let Some(spec) = done {
-                    agent.report_vm(&vm.name, spec).await;
-                }
-                tracing::info!(vm = %vm.name, seq, to = %order.to, downtime_ms = ?info.downtime_ms, ram = info.ram_transferred, "live migration complete: ending the source qemu");
+                completed(&agent, &vm, seq, &info).await;
+                tracing::info!(vm = %vm.name, seq, to = %order.to, "ending the source qemu");
                 // Paused (`postmigrate`); the supervisor reports it
                 // destroyed once it is gone.
                 if let Err(e) = vm.qmp.quit().await {

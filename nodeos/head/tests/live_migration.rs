@@ -13,6 +13,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bigv_spine::Resource;
@@ -52,7 +53,27 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
     let root = dir.path().to_owned();
     // The handover lists both heads (here both are 127.0.0.1).
     let (_, tail) = guest_on_tail(&root, &["127.0.0.1", "127.0.0.1"]).await;
-    let server = spine().await;
+    let (server, mut events) = spine_with_events("127.0.0.1:0".parse().unwrap()).await;
+    // Every migration progress head A reports, as the brain would see it
+    // (the table alone may drop the last report: the VM is destroyed
+    // right after it).
+    let reported: Arc<std::sync::Mutex<Vec<VmMigrationProgress>>> = Arc::default();
+    {
+        let reported = reported.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let bigv_spine::SpineEvent::Updated {
+                    node_id, resource, ..
+                } = event
+                    && node_id == "head-a"
+                    && let (_, bigv_spine::ResourceValue::Vm(spec)) = resource.into_parts()
+                    && let Some(m) = spec.migration
+                {
+                    reported.lock().unwrap().push(m);
+                }
+            }
+        });
+    }
     let mut head_a = SpineHead::start(server.local_addr(), &root, "head-a").await;
     let head_b = SpineHead::start(server.local_addr(), &root, "head-b").await;
     let mut a = ready(&server, "head-a").await;
@@ -249,6 +270,20 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
         "ram_total is the guest's RAM: {seen:?}"
     );
     assert!(head_a.agent.pid("t1").is_none(), "A's qemu ended");
+    // The final report carries qemu's downtime.
+    let last = reported
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|m| m.seq == 3)
+        .cloned()
+        .expect("A reported the migration");
+    let downtime = last.downtime_ms.expect("A reported the downtime");
+    assert!(
+        downtime > 0 && downtime < 10_000,
+        "downtime {downtime} ms: {last:?}"
+    );
+    eprintln!("downtime reported by A: {downtime} ms");
 
     // B runs the same guest: same boot, ticks continuing.
     let moved = wait_for("B to report the guest running", WAIT, || {

@@ -696,3 +696,58 @@ async fn a_head_cut_off_from_the_brain_past_the_fence_timeout_kills_its_vms() {
     assert_eq!(free_memory(&h), Some(VM_MEMORY));
     head.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brains_fence_timeout_replaces_the_heads_own_and_outlives_an_agent_restart() {
+    if !slow() {
+        return;
+    }
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let _killer = KillVms(root.join("run"));
+    let server = spine().await;
+    server.set_fence_timeout(Some(3));
+    let addr = server.local_addr();
+    // The head's own setting is 120 s; the brain's welcome says 3 s.
+    let own = Some(Duration::from_secs(120));
+    let head = TestHead::start_with(addr, &root, own, Duration::from_secs(1)).await;
+    let h = handle(&server).await;
+    h.create(Resource::vm("a", spec(vec![])), 1).await.unwrap();
+    let pid = head.agent.pid("a").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("run/fence-timeout"))
+            .unwrap()
+            .trim(),
+        "3",
+        "the brain's timeout is kept for a restarted agent"
+    );
+
+    // The agent crashes and the brain goes away; a new agent (still
+    // configured with 120 s) re-adopts the VM and, never hearing the
+    // brain, fences on the brain's 3 s counted from the old agent's
+    // last contact.
+    head.stop().await;
+    let last_contact = std::time::Instant::now();
+    drop(h);
+    drop(server);
+    let head = TestHead::start_with(addr, &root, own, Duration::from_secs(1)).await;
+    assert_eq!(head.agent.pid("a"), Some(pid), "re-adopted");
+    let mut gone_after = None;
+    for _ in 0..150 {
+        if !bigv_head::vm::alive(pid) {
+            gone_after = Some(last_contact.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_after = gone_after.expect("the VM still runs 15 s after the brain went away");
+    assert!(
+        gone_after < Duration::from_secs(10),
+        "fenced only {gone_after:?} after the last contact: not on the brain's 3 s"
+    );
+    eprintln!(
+        "fenced {gone_after:?} after the last contact (brain's timeout 3 s, head's own 120 s)"
+    );
+    head.stop().await;
+}

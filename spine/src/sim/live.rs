@@ -15,6 +15,9 @@ use crate::resource::{
 
 use super::{GuestEventKind, SimHandler, mirror};
 
+/// The downtime a simulated source reports for every migration.
+pub const SIM_DOWNTIME_MS: u64 = 37;
+
 /// Progress as the source reports it when the migration starts.
 pub(super) fn started(order: &VmMigrationOrder, memory_mib: u64) -> VmMigrationProgress {
     VmMigrationProgress {
@@ -80,6 +83,15 @@ pub(super) async fn run(source: Arc<SimHandler>, vm: String, order: VmMigrationO
         .updated(Resource::vm(&vm, running))
         .await;
     destination.report(None).await;
+    // Like a real source head stopped right after the switch-over: the
+    // final progress, with qemu's downtime, just before the VM goes.
+    let completed = source.set_vm_migration(&vm, |m| {
+        m.ram_done = m.ram_total;
+        m.downtime_ms = Some(SIM_DOWNTIME_MS);
+    });
+    if let Some(spec) = completed {
+        source.notifier().updated(Resource::vm(&vm, spec)).await;
+    }
     {
         let mut state = source.state();
         state.vms.remove(&vm);

@@ -6,6 +6,7 @@
 //! One process can run thousands: a node is a few tasks and a socket.
 
 mod live;
+pub use live::SIM_DOWNTIME_MS;
 mod mirror;
 
 use std::collections::BTreeMap;

@@ -399,6 +399,8 @@ pub struct Operation {
     pub updated_at: String,
     pub vm_id: Option<u64>,
     pub disc_id: Option<u64>,
+    /// A live VM migration's final downtime (ms), once the source said.
+    pub downtime_ms: Option<u64>,
 }
 
 impl Operation {

@@ -769,3 +769,41 @@ fn operators_move_discs_and_empty_heads_without_waiting() {
         .unwrap();
     assert_eq!(empty["state"], "cancelled");
 }
+
+#[test]
+fn a_finished_vm_migration_shows_its_downtime() {
+    let h = customer();
+    create_web1(&h);
+    let from = running_on(&h, "web1");
+    let target = if from.node_id() == "sim-head-0000" {
+        "head2"
+    } else {
+        "head1"
+    };
+    // A quick copy this time: the CLI waits for the end.
+    for node in &h.fleet.as_ref().expect("the simulated nodes").nodes {
+        node.mirror_time(std::time::Duration::from_millis(500));
+    }
+    let downtime = format!("downtime {} ms", bigv_spine::sim::SIM_DOWNTIME_MS);
+    let run = h
+        .bigv(&[
+            "--profile",
+            "ops",
+            "admin",
+            "migrate",
+            "server",
+            "web1.default.alice",
+            target,
+        ])
+        .ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "Done: migrate web1.default.alice to {target}, {downtime}."
+        )),
+        "{run:?}"
+    );
+    let run = h
+        .bigv(&["--profile", "ops", "admin", "show", "migrations", "--all"])
+        .ok();
+    assert!(run.stdout.contains(&downtime), "{run:?}");
+}

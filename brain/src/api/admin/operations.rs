@@ -62,7 +62,7 @@ fn describe(model: &Model, kind: &OperationKind) -> String {
             .map_or_else(|| format!("server {id}"), |vm| vm_short_name(model, vm))
     };
     match kind {
-        OperationKind::MigrateVm { vm_id, to_head } => format!(
+        OperationKind::MigrateVm { vm_id, to_head, .. } => format!(
             "migrate {} to {}",
             vm_name(*vm_id),
             to_head.as_deref().map_or_else(
@@ -287,6 +287,7 @@ async fn migrate_vm(
             let kind = OperationKind::MigrateVm {
                 vm_id: vm.id,
                 to_head,
+                downtime_ms: None,
             };
             let op = new_operation(tx.new_id::<Operation>()?, kind, 0, now);
             tx.put(op.clone())?;

@@ -217,6 +217,9 @@ async fn update(
             Ok::<_, ApiError>(settings)
         })
         .await?;
+    state
+        .spine
+        .set_fence_timeout(Some(settings.fence_timeout_secs));
     state.reconcile.notify_one();
     view(&settings)
 }

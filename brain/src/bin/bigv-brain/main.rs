@@ -73,6 +73,15 @@ struct ServeArgs {
     /// Its password (prefer the environment variable to the flag).
     #[arg(long, env = "BIGV_BOOTSTRAP_PASSWORD", hide_env_values = true)]
     bootstrap_password: Option<String>,
+    /// For a new store only (later: `PUT /admin/settings`): how long a
+    /// head may lose the spine before it kills its VMs; heads are told in
+    /// the spine's welcome
+    #[arg(long, env = "BIGV_FENCE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    fence_timeout_secs: Option<u64>,
+    /// For a new store only: how much longer than the fence timeout the
+    /// brain waits before restarting a lost head's VMs elsewhere
+    #[arg(long, env = "BIGV_FENCE_MARGIN_SECS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    fence_margin_secs: Option<u64>,
     #[command(flatten)]
     boot: BootArgs,
 }
@@ -251,6 +260,12 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         _ if args.api_tls => Some(ApiTls::OwnCertificate),
         _ => None,
     };
+    if let Some(secs) = args.fence_timeout_secs {
+        config.initial_settings.fence_timeout_secs = secs;
+    }
+    if let Some(secs) = args.fence_margin_secs {
+        config.initial_settings.fence_margin_secs = secs;
+    }
     config.bootstrap = match (args.bootstrap_user, args.bootstrap_password) {
         (Some(user), Some(password)) => Some((user, password)),
         (None, None) => None,

@@ -25,8 +25,11 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 /// Ctrl-alt-delete on the guest's keyboard reaches PID 1 as SIGINT (not
 /// a reboot); each press is reported on the console, so a test can see
-/// that keys sent through qemu arrived.
-fn watch_ctrl_alt_del(con: Console) {
+/// that keys sent through qemu arrived, and starts a disc check (write
+/// and verify the pattern again, like the `disc` command): scenarios on
+/// PXE-booted heads cannot type on the serial console, but can send keys
+/// through the API.
+fn watch_ctrl_alt_del(con: Console, boot_id: String) {
     // SAFETY: RB_DISABLE_CAD takes no pointer; the handler only stores
     // to an atomic.
     unsafe {
@@ -37,6 +40,8 @@ fn watch_ctrl_alt_del(con: Console) {
         std::thread::sleep(Duration::from_millis(100));
         if CAD.swap(false, Ordering::SeqCst) {
             say(&con, lines::CTRL_ALT_DEL);
+            let (con, id) = (con.clone(), boot_id.clone());
+            std::thread::spawn(move || disc_check(con, id));
         }
     }
 }
@@ -495,8 +500,8 @@ fn main() {
         std::thread::spawn(move || cidata_check(con));
     }
     {
-        let con = con.clone();
-        std::thread::spawn(move || watch_ctrl_alt_del(con));
+        let (con, id) = (con.clone(), boot_id.clone());
+        std::thread::spawn(move || watch_ctrl_alt_del(con, id));
     }
     commands(con, input, &boot_id);
 }

@@ -375,9 +375,21 @@ fn operation_line(o: &Operation) -> String {
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     format!(
-        "• {} {} - {}, {}% ({}){error}\n",
-        o.id, o.description, o.state, o.progress, o.phase
+        "• {} {} - {}, {}% ({}){}{error}\n",
+        o.id,
+        o.description,
+        o.state,
+        o.progress,
+        o.phase,
+        downtime(o)
     )
+}
+
+/// `, downtime N ms` for a live migration whose source reported it.
+fn downtime(o: &Operation) -> String {
+    o.downtime_ms
+        .map(|ms| format!(", downtime {ms} ms"))
+        .unwrap_or_default()
 }
 
 /// Settings as `key: value` lines (JSON values, strings unquoted).
@@ -914,7 +926,7 @@ pub fn follow(ctx: &Ctx, op: &Operation) -> Result<()> {
     progress.finish();
     match last.state.as_str() {
         "done" => {
-            note(format!("Done: {}.", last.description));
+            note(format!("Done: {}{}.", last.description, downtime(&last)));
             Ok(())
         }
         "cancelled" => Err(CliError::new(
