@@ -219,6 +219,30 @@ pub struct CustomerScenario {
 }
 
 impl CustomerScenario {
+    /// The opening every customer-VM scenario test shares: `None` (the
+    /// test passes, saying it was skipped) unless the slow tier is on;
+    /// else the host checked, [`CustomerScenario::start`], this thread in
+    /// the namespace (the API listens on its loopback) and a runtime for
+    /// the scenario's async steps.
+    pub fn begin(
+        test: &str,
+        scenario: &str,
+        tag: &str,
+        taps: usize,
+    ) -> Option<(CustomerScenario, tokio::runtime::Runtime)> {
+        if !crate::slow_tests_enabled(test) {
+            return None;
+        }
+        crate::require_host();
+        let s = CustomerScenario::start(scenario, tag, taps);
+        s.cluster.ns.enter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        Some((s, rt))
+    }
+
     /// `scenario` names the log folder, `tag` the namespace; `taps`
     /// machines can be powered on.
     pub fn start(scenario: &str, tag: &str, taps: usize) -> CustomerScenario {

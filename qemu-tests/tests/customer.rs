@@ -46,25 +46,20 @@ const SERVER: &str = "web1.default.acme";
 
 #[test]
 fn customer_flow_through_the_cli() {
-    if !bigv_qemu_tests::slow_tests_enabled("customer_flow_through_the_cli") {
+    let Some((
+        CustomerScenario {
+            mut logs,
+            guest,
+            data_dir,
+            mut cluster,
+            admin_cli,
+            customer,
+        },
+        rt,
+    )) = CustomerScenario::begin("customer_flow_through_the_cli", "customer", "cust", 2)
+    else {
         return;
-    }
-    bigv_qemu_tests::require_host();
-    let CustomerScenario {
-        mut logs,
-        guest,
-        data_dir,
-        mut cluster,
-        admin_cli,
-        customer,
-    } = CustomerScenario::start("customer", "cust", 2);
-
-    // This thread talks to the API on the namespace's loopback.
-    cluster.ns.enter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let ctx = Ctx {
         admin_cli: &admin_cli,
         customer: &customer,

@@ -53,25 +53,25 @@ const SETTLE: Duration = Duration::from_secs(15);
 
 #[test]
 fn brain_killed_vms_run_on_the_restarted_brain_reconverges_a_tail_cable_pull_stalls_io() {
-    if !bigv_qemu_tests::slow_tests_enabled(
+    let Some((
+        CustomerScenario {
+            mut logs,
+            guest: guest_image,
+            data_dir,
+            mut cluster,
+            admin_cli,
+            customer,
+        },
+        rt,
+    )) = CustomerScenario::begin(
         "brain_killed_vms_run_on_the_restarted_brain_reconverges_a_tail_cable_pull_stalls_io",
-    ) {
+        "failures-brain",
+        "fbrain",
+        2,
+    )
+    else {
         return;
-    }
-    bigv_qemu_tests::require_host();
-    let CustomerScenario {
-        mut logs,
-        guest: guest_image,
-        data_dir,
-        mut cluster,
-        admin_cli,
-        customer,
-    } = CustomerScenario::start("failures-brain", "fbrain", 2);
-    cluster.ns.enter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let t = rt.block_on(brain_scenario(
         &admin_cli,
         &customer,
@@ -355,25 +355,25 @@ const CABLE_OUT: Duration = Duration::from_secs(45);
 #[test]
 fn head_cables_pulled_short_nothing_moves_past_the_fence_the_vm_moves_once_head_powered_off_it_moves_back()
  {
-    if !bigv_qemu_tests::slow_tests_enabled(
+    let Some((
+        CustomerScenario {
+            mut logs,
+            guest: guest_image,
+            data_dir,
+            mut cluster,
+            admin_cli,
+            customer,
+        },
+        rt,
+    )) = CustomerScenario::begin(
         "head_cables_pulled_short_nothing_moves_past_the_fence_the_vm_moves_once_head_powered_off_it_moves_back",
-    ) {
+        "failures-head",
+        "fhead",
+        3,
+    )
+    else {
         return;
-    }
-    bigv_qemu_tests::require_host();
-    let CustomerScenario {
-        mut logs,
-        guest: guest_image,
-        data_dir,
-        mut cluster,
-        admin_cli,
-        customer,
-    } = CustomerScenario::start("failures-head", "fhead", 3);
-    cluster.ns.enter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let t = rt.block_on(head_scenario(
         &admin_cli,
         &customer,

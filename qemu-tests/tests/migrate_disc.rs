@@ -33,23 +33,25 @@ const SERVER: &str = "store1.default.acme";
 
 #[test]
 fn disc_migrates_live_between_tails() {
-    if !bigv_qemu_tests::slow_tests_enabled("disc_migrates_live_between_tails") {
+    let Some((
+        CustomerScenario {
+            mut logs,
+            guest,
+            data_dir,
+            mut cluster,
+            admin_cli,
+            customer: alice,
+        },
+        rt,
+    )) = CustomerScenario::begin(
+        "disc_migrates_live_between_tails",
+        "migrate-disc",
+        "migd",
+        3,
+    )
+    else {
         return;
-    }
-    bigv_qemu_tests::require_host();
-    let CustomerScenario {
-        mut logs,
-        guest,
-        data_dir,
-        mut cluster,
-        admin_cli,
-        customer: alice,
-    } = CustomerScenario::start("migrate-disc", "migd", 3);
-    cluster.ns.enter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let t = rt.block_on(async {
         let admin = Admin::login(&mut cluster.brain).await;
         cluster

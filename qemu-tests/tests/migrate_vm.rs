@@ -29,23 +29,20 @@ const SERVER: &str = "mig1.default.acme";
 
 #[test]
 fn vm_migrates_live_between_heads() {
-    if !bigv_qemu_tests::slow_tests_enabled("vm_migrates_live_between_heads") {
+    let Some((
+        CustomerScenario {
+            mut logs,
+            guest,
+            data_dir,
+            mut cluster,
+            admin_cli,
+            customer: alice,
+        },
+        rt,
+    )) = CustomerScenario::begin("vm_migrates_live_between_heads", "migrate-vm", "migv", 3)
+    else {
         return;
-    }
-    bigv_qemu_tests::require_host();
-    let CustomerScenario {
-        mut logs,
-        guest,
-        data_dir,
-        mut cluster,
-        admin_cli,
-        customer: alice,
-    } = CustomerScenario::start("migrate-vm", "migv", 3);
-    cluster.ns.enter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let t = rt.block_on(async {
         let admin = Admin::login(&mut cluster.brain).await;
         cluster

@@ -34,23 +34,25 @@ const SERVER: &str = "upg1.default.acme";
 
 #[test]
 fn rolling_upgrade_reboots_every_node_and_no_vm() {
-    if !bigv_qemu_tests::slow_tests_enabled("rolling_upgrade_reboots_every_node_and_no_vm") {
+    let Some((
+        CustomerScenario {
+            mut logs,
+            guest,
+            data_dir,
+            mut cluster,
+            admin_cli,
+            customer: alice,
+        },
+        rt,
+    )) = CustomerScenario::begin(
+        "rolling_upgrade_reboots_every_node_and_no_vm",
+        "upgrade",
+        "upgr",
+        4,
+    )
+    else {
         return;
-    }
-    bigv_qemu_tests::require_host();
-    let CustomerScenario {
-        mut logs,
-        guest,
-        data_dir,
-        mut cluster,
-        admin_cli,
-        customer: alice,
-    } = CustomerScenario::start("upgrade", "upgr", 4);
-    cluster.ns.enter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let (t, nodes) = rt.block_on(async {
         let admin = Admin::login(&mut cluster.brain).await;
         cluster
