@@ -121,7 +121,7 @@ impl BrainProcess {
 
     /// The fingerprint clients pin (the brain's own certificate, made at
     /// its first start), once the certificate exists.
-    pub fn fingerprint(&mut self) -> Option<String> {
+    pub fn fingerprint(&self) -> Option<String> {
         let der = std::fs::read(self.data.join("spine-cert.der")).ok()?;
         // Whole? A DER SEQUENCE with a two-byte length: 30 82 HI LO.
         let whole = der.len() > 4

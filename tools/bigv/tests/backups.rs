@@ -5,52 +5,10 @@
 
 mod common;
 
-use bigv_brain::model::{Admission, Image, Level, Target};
 use common::{Harness, golden, mask_json, normalise};
 use serde_json::Value;
 
 const VM: &str = "/accounts/alice/groups/default/virtual_machines";
-
-fn customer() -> Harness {
-    let mut h = Harness::start();
-    h.nodes(1, 1, Admission::Accepted);
-    let (account, _) = h.account("alice");
-    h.user(
-        "alice",
-        "alices-password",
-        Level::AccountAdmin,
-        Target::Account(account),
-    );
-    h.write(|tx| {
-        tx.put(Image {
-            name: "bookworm".into(),
-            description: "Debian 12".into(),
-            size: 2048,
-        })
-    });
-    h.bigv_env(
-        &["--profile", "ops", "login"],
-        &[
-            ("BIGV_USER", common::SU_USER),
-            ("BIGV_PASS", common::SU_PASSWORD),
-        ],
-    )
-    .ok();
-    for args in [
-        &["admin", "add", "vlan", "1"][..],
-        &["admin", "add", "ip", "range", "192.0.2.0/24", "1"],
-    ] {
-        let mut all = vec!["--profile", "ops"];
-        all.extend_from_slice(args);
-        h.bigv(&all).ok();
-    }
-    h.bigv_env(
-        &["login"],
-        &[("BIGV_USER", "alice"), ("BIGV_PASS", "alices-password")],
-    )
-    .ok();
-    h
-}
 
 fn disc(h: &Harness, vm: &str) -> Value {
     h.get(&h.su(), &format!("{VM}/{vm}/discs/disc-1"))
@@ -58,7 +16,7 @@ fn disc(h: &Harness, vm: &str) -> Value {
 
 #[test]
 fn add_server_sends_the_backup_schedule() {
-    let h = customer();
+    let h = Harness::customer();
     h.bigv(&[
         "add",
         "server",
@@ -113,7 +71,7 @@ fn add_server_sends_the_backup_schedule() {
 
 #[test]
 fn backups_are_taken_shown_restored_and_deleted() {
-    let h = customer();
+    let h = Harness::customer();
     h.bigv(&[
         "add",
         "server",
@@ -189,7 +147,7 @@ fn backups_are_taken_shown_restored_and_deleted() {
 
 #[test]
 fn backups_are_scheduled_and_unscheduled() {
-    let h = customer();
+    let h = Harness::customer();
     h.bigv(&[
         "add",
         "server",

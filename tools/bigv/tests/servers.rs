@@ -6,57 +6,12 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use bigv_brain::model::{Admission, Image, Level, Target, VmId};
+use bigv_brain::model::VmId;
 use common::{Harness, golden, mask_json, normalise};
 use reqwest::Method;
 use serde_json::Value;
 
 const VM: &str = "/accounts/alice/groups/default/virtual_machines";
-
-/// A cluster (one head, one tail), an image, public addresses, and
-/// alice (account_admin of account alice) logged in.
-fn customer() -> Harness {
-    let mut h = Harness::start();
-    h.nodes(2, 1, Admission::Accepted);
-    let (account, _) = h.account("alice");
-    h.user(
-        "alice",
-        "alices-password",
-        Level::AccountAdmin,
-        Target::Account(account),
-    );
-    h.write(|tx| {
-        tx.put(Image {
-            name: "bookworm".into(),
-            description: "Debian 12".into(),
-            size: 2048,
-        })
-    });
-    h.bigv_env(
-        &["--profile", "ops", "login"],
-        &[
-            ("BIGV_USER", common::SU_USER),
-            ("BIGV_PASS", common::SU_PASSWORD),
-        ],
-    )
-    .ok();
-    let ops = |args: &[&str]| {
-        let mut all = vec!["--profile", "ops"];
-        all.extend_from_slice(args);
-        h.bigv(&all).ok();
-    };
-    ops(&["admin", "add", "vlan", "1"]);
-    ops(&["admin", "add", "ip", "range", "192.0.2.0/24", "1"]);
-    // Console addresses come from a management VLAN.
-    ops(&["admin", "add", "vlan", "2", "--usage-type", "management"]);
-    ops(&["admin", "add", "ip", "range", "198.51.100.0/24", "2"]);
-    h.bigv_env(
-        &["login"],
-        &[("BIGV_USER", "alice"), ("BIGV_PASS", "alices-password")],
-    )
-    .ok();
-    h
-}
 
 fn vm(h: &Harness, name: &str) -> Value {
     h.get(&h.su(), &format!("{VM}/{name}?include_deleted=true"))
@@ -90,7 +45,7 @@ fn create_web1(h: &Harness) {
 
 #[test]
 fn a_server_is_created_with_power_on_and_shown() {
-    let h = customer();
+    let h = Harness::customer();
     let run = h
         .bigv(&[
             "--show-requests",
@@ -189,7 +144,7 @@ fn run_human(h: &Harness) -> String {
 
 #[test]
 fn bad_input_gets_one_line_naming_what_was_wrong() {
-    let h = customer();
+    let h = Harness::customer();
     let run = h
         .bigv(&["add", "server", "web3", "--image", "nosuch"])
         .fails(7);
@@ -232,7 +187,7 @@ fn bad_input_gets_one_line_naming_what_was_wrong() {
 
 #[test]
 fn servers_are_updated_and_the_cd_is_really_ejected() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     h.bigv(&[
         "update", "server", "web1", "--memory", "+1G", "--cores", "2",
@@ -265,7 +220,7 @@ fn servers_are_updated_and_the_cd_is_really_ejected() {
 
 #[test]
 fn discs_are_added_grown_moved_and_deleted() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     h.bigv(&["add", "discs", "web1", "sata:10G"]).ok();
     let v = vm(&h, "web1");
@@ -311,7 +266,7 @@ fn discs_are_added_grown_moved_and_deleted() {
 
 #[test]
 fn servers_are_deleted_restored_and_purged() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     h.bigv_stdin(&["delete", "server", "web1"], "no\n").fails(5);
     assert_eq!(vm(&h, "web1")["deleted"], false);
@@ -334,7 +289,7 @@ fn servers_are_deleted_restored_and_purged() {
 
 #[test]
 fn power_commands_set_what_the_brain_should_do() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     h.bigv(&["stop", "server", "web1"]).ok();
     let v = vm(&h, "web1");
@@ -362,7 +317,7 @@ fn power_commands_set_what_the_brain_should_do() {
 
 #[test]
 fn shutdown_waits_until_the_simulated_server_stops() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     let head = running_on(&h, "web1");
     let run = h.bigv(&["shutdown", "server", "web1"]).ok();
@@ -388,7 +343,7 @@ fn shutdown_waits_until_the_simulated_server_stops() {
 
 #[test]
 fn shutdown_gives_up_on_a_server_that_does_not_stop() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     let head = running_on(&h, "web1");
     // Its head is out of reach, so the powerdown cannot arrive.
@@ -408,7 +363,7 @@ fn shutdown_gives_up_on_a_server_that_does_not_stop() {
 
 #[test]
 fn the_console_execs_ssh_to_the_management_address() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     let address = vm(&h, "web1")["management_address"]
         .as_str()
@@ -458,7 +413,7 @@ fn the_console_execs_ssh_to_the_management_address() {
 
 #[test]
 fn groups_are_added_and_deleted_only_when_empty() {
-    let h = customer();
+    let h = Harness::customer();
     h.bigv(&["add", "group", "prod"]).ok();
     h.get(&h.su(), "/accounts/alice/groups/prod");
     h.bigv(&["add", "server", "db1.prod", "--no-image", "--stopped"])
@@ -475,7 +430,7 @@ fn groups_are_added_and_deleted_only_when_empty() {
 
 #[test]
 fn object_privileges_and_403() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     h.plain_user("bob", "bobs-password");
     h.bigv(&[
@@ -529,7 +484,7 @@ fn object_privileges_and_403() {
 
 #[test]
 fn extra_ips_are_added() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     let run = h
         .bigv(&["add", "ips", "web1", "--ips", "2", "--reason", "tls sites"])
@@ -548,7 +503,7 @@ fn extra_ips_are_added() {
 /// starts one without waiting, sees it listed, and cancels it.
 #[test]
 fn operators_start_list_and_cancel_a_migration() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     let from = running_on(&h, "web1");
     let target = if from.node_id() == "sim-head-0000" {
@@ -599,7 +554,7 @@ fn operators_start_list_and_cancel_a_migration() {
 
 #[test]
 fn reimaging_asks_first_and_operators_follow_it() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     running_on(&h, "web1");
     // It must be off first: the brain says so.
@@ -641,7 +596,7 @@ fn reimaging_asks_first_and_operators_follow_it() {
 
 #[test]
 fn servers_move_between_groups_and_swap_addresses() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     h.bigv(&[
         "add",
@@ -692,7 +647,7 @@ fn servers_move_between_groups_and_swap_addresses() {
 
 #[test]
 fn debug_sends_raw_requests() {
-    let h = customer();
+    let h = Harness::customer();
     let run = h.bigv(&["debug", "GET", "/definitions", "--no-auth"]).ok();
     assert!(run.json().is_array(), "{run:?}");
     let run = h.bigv(&["debug", "GET", "/accounts/alice"]).ok();
@@ -705,7 +660,7 @@ fn debug_sends_raw_requests() {
 
 #[test]
 fn operators_move_discs_and_empty_heads_without_waiting() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     running_on(&h, "web1");
     let ops = |args: &[&str]| {
@@ -772,7 +727,7 @@ fn operators_move_discs_and_empty_heads_without_waiting() {
 
 #[test]
 fn a_finished_vm_migration_shows_its_downtime() {
-    let h = customer();
+    let h = Harness::customer();
     create_web1(&h);
     let from = running_on(&h, "web1");
     let target = if from.node_id() == "sim-head-0000" {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bigv_brain::api::tls::ApiTls;
 use bigv_brain::clock::Clock;
 use bigv_brain::model::{
-    Account, AccountId, Admission, DbError, Group, GroupId, Level, Node, Pool, Privilege,
+    Account, AccountId, Admission, DbError, Group, GroupId, Image, Level, Node, Pool, Privilege,
     PrivilegeId, Role, Session, Settings, Target, User, UserId, VmId,
 };
 use bigv_brain::{Brain, BrainConfig};
@@ -82,6 +82,48 @@ fn keepalive() -> Keepalive {
 }
 
 impl Harness {
+    /// A cluster (two heads, one tail), an image, public addresses, and
+    /// alice (account_admin of account alice) logged in.
+    pub fn customer() -> Harness {
+        let mut h = Harness::start();
+        h.nodes(2, 1, Admission::Accepted);
+        let (account, _) = h.account("alice");
+        h.user(
+            "alice",
+            "alices-password",
+            Level::AccountAdmin,
+            Target::Account(account),
+        );
+        h.write(|tx| {
+            tx.put(Image {
+                name: "bookworm".into(),
+                description: "Debian 12".into(),
+                size: 2048,
+            })
+        });
+        h.bigv_env(
+            &["--profile", "ops", "login"],
+            &[("BIGV_USER", SU_USER), ("BIGV_PASS", SU_PASSWORD)],
+        )
+        .ok();
+        let ops = |args: &[&str]| {
+            let mut all = vec!["--profile", "ops"];
+            all.extend_from_slice(args);
+            h.bigv(&all).ok();
+        };
+        ops(&["admin", "add", "vlan", "1"]);
+        ops(&["admin", "add", "ip", "range", "192.0.2.0/24", "1"]);
+        // Console addresses come from a management VLAN.
+        ops(&["admin", "add", "vlan", "2", "--usage-type", "management"]);
+        ops(&["admin", "add", "ip", "range", "198.51.100.0/24", "2"]);
+        h.bigv_env(
+            &["login"],
+            &[("BIGV_USER", "alice"), ("BIGV_PASS", "alices-password")],
+        )
+        .ok();
+        h
+    }
+
     pub fn start() -> Harness {
         Self::start_with(settings())
     }
