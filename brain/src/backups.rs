@@ -147,10 +147,13 @@ pub fn forget_disc(tx: &mut Tx<'_>, disc: DiscId) -> Result<(), DbError> {
 /// whatever it holds alone) or its tail predates backups. `pool` is the
 /// tail's iceberg pool, if it has one; no restore is ordered while
 /// `hold_restore` (the disc's server runs, or the disc is migrating).
+/// `held`: the backup ids the tail reports holding, kept even when
+/// recorded on another tail (they came along with a migration).
 pub fn wanted(
     model: &Model,
     disc: DiscId,
     tail: &str,
+    held: &[String],
     pool: Option<String>,
     hold_restore: bool,
 ) -> Option<DiscBackups> {
@@ -161,7 +164,8 @@ pub fn wanted(
         any = true;
         // One taken on another tail is not there to keep (and must not be
         // taken afresh under its id).
-        let here = b.node_id.as_deref().is_none_or(|n| n == tail);
+        let here = b.node_id.as_deref().is_none_or(|n| n == tail)
+            || (b.state == BackupState::Taken && held.contains(&spine_id(b)));
         if here && matches!(b.state, BackupState::Pending | BackupState::Taken) {
             keep.push(spine_id(b));
         }
@@ -241,7 +245,18 @@ pub fn observe(
         let id = spine_id(b);
         let mut new = b.clone();
         let moved = b.node_id.as_ref().is_some_and(|n| *n != node_id);
-        if moved {
+        let arrived = report
+            .as_ref()
+            .and_then(|r| r.taken.iter().find(|t| t.id == id));
+        if moved
+            && b.state == BackupState::Taken
+            && let Some(t) = arrived
+        {
+            // Sent along with the disc (`migrate_to.backups`).
+            new.node_id = Some(node_id.clone());
+            new.storage_pool = Some(t.pool.clone());
+            new.allocated = Some(t.allocated);
+        } else if moved {
             // Left behind on the tail the disc moved away from.
             if b.state == BackupState::Deleting {
                 deletes.push(b.id);

@@ -337,13 +337,64 @@ async fn a_tail_with_an_iceberg_pool_keeps_backups_there() {
     assert_eq!(count("tail1-sata1"), Some(json!(0)), "{pools}");
 }
 
-/// Backups stay on the tail that took them: a disc that moves to another
-/// tail loses them (they show `failed`, saying so), and new ones are taken
-/// on the new tail.
+/// A disc's backups move with it to another tail: still `taken`, now on
+/// the new tail (in its iceberg pool when it has one), still restorable,
+/// and new ones are taken there.
 #[tokio::test]
-async fn a_disc_that_moves_to_another_tail_loses_its_backups() {
+async fn a_disc_that_moves_to_another_tail_takes_its_backups_along() {
     let tb = TestBrain::start_with(test_settings(), Clock::manual(T0)).await;
     let fleet = cluster(&tb, 1, 2).await;
+    networks_and_images(&tb).await;
+    let su = tb.su().await;
+    account(&tb, &su, "alice").await;
+    let vm = create_vm(&tb, &su, "alice", small_vm("web1")).await;
+    let backups = format!("{}/backups", disc_path("web1"));
+    let (_, b) = tb.post(&su, &backups, json!(null)).await;
+    let first = b["id"].as_u64().unwrap();
+    let before = eventually("the backup to be taken", 10, || async {
+        let (_, list) = tb.get(&su, &backups).await;
+        (list[0]["state"] == "taken").then_some(list)
+    })
+    .await;
+    let (_, disc) = tb.get(&su, &disc_path("web1")).await;
+    let (status, op) = tb
+        .post(
+            &su,
+            &format!("/admin/discs/{}/migrate", disc["id"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let list = eventually("the backup to be recorded on the new tail", 20, || async {
+        let (_, list) = tb.get(&su, &backups).await;
+        (list[0]["storage_pool"] != before[0]["storage_pool"]).then_some(list)
+    })
+    .await;
+    assert_eq!(list[0]["state"], "taken", "{list}");
+    assert_eq!(list[0]["id"], first);
+    let (_, b) = tb.post(&su, &backups, json!(null)).await;
+    let second = b["id"].as_u64().unwrap();
+    eventually("a new backup on the new tail", 10, || async {
+        let (_, list) = tb.get(&su, &backups).await;
+        let taken = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == second && b["state"] == "taken");
+        taken.then_some(())
+    })
+    .await;
+    let on_tail = tail_backups(&tb, &fleet, &vm).unwrap();
+    assert_eq!(on_tail.keep, [format!("b{first}"), format!("b{second}")]);
+}
+
+/// A tail too old to receive backups (protocol 3) gets the disc without
+/// them: they stay behind, are lost (shown `failed`, saying so), and new
+/// ones are taken on the new tail.
+#[tokio::test]
+async fn backups_are_lost_when_the_new_tail_cannot_receive_them() {
+    let tb = TestBrain::start_with(test_settings(), Clock::manual(T0)).await;
+    let fleet = cluster_speaking(&tb, 1, 2, 3).await;
     networks_and_images(&tb).await;
     let su = tb.su().await;
     account(&tb, &su, "alice").await;

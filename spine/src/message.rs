@@ -11,8 +11,9 @@ use crate::resource::{Resource, ResourceName};
 
 /// The protocol version this build speaks. 2 added `log` frames; 3 the
 /// disc's `backups` and `limits` members and `welcome.fence_timeout_secs`
-/// (each sent only to nodes speaking 3: older ones reject unknown fields).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// (each sent only to nodes speaking 3: older ones reject unknown fields);
+/// 4 `migrate_to.backups` (a disc's backups travel with it).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version this build's brain still accepts (a version 1 node
 /// simply never sends `log` frames; nodes below 3 are not told the fence
 /// timeout, because their `welcome` rejects unknown fields).

@@ -308,8 +308,9 @@ impl<H: NodeHandler> NodeAgent<H> {
         link: &mut Link<ToNode, ToBrain>,
         cancel: &CancellationToken,
     ) -> Result<PowerAction, SessionError> {
+        // The configured protocol version is this build's, except in
+        // simulations of an older build's nodes.
         let mut hello = self.config.hello.clone();
-        hello.protocol_version = crate::PROTOCOL_VERSION;
         hello.image_version = self.image_version();
         send(&link.out, ToBrain::Hello(hello)).await?;
         self.await_welcome(link).await?;

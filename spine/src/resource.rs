@@ -425,6 +425,10 @@ pub struct MigrationOrder {
     /// The destination's mirror endpoint, `[addr]:port`, as reported in
     /// the destination's `incoming.endpoint`.
     pub endpoint: String,
+    /// Send the disc's backups along (protocol 4; only when both tails
+    /// speak it, since older ones reject the field or the command).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backups: bool,
 }
 
 /// Ordered on the destination tail's `disc.*` (in the `create`): the disc

@@ -188,13 +188,14 @@ fn disc_spec() -> impl Strategy<Value = DiscSpec> {
                 }
             },
         );
-    let migrate_to = prop::option::of(
-        (any::<u64>(), segment(), text()).prop_map(|(seq, to, endpoint)| MigrationOrder {
+    let migrate_to = prop::option::of((any::<u64>(), segment(), text(), any::<bool>()).prop_map(
+        |(seq, to, endpoint, backups)| MigrationOrder {
             seq,
             to,
             endpoint,
-        }),
-    );
+            backups,
+        },
+    ));
     let incoming = prop::option::of(
         (text(), prop::option::of(text()))
             .prop_map(|(from, endpoint)| IncomingMirror { from, endpoint }),

@@ -178,12 +178,21 @@ fn step<'a>(p: &mut Pass<'a>, op: &Operation, disc_id: DiscId, to_pool: Option<&
     else {
         return set_phase(p, op, "preparing", None);
     };
+    // Backups travel with the disc when both tails know how.
+    let speaks = |tail: &str| {
+        p.snap
+            .nodes
+            .get(tail)
+            .is_some_and(|n| n.info.protocol_version >= super::snapshot::MOVING_BACKUPS_PROTOCOL)
+    };
+    let backups = speaks(&source_tail) && speaks(&dest_tail);
     p.disc_moves.insert(
         disc_id,
         MigrationOrder {
             seq,
             to: dest_tail.clone(),
             endpoint,
+            backups,
         },
     );
     follow_acl(p, &disc, &dest_tail, at_dest);
@@ -278,6 +287,14 @@ fn create_destination(
         .get(dest_tail)
         .map_or(0, |n| n.info.protocol_version);
     let limits = super::disc_limits::disc_limits_for(version, disc, dest_pool);
+    // Where backups sent along land: the tail's iceberg pool, if any.
+    let backups = (version >= super::snapshot::MOVING_BACKUPS_PROTOCOL)
+        .then(|| super::discs::iceberg_pool(p, dest_tail))
+        .flatten()
+        .map(|pool| bigv_spine::backup::DiscBackups {
+            pool: Some(pool),
+            ..Default::default()
+        });
     let spec = DiscSpec {
         size: disc.size,
         storage_pool: pool_name,
@@ -291,6 +308,7 @@ fn create_destination(
             endpoint: None,
         }),
         limits,
+        backups,
         ..DiscSpec::default()
     };
     let Ok(resource) = Resource::new(name, bigv_spine::ResourceValue::Disc(spec)) else {

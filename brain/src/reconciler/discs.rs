@@ -279,12 +279,22 @@ fn wanted_backups(
     if !capable {
         return None;
     }
-    let iceberg = p
-        .model
+    // Backups that came along with a migration are there before the
+    // brain has recorded their move: keep what the tail says it holds.
+    let held: Vec<String> = reported_spec(p, disc)
+        .and_then(|s| s.backups.as_ref())
+        .map(|b| b.taken.iter().map(|t| t.id.clone()).collect())
+        .unwrap_or_default();
+    let iceberg = iceberg_pool(p, tail);
+    crate::backups::wanted(p.model, disc.id, tail, &held, iceberg, hold_restore)
+}
+
+/// The tail's cold-storage pool for backups, if it has one.
+pub(super) fn iceberg_pool(p: &Pass<'_>, tail: &str) -> Option<String> {
+    p.model
         .pools_of(tail)
         .find(|pool| pool.grade == crate::backups::ICEBERG)
-        .map(|pool| pool.name.clone());
-    crate::backups::wanted(p.model, disc.id, tail, iceberg, hold_restore)
+        .map(|pool| pool.name.clone())
 }
 
 /// Whether a disc migration of `id` is running.

@@ -53,6 +53,9 @@ impl Snapshot {
 
 /// The spine protocol version that added disc backups.
 pub(crate) const BACKUPS_PROTOCOL: u32 = 3;
+/// The spine protocol version with which a disc's backups migrate with it
+/// (`migrate_to.backups`).
+pub(crate) const MOVING_BACKUPS_PROTOCOL: u32 = 4;
 
 impl NodeSnap {
     pub fn new(info: NodeInfo, ready: bool) -> Self {

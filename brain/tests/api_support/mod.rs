@@ -27,6 +27,17 @@ pub const POOL_SIZE: u64 = 1 << 20;
 /// `sim-tail-NNNN` → `tailN+1` with pools `sata1`, `ssd1`, `archive1`),
 /// waited for until placement sees every one of them.
 pub async fn cluster(tb: &TestBrain, heads: usize, tails: usize) -> SimFleet {
+    cluster_speaking(tb, heads, tails, bigv_spine::PROTOCOL_VERSION).await
+}
+
+/// [`cluster`] with nodes that speak spine protocol `version` (an older
+/// build's nodes, say).
+pub async fn cluster_speaking(
+    tb: &TestBrain,
+    heads: usize,
+    tails: usize,
+    version: u32,
+) -> SimFleet {
     let grades = [("sata1", "sata"), ("ssd1", "ssd"), ("archive1", "archive")];
     let now = tb.clock.now();
     tb.brain
@@ -91,6 +102,7 @@ pub async fn cluster(tb: &TestBrain, heads: usize, tails: usize) -> SimFleet {
         move |c| {
             c.tls_pin = Some(pin);
             c.keepalive = fast_keepalive();
+            c.hello.protocol_version = version;
         },
     );
     eventually(

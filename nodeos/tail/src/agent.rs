@@ -18,9 +18,10 @@ use bigv_spine::{ErrorCode, NodeHandler, Notifier, OrderError};
 
 use crate::acl::Acl;
 use crate::addresses::Addresses;
+use crate::backup_transfer::IncomingBackups;
 use crate::error_chain;
 use crate::mirror::{self, MirrorHandle};
-use crate::nbd::server::ServeOptions;
+use crate::nbd::server::{BackupSink, ServeOptions};
 use crate::nbd::{DiscServer, Export};
 use crate::pools::{self, DiscRecord, MIB, Pools};
 
@@ -420,6 +421,12 @@ impl TailAgent {
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let listen = SocketAddr::new(self.config.storage_address, 0);
+        // Backups sent along go where this tail would keep the disc's own.
+        let store_in = (state.spec.backups.as_ref())
+            .and_then(|b| b.pool.clone())
+            .unwrap_or_else(|| state.spec.storage_pool.clone());
+        let backups = crate::backups::backup_dir(&self.config.pools, &store_in, name)
+            .map(|dir| Arc::new(IncomingBackups::new(dir)) as Arc<dyn BackupSink>);
         let server = DiscServer::start_with(
             state.export.clone(),
             listen,
@@ -427,6 +434,7 @@ impl TailAgent {
             ServeOptions {
                 handover: Some(tx),
                 write_behind: true,
+                backups,
             },
         )
         .await

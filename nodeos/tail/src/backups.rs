@@ -189,6 +189,18 @@ impl Partial {
         })
     }
 
+    /// Sizes the backup (a sparse file: it reads as zeroes).
+    pub fn set_len(&self, len: u64) -> Result<(), BackupError> {
+        self.file.set_len(len).map_err(io("sizing", &self.tmp))
+    }
+
+    /// Writes `data` at `pos` (a backup arriving from another tail).
+    pub fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), BackupError> {
+        self.file
+            .write_all_at(data, pos)
+            .map_err(io("writing", &self.tmp))
+    }
+
     /// Clones the whole disc (`FICLONE`): `Ok(false)` where the filesystem
     /// cannot. The caller holds the I/O gate.
     pub fn clone_disc(&self, export: &Export) -> Result<bool, BackupError> {
@@ -198,7 +210,7 @@ impl Partial {
     /// Copies every allocated extent of the disc (holes stay holes).
     pub fn copy_disc(&self, export: &Export) -> Result<(), BackupError> {
         let len = export.size();
-        self.file.set_len(len).map_err(io("sizing", &self.tmp))?;
+        self.set_len(len)?;
         sparse_copy(export, &self.file, len).map_err(io("copying into", &self.tmp))?;
         Ok(())
     }

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod addresses;
 pub mod agent;
+pub mod backup_transfer;
 pub mod backups;
 pub mod bench;
 pub mod config;

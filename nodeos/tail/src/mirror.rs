@@ -57,6 +57,8 @@ pub enum MirrorError {
     SizeMismatch { dest: u64, ours: u64 },
     #[error("reading this disc")]
     Local(#[source] std::io::Error),
+    #[error("sending the disc's backups")]
+    Backups(#[source] crate::backup_transfer::TransferError),
     #[error("stopping service here")]
     Unserve(String),
     #[error("cancelled by a newer order")]
@@ -215,6 +217,15 @@ async fn copy_phase(
             dest: client.size(),
             ours: size,
         });
+    }
+    if order.backups {
+        let pools = agent.config().pools.clone();
+        let (n, bytes) = crate::backup_transfer::send_all(&pools, &disc.name, &mut client)
+            .await
+            .map_err(MirrorError::Backups)?;
+        if n > 0 {
+            tracing::info!(disc = %disc.name, backups = n, bytes, "backups sent ahead of the disc");
+        }
     }
     let allocated = export.allocated_bytes().map_err(MirrorError::Local)?;
     progress.update(|p| p.bytes_total = allocated);
@@ -386,8 +397,9 @@ async fn final_phase(
             {
                 tracing::warn!(%name, error = %error_chain(&e), "handed over, but deleting the old copy failed");
             }
-            // Backups stay with the tail that took them, which no longer
-            // holds the disc: they go too (the brain marks them lost).
+            // The backups were sent ahead (`migrate_to.backups`), or else
+            // stay with this tail, which no longer holds the disc: they go
+            // either way (in the second case the brain marks them lost).
             let (pools, n) = (agent.config().pools.clone(), name.clone());
             if let Err(e) =
                 tokio::task::spawn_blocking(move || crate::backups::delete_all(&pools, &n))

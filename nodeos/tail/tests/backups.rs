@@ -377,13 +377,13 @@ async fn a_backup_taken_under_writes_is_the_disc_at_one_moment() {
     t.stop().await;
 }
 
-/// A disc handed over to another tail leaves no backup files behind on
-/// the tail it left (the brain marks those backups lost).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disc_handed_over_to_another_tail_takes_its_backups_away() {
+/// Two tails on one spine, the disc on tail-a (address 127.0.7.1) with
+/// backup `b1` of 64 KiB of 0x33 and then 0x44 written over it, and an
+/// incoming copy created on tail-b; migrates it, `send_backups` as the
+/// order says, and waits until tail-b serves it.
+async fn migrate_a_backed_up_disc(send_backups: bool) -> (tempfile::TempDir, Vec<DiscSpec>) {
     use bigv_spine::resource::{IncomingMirror, MigrationOrder};
 
-    logs();
     let (server, _events) = spine().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -394,28 +394,19 @@ async fn a_disc_handed_over_to_another_tail_takes_its_backups_away() {
     let hb = handle(&server, "tail-b").await;
     let mut s = spec(keep(&["b1"], None));
     s.address = "127.0.7.1".into();
-    ha.create(
-        order(DiscSpec {
-            backups: None,
-            ..s.clone()
-        }),
-        1,
-    )
-    .await
-    .unwrap();
-    io(
-        &format!("nbd://127.0.7.1:{port}/{DISC}"),
-        &["write -P 0x33 0 65536"],
-    )
-    .await;
-    ha.update(order(s.clone()), 2).await.unwrap();
-    let backup = dir.path().join("a/sata1/backups/sata.7/b1.raw");
-    assert!(backup.exists());
-
-    let mut dest = DiscSpec {
+    let url = format!("nbd://127.0.7.1:{port}/{DISC}");
+    let bare = DiscSpec {
         backups: None,
         ..s.clone()
     };
+    ha.create(order(bare.clone()), 1).await.unwrap();
+    io(&url, &["write -P 0x33 0 65536"]).await;
+    ha.update(order(s.clone()), 2).await.unwrap();
+    let backup = dir.path().join("a/sata1/backups/sata.7/b1.raw");
+    assert!(backup.exists());
+    io(&url, &["write -P 0x44 0 65536"]).await;
+
+    let mut dest = bare.clone();
     dest.incoming = Some(IncomingMirror {
         from: "127.0.5.1".into(),
         endpoint: None,
@@ -434,16 +425,78 @@ async fn a_disc_handed_over_to_another_tail_takes_its_backups_away() {
         seq: 1,
         to: "tail-b".into(),
         endpoint,
+        backups: send_backups,
     });
     ha.update(order(s), 3).await.unwrap();
     wait_disc(&server, "tail-a", DISC, "handed over", |d| d.is_none()).await;
-    wait_disc(&server, "tail-b", DISC, "served", |d| {
+    let served = wait_disc(&server, "tail-b", DISC, "served", |d| {
         d.is_some_and(|d| d.incoming.is_none())
     })
-    .await;
-    assert!(!backup.exists(), "the backup went with the old copy");
+    .await
+    .unwrap();
+    assert!(
+        !backup.exists(),
+        "the old copy's backups are gone from tail-a"
+    );
+    // The brain's next order: keep what tail-b reports holding, restore b1.
+    let mut next = bare.clone();
+    let held = taken(&served);
+    next.backups = keep(
+        &held.iter().map(String::as_str).collect::<Vec<_>>(),
+        Some((1, "b1")),
+    );
+    hb.update(order(next), 2).await.unwrap();
+    let restored = wait_disc(&server, "tail-b", DISC, "restore done or failed", |d| {
+        d.is_some_and(|d| {
+            d.backups
+                .as_ref()
+                .is_some_and(|b| b.restored_seq.is_some() || b.error.is_some())
+        })
+    })
+    .await
+    .unwrap();
+    if send_backups {
+        io(&url, &["read -P 0x33 0 65536"]).await;
+    } else {
+        io(&url, &["read -P 0x44 0 65536"]).await;
+    }
     a.stop().await;
     b.stop().await;
+    (dir, vec![served, restored])
+}
+
+/// A disc's backups move with it to the tail it migrates to: they arrive
+/// whole, are reported there, and restore there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disc_migrated_to_another_tail_takes_its_backups_along() {
+    logs();
+    let (dir, reports) = migrate_a_backed_up_disc(true).await;
+    assert_eq!(taken(&reports[0]), ["b1"], "tail-b reports the backup");
+    let arrived = dir.path().join("b/sata1/backups/sata.7/b1.raw");
+    let meta = std::fs::metadata(&arrived).unwrap();
+    assert_eq!(meta.len(), 64 * MIB, "the backup keeps the disc's size");
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 4 * MIB,
+        "holes stay holes on the way"
+    );
+    let restored = reports[1].backups.as_ref().unwrap();
+    assert_eq!(
+        (restored.restored_seq, restored.error.as_deref()),
+        (Some(1), None)
+    );
+}
+
+/// Without `migrate_to.backups` (a destination too old for them) the
+/// backups stay with the tail that took them, which deletes them at the
+/// handover (the brain marks them lost); a restore then fails cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_not_sent_along_are_dropped_at_the_handover() {
+    logs();
+    let (dir, reports) = migrate_a_backed_up_disc(false).await;
+    assert!(taken(&reports[0]).is_empty());
+    assert!(!dir.path().join("b/sata1/backups/sata.7/b1.raw").exists());
+    let error = reports[1].backups.as_ref().unwrap().error.clone().unwrap();
+    assert!(error.contains("no backup \"b1\""), "{error}");
 }
 
 /// A disc grown since its backup keeps its new size when restored: the

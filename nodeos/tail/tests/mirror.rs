@@ -223,6 +223,7 @@ async fn migration_under_writes_hands_over_exact_content_and_allocation() {
         seq: 1,
         to: "tail-b".into(),
         endpoint,
+        backups: false,
     });
     ha.update(Resource::disc("sata", "9", order), 2)
         .await
@@ -276,6 +277,7 @@ async fn failed_migrations_leave_the_source_serving() {
         seq: 1,
         to: "tail-b".into(),
         endpoint: dead,
+        backups: false,
     });
     ha.update(Resource::disc("sata", "9", order.clone()), 2)
         .await
@@ -321,6 +323,7 @@ async fn failed_migrations_leave_the_source_serving() {
         seq: 2,
         to: "tail-b".into(),
         endpoint,
+        backups: false,
     });
     ha.update(Resource::disc("sata", "9", order), 4)
         .await
@@ -398,6 +401,7 @@ async fn an_imaged_disc_keeps_its_content_after_moving_and_is_not_imaged_again()
         seq: 1,
         to: "tail-b".into(),
         endpoint: d.incoming.unwrap().endpoint.unwrap(),
+        backups: false,
     });
     ha.update(Resource::disc("sata", "9", order), 2)
         .await

@@ -107,7 +107,10 @@ pub(super) async fn run(source: Arc<SimHandler>, name: ResourceName, order: Migr
         }
     };
     // Handover: the destination serves, the source lets go.
-    let Some(allocated) = source.state().discs.get(&name).map(|d| d.allocated) else {
+    let Some((allocated, backups)) = source.state().discs.get(&name).map(|d| {
+        let taken = d.backups.as_ref().map(|b| b.taken.clone());
+        (d.allocated, taken.unwrap_or_default())
+    }) else {
         return;
     };
     let serving = {
@@ -117,6 +120,20 @@ pub(super) async fn run(source: Arc<SimHandler>, name: ResourceName, order: Migr
                 forget(&endpoint);
             }
             d.allocated = allocated;
+            // Backups sent along land in the pool the destination keeps
+            // backups in.
+            if order.backups && !backups.is_empty() {
+                let pool = (d.backups.as_ref().and_then(|b| b.pool.clone()))
+                    .unwrap_or_else(|| d.storage_pool.clone());
+                let held = d.backups.get_or_insert_with(Default::default);
+                held.taken = backups
+                    .into_iter()
+                    .map(|t| crate::backup::BackupFacts {
+                        pool: pool.clone(),
+                        ..t
+                    })
+                    .collect();
+            }
             d.clone()
         })
     };

@@ -8,7 +8,7 @@
 //! mirror closes for its final pass.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -460,16 +460,7 @@ impl Export {
 
     /// Allocated ranges within `[offset, end)` as (offset, length).
     pub fn data_ranges(&self, offset: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
-        let mut out = vec![];
-        let mut pos = offset;
-        while pos < end {
-            let (data, next) = self.next_boundary(pos, end)?;
-            if data {
-                out.push((pos, next - pos));
-            }
-            pos = next;
-        }
-        Ok(out)
+        data_ranges(self.file.as_fd(), offset, end)
     }
 
     /// Whether any of `[offset, end)` is data (`SEEK_DATA`; unwritten
@@ -484,22 +475,7 @@ impl Export {
 
     /// Whether `pos` is in data, and where that run ends (capped at `end`).
     fn next_boundary(&self, pos: u64, end: u64) -> std::io::Result<(bool, u64)> {
-        let fd = self.file.as_fd();
-        match lseek(fd, pos as i64, Whence::SeekData) {
-            Ok(d) if d as u64 == pos => {
-                let hole = match lseek(fd, pos as i64, Whence::SeekHole) {
-                    Ok(h) => h as u64,
-                    Err(Errno::ENXIO) => end,
-                    Err(e) => return Err(e.into()),
-                };
-                Ok((true, hole.clamp(pos + 1, end)))
-            }
-            Ok(d) => Ok((false, (d as u64).min(end))),
-            // No data after pos: a hole to the end of the file, and the part
-            // past the end of the file (a transient resize) reads zeroes.
-            Err(Errno::ENXIO) => Ok((false, end)),
-            Err(e) => Err(e.into()),
-        }
+        next_boundary(self.file.as_fd(), pos, end)
     }
 
     /// See the `fenced` field; only while the I/O gate is held exclusively.
@@ -548,6 +524,41 @@ impl Export {
     pub fn allocated_bytes(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.file.metadata()?.blocks() * 512)
+    }
+}
+
+/// Allocated ranges of the file `fd` within `[offset, end)` as (offset,
+/// length).
+pub fn data_ranges(fd: BorrowedFd<'_>, offset: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = vec![];
+    let mut pos = offset;
+    while pos < end {
+        let (data, next) = next_boundary(fd, pos, end)?;
+        if data {
+            out.push((pos, next - pos));
+        }
+        pos = next;
+    }
+    Ok(out)
+}
+
+/// Whether `pos` is in data in the file `fd`, and where that run ends
+/// (capped at `end`).
+fn next_boundary(fd: BorrowedFd<'_>, pos: u64, end: u64) -> std::io::Result<(bool, u64)> {
+    match lseek(fd, pos as i64, Whence::SeekData) {
+        Ok(d) if d as u64 == pos => {
+            let hole = match lseek(fd, pos as i64, Whence::SeekHole) {
+                Ok(h) => h as u64,
+                Err(Errno::ENXIO) => end,
+                Err(e) => return Err(e.into()),
+            };
+            Ok((true, hole.clamp(pos + 1, end)))
+        }
+        Ok(d) => Ok((false, (d as u64).min(end))),
+        // No data after pos: a hole to the end of the file, and the part
+        // past the end of the file (a transient resize) reads zeroes.
+        Err(Errno::ENXIO) => Ok((false, end)),
+        Err(e) => Err(e.into()),
     }
 }
 

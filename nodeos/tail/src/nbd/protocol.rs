@@ -73,6 +73,9 @@ pub const CMD_BLOCK_STATUS: u16 = 7;
 /// connection: "everything is copied and flushed; take the disc over".
 /// Far outside the range the NBD project assigns (0..=8 today).
 pub const CMD_BIGV_HANDOVER: u16 = 0x4256;
+/// BigV's own command, also only on a mirror connection: a piece of one of
+/// the disc's backups, which travel with it (payload: a [`BackupChunk`]).
+pub const CMD_BIGV_BACKUP: u16 = 0x4257;
 
 // Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
@@ -148,6 +151,8 @@ pub enum ProtocolError {
     OptionTooLong { option: u32, length: u32 },
     #[error("option {option}: {what}")]
     BadOptionData { option: u32, what: &'static str },
+    #[error("BIGV_BACKUP payload: malformed {what}")]
+    BadBackupChunk { what: &'static str },
     #[error("{command} request: payload length {length} exceeds the limit of {MAX_PAYLOAD}")]
     PayloadTooLong { command: &'static str, length: u32 },
     #[error("request type {kind}: unknown command")]
@@ -176,6 +181,8 @@ pub enum Command {
     BlockStatus,
     /// [`CMD_BIGV_HANDOVER`].
     Handover,
+    /// [`CMD_BIGV_BACKUP`]; followed by `length` bytes of payload.
+    Backup,
 }
 
 impl Command {
@@ -189,7 +196,13 @@ impl Command {
             Command::WriteZeroes => "WRITE_ZEROES",
             Command::BlockStatus => "BLOCK_STATUS",
             Command::Handover => "BIGV_HANDOVER",
+            Command::Backup => "BIGV_BACKUP",
         }
+    }
+
+    /// Whether `length` bytes of payload follow the request.
+    pub fn has_payload(self) -> bool {
+        matches!(self, Command::Write | Command::Backup)
     }
 
     pub fn code(self) -> u16 {
@@ -202,11 +215,59 @@ impl Command {
             Command::WriteZeroes => CMD_WRITE_ZEROES,
             Command::BlockStatus => CMD_BLOCK_STATUS,
             Command::Handover => CMD_BIGV_HANDOVER,
+            Command::Backup => CMD_BIGV_BACKUP,
         }
     }
 }
 
 pub const REQUEST_LEN: usize = 28;
+
+/// The payload of [`CMD_BIGV_BACKUP`]: `data` goes at the request's
+/// offset in backup `id`, a file of `size` bytes; `seal` (with no data)
+/// says every piece was sent and answered, so the backup is complete.
+/// Wire form: id length (u8), id, size (u64), seal (u8: 0 or 1), data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupChunk<'a> {
+    pub id: &'a str,
+    pub size: u64,
+    pub seal: bool,
+    pub data: &'a [u8],
+}
+
+impl<'a> BackupChunk<'a> {
+    pub fn encode(&self) -> Vec<u8> {
+        let id = self.id.as_bytes();
+        let mut b = Vec::with_capacity(10 + id.len() + self.data.len());
+        b.push(u8::try_from(id.len()).expect("backup ids are at most 64 bytes"));
+        b.extend_from_slice(id);
+        b.extend_from_slice(&self.size.to_be_bytes());
+        b.push(u8::from(self.seal));
+        b.extend_from_slice(self.data);
+        b
+    }
+
+    pub fn parse(b: &'a [u8]) -> Result<BackupChunk<'a>, ProtocolError> {
+        let bad = |what: &'static str| ProtocolError::BadBackupChunk { what };
+        let (&n, rest) = b.split_first().ok_or(bad("id length"))?;
+        let n = usize::from(n);
+        if rest.len() < n + 9 {
+            return Err(bad("header"));
+        }
+        let id = std::str::from_utf8(&rest[..n]).map_err(|_| bad("id"))?;
+        let size = u64::from_be_bytes(rest[n..n + 8].try_into().expect("8 bytes"));
+        let seal = match rest[n + 8] {
+            0 => false,
+            1 => true,
+            _ => return Err(bad("seal")),
+        };
+        Ok(BackupChunk {
+            id,
+            size,
+            seal,
+            data: &rest[n + 9..],
+        })
+    }
+}
 
 impl Request {
     /// Parses a request header. A WRITE whose payload exceeds
@@ -232,9 +293,10 @@ impl Request {
             CMD_WRITE_ZEROES => Command::WriteZeroes,
             CMD_BLOCK_STATUS => Command::BlockStatus,
             CMD_BIGV_HANDOVER => Command::Handover,
+            CMD_BIGV_BACKUP => Command::Backup,
             kind => return Err(ProtocolError::UnknownCommand { kind }),
         };
-        if command == Command::Write && length > MAX_PAYLOAD {
+        if command.has_payload() && length > MAX_PAYLOAD {
             return Err(ProtocolError::PayloadTooLong {
                 command: command.name(),
                 length,
@@ -640,6 +702,28 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn backup_chunk_errors_name_the_part() {
+        for (bad, what) in [(&[][..], "id length"), (&[3, b'a'][..], "header")] {
+            let e = BackupChunk::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        let mut seal2 = BackupChunk {
+            id: "b",
+            size: 1,
+            seal: false,
+            data: &[],
+        }
+        .encode();
+        seal2[10] = 2;
+        assert!(
+            BackupChunk::parse(&seal2)
+                .unwrap_err()
+                .to_string()
+                .contains("seal")
+        );
+    }
+
     proptest! {
         #[test]
         fn request_parser_never_panics(b in proptest::array::uniform28(any::<u8>())) {
@@ -653,6 +737,22 @@ mod tests {
         fn option_parsers_never_panic(option in any::<u32>(), data in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse_info_request(option, &data);
             let _ = parse_meta_context_request(option, &data);
+        }
+
+        #[test]
+        fn backup_chunks_round_trip_and_garbage_is_refused(
+            id in "[a-z0-9_-]{1,64}",
+            size in any::<u64>(),
+            seal in any::<bool>(),
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+            garbage in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let chunk = BackupChunk { id: &id, size, seal, data: &data };
+            let wire = chunk.encode();
+            prop_assert_eq!(BackupChunk::parse(&wire).unwrap(), chunk);
+            if let Ok(c) = BackupChunk::parse(&garbage) {
+                prop_assert_eq!(c.encode(), garbage);
+            }
         }
 
         #[test]

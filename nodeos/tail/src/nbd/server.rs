@@ -98,6 +98,17 @@ pub struct ServeOptions {
     /// FLUSH: a migration destination, whose FLUSH comes while the
     /// source's clients are paused.
     pub write_behind: bool,
+    /// Accept `NBD_CMD_BIGV_BACKUP` and store the pieces here (a migration
+    /// destination: the disc's backups travel with it). Without it the
+    /// command is refused.
+    pub backups: Option<Arc<dyn BackupSink>>,
+}
+
+/// Where a mirror's backup pieces go; see [`Command::Backup`].
+pub trait BackupSink: Send + Sync {
+    /// Stores one piece (blocking I/O: called on a blocking thread). The
+    /// error is answered to the source and logged.
+    fn receive(&self, offset: u64, chunk: &BackupChunk<'_>) -> Result<(), (NbdErrno, String)>;
 }
 
 struct Shared {
@@ -467,7 +478,9 @@ async fn transmission(
             }
         }
         let kib = match request.command {
-            Command::Read | Command::Write => request.length.min(MAX_PAYLOAD).div_ceil(1024).max(1),
+            Command::Read | Command::Write | Command::Backup => {
+                request.length.min(MAX_PAYLOAD).div_ceil(1024).max(1)
+            }
             _ => 0,
         };
         let buffers = tokio::select! {
@@ -514,7 +527,7 @@ async fn transmission(
                 }
             }
         }
-        let payload = if request.command == Command::Write {
+        let payload = if request.command.has_payload() {
             let mut data = vec![0u8; request.length as usize];
             let got = tokio::select! {
                 r = read.read_exact(&mut data) => r,
@@ -536,9 +549,12 @@ async fn transmission(
         let export = export.clone();
         let tx = tx.clone();
         let handover = shared.options.handover.clone();
+        let backups = shared.options.backups.clone();
         handlers.spawn(async move {
             let reply = if request.command == Command::Handover {
                 Some(take_over(&export, request, handover).await)
+            } else if request.command == Command::Backup {
+                Some(receive_backup(&export, request, payload, backups).await)
             } else {
                 handle(&export, request, payload, negotiated).await
             };
@@ -787,6 +803,47 @@ async fn take_over(
     }
 }
 
+/// A piece of one of the disc's backups, from a migration source.
+async fn receive_backup(
+    export: &Arc<Export>,
+    req: Request,
+    payload: Option<Vec<u8>>,
+    sink: Option<Arc<dyn BackupSink>>,
+) -> Reply {
+    let result = match sink {
+        None => Err((
+            NbdErrno::Inval,
+            "BIGV_BACKUP on a connection that is not a mirror".to_owned(),
+        )),
+        Some(sink) => tokio::task::spawn_blocking(move || {
+            let payload = payload.unwrap_or_default();
+            let chunk =
+                BackupChunk::parse(&payload).map_err(|e| (NbdErrno::Inval, e.to_string()))?;
+            sink.receive(req.offset, &chunk)
+        })
+        .await
+        .unwrap_or_else(|join| Err((NbdErrno::Io, format!("backup task failed: {join}")))),
+    };
+    let errno = match result {
+        Ok(()) => 0,
+        Err((errno, message)) => {
+            tracing::warn!(
+                disc = export.name(),
+                error = message,
+                "a backup piece was refused"
+            );
+            errno as u32
+        }
+    };
+    let mut head = BytesMut::with_capacity(16);
+    put_simple_reply(&mut head, req.cookie, errno);
+    Reply {
+        head,
+        data: None,
+        budget: None,
+    }
+}
+
 async fn handle(
     export: &Arc<Export>,
     req: Request,
@@ -957,7 +1014,7 @@ async fn run(
                 };
                 Done::Extents(e.extents(offset, length, max)?)
             }
-            Command::Disc | Command::Handover => Done::Ok,
+            Command::Disc | Command::Handover | Command::Backup => Done::Ok,
         })
     })
     .await;
