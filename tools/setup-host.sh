@@ -20,6 +20,8 @@ packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
     syslinux syslinux-common mtools dosfstools
     # real clients in tests: DHCP (udhcpc), SSH console
     busybox-static openssh-client
+    # the tail's reflink backups are tested on an XFS loop mount
+    xfsprogs
     # UEFI firmware: the brain's PXE end-to-end test boots a UEFI VM too
     ovmf)
 

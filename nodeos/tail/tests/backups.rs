@@ -552,3 +552,105 @@ async fn a_restore_keeps_the_discs_grown_size() {
     );
     t.stop().await;
 }
+
+/// An XFS filesystem (it shares extents: `FICLONE` works) on a loop
+/// device, mounted under a temporary folder; unmounted when dropped.
+struct XfsMount {
+    mnt: std::path::PathBuf,
+}
+
+impl XfsMount {
+    fn new(under: &std::path::Path, mib: u64) -> XfsMount {
+        let image = under.join("xfs.img");
+        let mnt = under.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(mib * MIB)
+            .unwrap();
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{cmd:?} (this test needs xfsprogs and loop devices: tools/setup-host.sh): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(std::process::Command::new("mkfs.xfs").arg("-q").arg(&image));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mnt));
+        XfsMount { mnt }
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+/// Where the filesystem shares extents (XFS here), a backup and a restore
+/// are clones: a backup takes no room, and the disc's later writes do not
+/// reach it (copy on write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_xfs_backups_and_restores_are_clones() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let xfs = XfsMount::new(dir.path(), 512);
+    let root = xfs.mnt.join("tail");
+    let (server, _events) = spine().await;
+    let port = free_port();
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        root.clone(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    h.create(order(spec(None)), 1).await.unwrap();
+    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    io(&url, &["write -P 0xaa 0 48M"]).await;
+    let free_before = free_bytes(&xfs.mnt);
+
+    h.update(order(spec(keep(&["b1"], None))), 2).await.unwrap();
+    wait_disc(&server, "tail1", DISC, "b1 reported", |d| {
+        d.is_some_and(|d| taken(d) == ["b1"])
+    })
+    .await;
+    let used = free_before.saturating_sub(free_bytes(&xfs.mnt));
+    assert!(
+        used < 4 * MIB,
+        "a cloned backup shares the disc's 48 MiB: {used} bytes used"
+    );
+    let backup = root.join("sata1/backups/sata.7/b1.raw");
+    io(&url, &["write -P 0xcc 0 48M"]).await;
+    assert_eq!(read_at(&backup, 0, 4096), vec![0xaa; 4096]);
+    assert_eq!(read_at(&backup, 47 * MIB, 4096), vec![0xaa; 4096]);
+
+    let free_before = free_bytes(&xfs.mnt);
+    h.update(order(spec(keep(&["b1"], Some((1, "b1"))))), 3)
+        .await
+        .unwrap();
+    let d = wait_disc(&server, "tail1", DISC, "restored", |d| {
+        d.is_some_and(|d| d.backups.as_ref().and_then(|b| b.restored_seq) == Some(1))
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.backups.unwrap().error, None);
+    io(&url, &["read -P 0xaa 0 48M"]).await;
+    // The restore dropped the disc's own 48 MiB and shares the backup's.
+    assert!(
+        free_bytes(&xfs.mnt) + 4 * MIB > free_before + 40 * MIB,
+        "a cloned restore frees the overwritten data"
+    );
+    t.stop().await;
+}
