@@ -546,6 +546,16 @@ async fn transmission(
         if request.command == Command::Disc {
             break Ok(());
         }
+        if let Some(done) = inline(&export, &request, payload.as_deref()) {
+            if let Some(mut reply) = reply_for(&export, request, done, negotiated) {
+                reply.budget = Some(buffers);
+                if tx.send(reply).await.is_err() {
+                    break Ok(());
+                }
+            }
+            drop(permit);
+            continue;
+        }
         let export = export.clone();
         let tx = tx.clone();
         let handover = shared.options.handover.clone();
@@ -851,6 +861,11 @@ async fn handle(
     negotiated: Negotiated,
 ) -> Option<Reply> {
     let done = run(export, req, payload, negotiated).await;
+    reply_for(export, req, done, negotiated)
+}
+
+/// The reply to `req` for its outcome; `None` for one dropped unanswered.
+fn reply_for(export: &Export, req: Request, done: Done, negotiated: Negotiated) -> Option<Reply> {
     if let Done::Err(errno, msg) = &done {
         tracing::debug!(
             disc = export.name(),
@@ -929,6 +944,43 @@ async fn handle(
     }
 }
 
+/// A small READ or non-FUA WRITE done in the page cache if that needs no
+/// waiting (`RWF_NOWAIT`); `None` if it would wait (or is not such a
+/// request). The caller holds the I/O gate and has checked the fence.
+fn cached(export: &Export, req: &Request, payload: Option<&[u8]>) -> Option<Done> {
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    if u64::from(req.length) > CACHED_READ_MAX {
+        return None;
+    }
+    let result = match req.command {
+        Command::Write if !fua => export
+            .write_cached(req.offset, payload.unwrap_or_default())
+            .map(|done| done.then_some(Done::Ok)),
+        Command::Read => {
+            let mut buf = vec![0u8; req.length as usize];
+            export
+                .read_cached(req.offset, &mut buf)
+                .map(|done| done.then_some(Done::Data(buf)))
+        }
+        _ => return None,
+    };
+    result.unwrap_or_else(|e| Some(Done::Err(errno_of(&e), e.to_string())))
+}
+
+/// [`cached`] on the connection's own task, when the I/O gate is free at
+/// once: no task of its own, so a queue-depth-1 client's request costs no
+/// hand-off between tasks.
+fn inline(export: &Export, req: &Request, payload: Option<&[u8]>) -> Option<Done> {
+    if !matches!(req.command, Command::Read | Command::Write) || req.length > MAX_PAYLOAD {
+        return None;
+    }
+    let _gate = export.gate.try_read().ok()?;
+    if export.is_fenced() {
+        return None;
+    }
+    cached(export, req, payload)
+}
+
 async fn run(
     export: &Arc<Export>,
     req: Request,
@@ -966,20 +1018,8 @@ async fn run(
     if export.is_fenced() {
         return Done::Dropped;
     }
-    if req.command == Command::Write && !fua && length <= CACHED_READ_MAX {
-        match export.write_cached(offset, payload.as_deref().unwrap_or_default()) {
-            Ok(true) => return Done::Ok,
-            Ok(false) => {}
-            Err(e) => return Done::Err(errno_of(&e), e.to_string()),
-        }
-    }
-    if req.command == Command::Read && length <= CACHED_READ_MAX {
-        let mut buf = vec![0u8; length as usize];
-        match export.read_cached(offset, &mut buf) {
-            Ok(true) => return Done::Data(buf),
-            Ok(false) => {}
-            Err(e) => return Done::Err(errno_of(&e), e.to_string()),
-        }
+    if let Some(done) = cached(export, &req, payload.as_deref()) {
+        return done;
     }
     let e = export.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Done, ExportError> {
