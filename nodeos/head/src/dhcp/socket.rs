@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use bigv_spine::resource::NetworkInterface;
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,9 @@ use super::{DhcpError, NicLease};
 
 /// Largest frame read; DHCP requests are a few hundred bytes.
 const RECV_BUF: usize = 2048;
+/// How often a responder whose link is down looks whether its interface
+/// has been deleted.
+const GONE_CHECK: Duration = Duration::from_secs(1);
 
 /// `ip and udp dst port 67 and not a fragment`, over Ethernet frames (what
 /// `tcpdump -dd` gives for it, less its IPv6 branch).
@@ -62,17 +66,9 @@ fn ifindex(ifname: &str) -> Result<u32, DhcpError> {
     }
 }
 
-/// Whether interface `index` still exists in the socket's namespace.
-fn index_exists(index: u32) -> bool {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer is IF_NAMESIZE bytes, as if_indextoname requires.
-    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
-}
-
 /// An `AF_PACKET` socket bound to one interface, and that interface's MAC.
 struct PacketSocket {
     fd: AsyncFd<OwnedFd>,
-    index: u32,
     mac: [u8; 6],
 }
 
@@ -135,14 +131,16 @@ impl PacketSocket {
             op: "registering with tokio",
             source: e.into_parts().1,
         })?;
-        Ok(PacketSocket { fd, index, mac })
+        Ok(PacketSocket { fd, mac })
     }
 
     /// One frame and whether the kernel saw it leave the interface (sent
     /// towards the guest by the bridge, not sent by the guest).
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
         loop {
-            let mut guard = self.fd.readable().await?;
+            // ERROR too: the kernel reports a link going down (ENETDOWN) as
+            // a socket error, which epoll signals with EPOLLERR alone.
+            let mut guard = self.fd.ready(Interest::READABLE | Interest::ERROR).await?;
             let r = guard.try_io(|fd| {
                 // SAFETY: sockaddr_ll is plain data; all-zero is valid.
                 let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -167,6 +165,23 @@ impl PacketSocket {
                 return r;
             }
         }
+    }
+
+    /// Whether the socket is still bound to its interface: the kernel
+    /// unbinds it (index -1) when the interface is deleted.
+    fn still_bound(&self) -> bool {
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: sll and len are valid for getsockname to fill.
+        let rc = unsafe {
+            libc::getsockname(
+                self.fd.get_ref().as_raw_fd(),
+                (&raw mut sll).cast(),
+                &mut len,
+            )
+        };
+        rc != 0 || sll.sll_ifindex > 0
     }
 
     async fn send(&self, frame: &[u8]) -> io::Result<()> {
@@ -239,26 +254,41 @@ pub async fn serve(
         "DHCP responder started"
     );
     let mut buf = vec![0u8; RECV_BUF];
+    // Set by ENETDOWN: the link went down, or the interface is being
+    // deleted (it goes down first, and the kernel reports only that), so
+    // look every second whether it is gone until a frame arrives again.
+    let mut link_down = false;
     loop {
         let received = tokio::select! {
             r = socket.recv(&mut buf) => r,
+            () = tokio::time::sleep(GONE_CHECK), if link_down => {
+                if !socket.still_bound() {
+                    return Err(DhcpError::InterfaceGone { ifname: ifname.to_string() });
+                }
+                continue;
+            }
             () = cancel.cancelled() => {
                 tracing::debug!(ifname, "DHCP responder stopped");
                 return Ok(());
             }
         };
         let len = match received {
-            Ok((_, true)) => continue,
-            Ok((len, false)) => len,
+            Ok((len, outgoing)) => {
+                link_down = false;
+                if outgoing {
+                    continue;
+                }
+                len
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => {
-                if !index_exists(socket.index) {
+                if !socket.still_bound() {
                     return Err(DhcpError::InterfaceGone {
                         ifname: ifname.to_string(),
                     });
                 }
-                // Link set down; the kernel re-attaches the socket when it
-                // comes up again.
+                // The kernel re-attaches the socket when the link comes up.
                 tracing::debug!(ifname, "interface is down");
+                link_down = true;
                 continue;
             }
             Err(e) => {

@@ -1,0 +1,464 @@
+//! The per-VM DHCP responder against a real client: busybox `udhcpc` in a
+//! network namespace of its own, across a veth pair whose other end (in a
+//! second namespace, standing in for the VM's tap) the responder serves.
+//! Both namespaces are the test's own and are deleted, with the veths in
+//! them, when it ends (even on failure); no host interface is touched.
+//! Needs root (namespaces, AF_PACKET) and busybox (tools/setup-host.sh).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bigv_head::dhcp::{DhcpError, serve};
+use bigv_spine::resource::{DhcpConfig, NetworkInterface};
+use dhcproto::Encodable;
+use dhcproto::v4::{DhcpOption, Message, MessageType};
+use tokio_util::sync::CancellationToken;
+
+const MAC: &str = "fe:ff:00:00:00:01";
+const OTHER_MAC: &str = "fe:ff:00:00:00:02";
+/// The responder's end (the "tap") and the client's end (the "guest").
+const SERVER_IF: &str = "s0";
+const CLIENT_IF: &str = "c0";
+
+fn nic() -> NetworkInterface {
+    NetworkInterface {
+        mac: MAC.into(),
+        vlan_id: 1,
+        model: "virtio".into(),
+        ips: vec!["2001:db8::10".into(), "198.51.100.20".into()],
+        dhcp: Some(DhcpConfig {
+            network: "198.51.100.0/25".into(),
+            router: "198.51.100.1".into(),
+            hostname: "web1".into(),
+            domain: "default.alice.bigv.test".into(),
+        }),
+    }
+}
+
+/// What udhcpc's script is given for `nic()`, exactly.
+fn expected_lease() -> BTreeMap<String, String> {
+    [
+        ("ip", "198.51.100.20"),
+        ("subnet", "255.255.255.128"),
+        ("mask", "25"),
+        ("router", "198.51.100.1"),
+        ("hostname", "web1"),
+        ("domain", "default.alice.bigv.test"),
+        ("serverid", "198.51.100.1"),
+        ("lease", "3600"),
+        ("dns", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Moves the calling thread into namespace `ns`.
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("the namespace file");
+    // SAFETY: setns on a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// Two namespaces joined by a veth pair: `s0` in the server's, `c0` (with
+/// the NIC's MAC) in the client's. Dropping it deletes both.
+struct Link {
+    server_ns: String,
+    client_ns: String,
+    dir: tempfile::TempDir,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Link {
+    fn new() -> Link {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = format!("bigv-dhcp-{}-{n}", std::process::id());
+        let link = Link {
+            server_ns: format!("{base}-s"),
+            client_ns: format!("{base}-c"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        // From the first `add` on, drop deletes whatever exists.
+        ip(&["netns", "add", &link.server_ns]);
+        ip(&["netns", "add", &link.client_ns]);
+        ip(&[
+            "-n",
+            &link.server_ns,
+            "link",
+            "add",
+            SERVER_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_IF,
+            "netns",
+            &link.client_ns,
+        ]);
+        ip(&["-n", &link.server_ns, "link", "set", SERVER_IF, "up"]);
+        link.set_client_mac(MAC);
+        ip(&["-n", &link.client_ns, "link", "set", CLIENT_IF, "up"]);
+        link
+    }
+
+    fn set_client_mac(&self, mac: &str) {
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "link",
+            "set",
+            CLIENT_IF,
+            "address",
+            mac,
+        ]);
+    }
+
+    /// Runs `serve` on `s0` on a thread of its own inside the server's
+    /// namespace.
+    fn serve(&self, nic: NetworkInterface) -> Responder {
+        let cancel = CancellationToken::new();
+        let ns = self.server_ns.clone();
+        let c = cancel.clone();
+        let thread = std::thread::spawn(move || {
+            enter(&ns);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(serve(SERVER_IF, &nic, c))
+        });
+        Responder { cancel, thread }
+    }
+
+    /// Runs busybox udhcpc on `c0` (`-n`: give up after `tries` discovers a
+    /// second apart); the lease its script was given, or `None` with its
+    /// output.
+    fn udhcpc(&self, tries: u32, extra: &[&str]) -> Result<BTreeMap<String, String>, String> {
+        let script = self.dir.path().join("script");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nfor v in ip subnet mask router hostname domain serverid lease dns; do\n  eval \"echo LEASE $v=\\$$v\"\ndone\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tries = tries.to_string();
+        let o = Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", &self.client_ns])
+            .args(["busybox", "udhcpc", "-f", "-q", "-n", "-i", CLIENT_IF])
+            .args(["-t", &tries, "-T", "1", "-A", "1", "-s"])
+            .arg(&script)
+            .args(extra)
+            .output()
+            .expect("busybox (tools/setup-host.sh installs busybox-static)");
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lease: BTreeMap<String, String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("LEASE "))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let all = format!("{out}{}", String::from_utf8_lossy(&o.stderr));
+        if o.status.success() && !lease.is_empty() {
+            Ok(lease)
+        } else {
+            Err(all)
+        }
+    }
+
+    /// Writes raw Ethernet frames out of `c0`, as the guest would.
+    fn send_frames(&self, frames: Vec<Vec<u8>>) {
+        let ns = self.client_ns.clone();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let name = std::ffi::CString::new(CLIENT_IF).unwrap();
+            // SAFETY: a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert_ne!(index, 0);
+            // SAFETY: plain socket(2); the descriptor is owned below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            // SAFETY: a fresh descriptor.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: plain data; all-zero is valid.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = index as i32;
+            to.sll_halen = 6;
+            for f in frames {
+                // SAFETY: f and to are valid for the lengths given.
+                let n = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&raw const to).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+struct Responder {
+    cancel: CancellationToken,
+    thread: std::thread::JoinHandle<Result<(), DhcpError>>,
+}
+
+impl Responder {
+    fn is_running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    fn stop(self) -> Result<(), DhcpError> {
+        self.cancel.cancel();
+        self.thread.join().unwrap()
+    }
+
+    /// The result once `serve` returns by itself, within `limit`.
+    fn wait(self, limit: Duration) -> Result<(), DhcpError> {
+        let start = Instant::now();
+        while !self.thread.is_finished() {
+            assert!(
+                start.elapsed() < limit,
+                "serve still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.thread.join().unwrap()
+    }
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// A client's Ethernet/IPv4/UDP frame 0.0.0.0:68 → 255.255.255.255:67 with
+/// `payload` (checksums left zero: nothing on the path checks them).
+fn frame_to_server(src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_len = (20 + 8 + payload.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&ip_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]);
+    f.extend_from_slice(&68u16.to_be_bytes());
+    f.extend_from_slice(&67u16.to_be_bytes());
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_real_client_gets_exactly_the_configured_lease() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    // Default udhcpc: no BROADCAST flag, so the replies are unicast frames
+    // to the client's MAC and the offered address.
+    let lease = link
+        .udhcpc(3, &[])
+        .unwrap_or_else(|out| panic!("no lease:\n{out}"));
+    assert_eq!(lease, expected_lease());
+    // -B sets the BROADCAST flag: broadcast replies, the same lease.
+    let lease = link
+        .udhcpc(3, &["-B"])
+        .unwrap_or_else(|out| panic!("no lease with -B:\n{out}"));
+    assert_eq!(lease, expected_lease());
+    // Asking for another address in the DISCOVER still gets the NIC's.
+    let lease = link
+        .udhcpc(3, &["-r", "198.51.100.99"])
+        .unwrap_or_else(|out| panic!("no lease with -r:\n{out}"));
+    assert_eq!(lease["ip"], "198.51.100.20");
+    assert!(responder.is_running());
+    responder.stop().unwrap();
+}
+
+#[test]
+fn another_mac_gets_no_lease() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    link.set_client_mac(OTHER_MAC);
+    let start = Instant::now();
+    let r = link.udhcpc(2, &[]);
+    assert!(r.is_err(), "a foreign MAC got a lease: {r:?}");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    // The same client with the NIC's MAC is answered: the silence was
+    // the MAC's, not a dead responder.
+    link.set_client_mac(MAC);
+    assert_eq!(
+        link.udhcpc(3, &[])
+            .unwrap_or_else(|out| panic!("no lease:\n{out}")),
+        expected_lease()
+    );
+    responder.stop().unwrap();
+}
+
+#[test]
+fn malformed_frames_do_not_stop_the_responder() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    let mac = mac_bytes(MAC);
+    let discover = {
+        let mut m = Message::new_with_id(
+            7,
+            [0; 4].into(),
+            [0; 4].into(),
+            [0; 4].into(),
+            [0; 4].into(),
+            &mac,
+        );
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        m.to_vec().unwrap()
+    };
+    // Option `code` with a bad length inserted before End: dhcproto 0.15
+    // panics on these unguarded (options 94, 81, 152, 80).
+    let with_option = |opt: &[u8]| {
+        let mut p = discover.clone();
+        let end = p.iter().rposition(|&b| b == 255).unwrap();
+        p.splice(end..end, opt.iter().copied());
+        p
+    };
+    let mut frames = vec![
+        frame_to_server(mac, &with_option(&[94, 2, 1, 2])),
+        frame_to_server(mac, &with_option(&[81, 0])),
+        frame_to_server(mac, &with_option(&[152, 3, 0, 0, 0])),
+        frame_to_server(mac, &with_option(&[80, 1, 0])),
+        frame_to_server(mac, &with_option(&[12, 200, b'x'])),
+        frame_to_server(mac, &discover[..100]),
+        frame_to_server(mac, &[]),
+        frame_to_server(mac, &[0xff; 1400]),
+    ];
+    // And plain noise of every length up to a full frame, from our MAC.
+    let mut x: u32 = 0x2545_f491;
+    for len in (14..1514).step_by(37) {
+        let mut f: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        f[6..12].copy_from_slice(&mac);
+        frames.push(f.clone());
+        // The same noise as a UDP payload to port 67.
+        frames.push(frame_to_server(mac, &f[..len.min(1400)]));
+    }
+    let sent = frames.len();
+    link.send_frames(frames);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        responder.is_running(),
+        "{sent} malformed frames ended serve"
+    );
+    assert_eq!(
+        link.udhcpc(3, &[])
+            .unwrap_or_else(|out| panic!("no lease after malformed frames:\n{out}")),
+        expected_lease()
+    );
+    responder.stop().unwrap();
+}
+
+#[test]
+fn a_deleted_interface_ends_the_responder_with_an_error() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    // Let it bind first.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(responder.is_running());
+    ip(&["-n", &link.server_ns, "link", "del", SERVER_IF]);
+    let start = Instant::now();
+    match responder.wait(Duration::from_secs(10)) {
+        Err(DhcpError::InterfaceGone { ifname }) => assert_eq!(ifname, SERVER_IF),
+        other => panic!("{other:?}"),
+    }
+    eprintln!("serve noticed the deletion after {:?}", start.elapsed());
+}
+
+#[test]
+fn a_link_down_and_up_again_is_served_again() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    std::thread::sleep(Duration::from_millis(300));
+    ip(&["-n", &link.server_ns, "link", "set", SERVER_IF, "down"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(responder.is_running());
+    ip(&["-n", &link.server_ns, "link", "set", SERVER_IF, "up"]);
+    assert_eq!(
+        link.udhcpc(5, &[])
+            .unwrap_or_else(|out| panic!("no lease after down/up:\n{out}")),
+        expected_lease()
+    );
+    responder.stop().unwrap();
+}
+
+#[test]
+fn serve_without_dhcp_returns_at_once_and_bad_input_is_an_error() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cancel = CancellationToken::new();
+    // No dhcp block, or no IPv4: nothing is opened (the interface need not
+    // exist), Ok at once.
+    let mut no_dhcp = nic();
+    no_dhcp.dhcp = None;
+    rt.block_on(serve("does-not-exist", &no_dhcp, cancel.clone()))
+        .unwrap();
+    let mut v6_only = nic();
+    v6_only.ips.truncate(1);
+    rt.block_on(serve("does-not-exist", &v6_only, cancel.clone()))
+        .unwrap();
+    // A bad dhcp block names the field.
+    let mut bad = nic();
+    bad.dhcp.as_mut().unwrap().network = "198.51.100.0/33".into();
+    let e = rt
+        .block_on(serve("does-not-exist", &bad, cancel.clone()))
+        .unwrap_err();
+    assert!(e.to_string().starts_with("dhcp.network: "), "{e}");
+    // A missing interface.
+    let e = rt
+        .block_on(serve("does-not-exist", &nic(), cancel))
+        .unwrap_err();
+    assert!(
+        matches!(&e, DhcpError::NoInterface { ifname, .. } if ifname == "does-not-exist"),
+        "{e:?}"
+    );
+}
