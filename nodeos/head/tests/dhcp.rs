@@ -185,41 +185,110 @@ impl Link {
 
     /// Writes raw Ethernet frames out of `c0`, as the guest would.
     fn send_frames(&self, frames: Vec<Vec<u8>>) {
-        let ns = self.client_ns.clone();
-        std::thread::spawn(move || {
-            enter(&ns);
-            let name = std::ffi::CString::new(CLIENT_IF).unwrap();
-            // SAFETY: a NUL-terminated name.
-            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert_ne!(index, 0);
-            // SAFETY: plain socket(2); the descriptor is owned below.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-            // SAFETY: a fresh descriptor.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: plain data; all-zero is valid.
-            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            to.sll_family = libc::AF_PACKET as u16;
-            to.sll_ifindex = index as i32;
-            to.sll_halen = 6;
-            for f in frames {
-                // SAFETY: f and to are valid for the lengths given.
-                let n = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        (&raw const to).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                };
-                assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
-            }
-        })
-        .join()
-        .unwrap();
+        send_frames(&self.client_ns, CLIENT_IF, frames);
     }
+}
+
+/// A raw packet socket on `ifname` in the calling thread's namespace,
+/// receiving every protocol, and the interface's index.
+fn packet_socket(ifname: &str) -> (OwnedFd, i32) {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "{ifname}");
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain data; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = all;
+    sll.sll_ifindex = index as i32;
+    // SAFETY: sll is a sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (fd, index as i32)
+}
+
+/// Writes raw Ethernet frames out of `ifname` in namespace `ns`.
+fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    std::thread::spawn(move || {
+        enter(&ns);
+        let (fd, _) = packet_socket(&ifname);
+        for f in frames {
+            // SAFETY: f is valid for its length; the socket is bound.
+            let n = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// The frames `ifname` in namespace `ns` receives from the wire during
+/// `window`, capture starting before this returns.
+fn capture(ns: &str, ifname: &str, window: Duration) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        enter(&ns);
+        let (fd, _) = packet_socket(&ifname);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        ready_tx.send(()).unwrap();
+        let end = Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            // SAFETY: plain data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf and from are valid for the lengths given.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut len,
+                )
+            };
+            if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
+                got.push(buf[..n as usize].to_vec());
+            }
+        }
+        got
+    });
+    ready_rx.recv().unwrap();
+    h
+}
+
+/// Whether `f` is IPv4 UDP from port 67 (a DHCP server's reply).
+fn is_dhcp_reply(f: &[u8]) -> bool {
+    f.len() > 42 && f[12..14] == [8, 0] && f[23] == 17 && f[34..36] == 67u16.to_be_bytes()
 }
 
 impl Drop for Link {
@@ -285,6 +354,21 @@ fn frame_to_server(src: [u8; 6], payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A DISCOVER from `mac` with transaction id `xid`.
+fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
+    let mut m = Message::new_with_id(
+        xid,
+        [0; 4].into(),
+        [0; 4].into(),
+        [0; 4].into(),
+        [0; 4].into(),
+        &mac,
+    );
+    m.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    m.to_vec().unwrap()
+}
+
 #[test]
 fn a_real_client_gets_exactly_the_configured_lease() {
     let link = Link::new();
@@ -334,19 +418,7 @@ fn malformed_frames_do_not_stop_the_responder() {
     let link = Link::new();
     let responder = link.serve(nic());
     let mac = mac_bytes(MAC);
-    let discover = {
-        let mut m = Message::new_with_id(
-            7,
-            [0; 4].into(),
-            [0; 4].into(),
-            [0; 4].into(),
-            [0; 4].into(),
-            &mac,
-        );
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
-        m.to_vec().unwrap()
-    };
+    let discover = discover(mac, 7);
     // Option `code` with a bad length inserted before End: dhcproto 0.15
     // panics on these unguarded (options 94, 81, 152, 80).
     let with_option = |opt: &[u8]| {
@@ -461,4 +533,40 @@ fn serve_without_dhcp_returns_at_once_and_bad_input_is_an_error() {
         matches!(&e, DhcpError::NoInterface { ifname, .. } if ifname == "does-not-exist"),
         "{e:?}"
     );
+}
+
+#[test]
+fn only_frames_from_the_guest_are_answered() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    std::thread::sleep(Duration::from_millis(300));
+    let frame = frame_to_server(mac_bytes(MAC), &discover(mac_bytes(MAC), 9));
+    // Sent out of s0 towards the guest, as a bridge forwards another VM's
+    // broadcast to a tap (even one with this NIC's MAC): not answered.
+    let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
+    send_frames(&link.server_ns, SERVER_IF, vec![frame.clone()]);
+    let got = cap.join().unwrap();
+    assert!(got.contains(&frame), "the DISCOVER did not cross the veth");
+    assert!(
+        !got.iter().any(|f| is_dhcp_reply(f)),
+        "a frame travelling towards the guest was answered"
+    );
+    // The same frame from the guest's side is: one OFFER, to the client.
+    let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
+    link.send_frames(vec![frame]);
+    let replies: Vec<Vec<u8>> = cap
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|f| is_dhcp_reply(f))
+        .collect();
+    assert_eq!(replies.len(), 1, "{replies:02x?}");
+    let f = &replies[0];
+    assert_eq!(&f[..6], &mac_bytes(MAC));
+    let m =
+        <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(&f[42..])).unwrap();
+    assert_eq!(m.xid(), 9);
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(m.yiaddr(), std::net::Ipv4Addr::new(198, 51, 100, 20));
+    responder.stop().unwrap();
 }

@@ -135,7 +135,9 @@ impl PacketSocket {
     }
 
     /// One frame and whether the kernel saw it leave the interface (sent
-    /// towards the guest by the bridge, not sent by the guest).
+    /// towards the guest by the bridge, not sent by the guest). A socket
+    /// bound to one protocol, as this one is, is not shown outgoing frames
+    /// at all (only `ETH_P_ALL` sockets are); the flag is checked anyway.
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
         loop {
             // ERROR too: the kernel reports a link going down (ENETDOWN) as
