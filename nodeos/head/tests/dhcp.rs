@@ -354,8 +354,8 @@ fn frame_to_server(src: [u8; 6], payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A DISCOVER from `mac` with transaction id `xid`.
-fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
+/// A client's DHCP message of type `ty` from `mac`, transaction `xid`.
+fn message(mac: [u8; 6], xid: u32, ty: MessageType, opts: &[DhcpOption]) -> Vec<u8> {
     let mut m = Message::new_with_id(
         xid,
         [0; 4].into(),
@@ -364,9 +364,28 @@ fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
         [0; 4].into(),
         &mac,
     );
-    m.opts_mut()
-        .insert(DhcpOption::MessageType(MessageType::Discover));
+    m.opts_mut().insert(DhcpOption::MessageType(ty));
+    for o in opts {
+        m.opts_mut().insert(o.clone());
+    }
     m.to_vec().unwrap()
+}
+
+/// Sends `frame` from the client and returns the DHCP replies the client
+/// receives within a second, with their decoded messages.
+fn replies_to(link: &Link, frame: Vec<u8>) -> Vec<(Vec<u8>, Message)> {
+    let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
+    link.send_frames(vec![frame]);
+    cap.join()
+        .unwrap()
+        .into_iter()
+        .filter(|f| is_dhcp_reply(f))
+        .map(|f| {
+            let m = <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(&f[42..]))
+                .unwrap();
+            (f, m)
+        })
+        .collect()
 }
 
 #[test]
@@ -418,7 +437,7 @@ fn malformed_frames_do_not_stop_the_responder() {
     let link = Link::new();
     let responder = link.serve(nic());
     let mac = mac_bytes(MAC);
-    let discover = discover(mac, 7);
+    let discover = message(mac, 7, MessageType::Discover, &[]);
     // Option `code` with a bad length inserted before End: dhcproto 0.15
     // panics on these unguarded (options 94, 81, 152, 80).
     let with_option = |opt: &[u8]| {
@@ -540,7 +559,10 @@ fn only_frames_from_the_guest_are_answered() {
     let link = Link::new();
     let responder = link.serve(nic());
     std::thread::sleep(Duration::from_millis(300));
-    let frame = frame_to_server(mac_bytes(MAC), &discover(mac_bytes(MAC), 9));
+    let frame = frame_to_server(
+        mac_bytes(MAC),
+        &message(mac_bytes(MAC), 9, MessageType::Discover, &[]),
+    );
     // Sent out of s0 towards the guest, as a bridge forwards another VM's
     // broadcast to a tap (even one with this NIC's MAC): not answered.
     let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
@@ -552,21 +574,37 @@ fn only_frames_from_the_guest_are_answered() {
         "a frame travelling towards the guest was answered"
     );
     // The same frame from the guest's side is: one OFFER, to the client.
-    let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
-    link.send_frames(vec![frame]);
-    let replies: Vec<Vec<u8>> = cap
-        .join()
-        .unwrap()
-        .into_iter()
-        .filter(|f| is_dhcp_reply(f))
-        .collect();
+    let replies = replies_to(&link, frame);
     assert_eq!(replies.len(), 1, "{replies:02x?}");
-    let f = &replies[0];
+    let (f, m) = &replies[0];
     assert_eq!(&f[..6], &mac_bytes(MAC));
-    let m =
-        <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(&f[42..])).unwrap();
     assert_eq!(m.xid(), 9);
     assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
     assert_eq!(m.yiaddr(), std::net::Ipv4Addr::new(198, 51, 100, 20));
+    responder.stop().unwrap();
+}
+
+#[test]
+fn a_request_for_another_address_gets_a_broadcast_nak() {
+    let link = Link::new();
+    let responder = link.serve(nic());
+    std::thread::sleep(Duration::from_millis(300));
+    // INIT-REBOOT for an address this NIC does not have (udhcpc never
+    // sends one, so the frame is made by hand).
+    let mac = mac_bytes(MAC);
+    let request = message(
+        mac,
+        11,
+        MessageType::Request,
+        &[DhcpOption::RequestedIpAddress([198, 51, 100, 21].into())],
+    );
+    let replies = replies_to(&link, frame_to_server(mac, &request));
+    assert_eq!(replies.len(), 1, "{replies:02x?}");
+    let (f, m) = &replies[0];
+    assert_eq!(&f[..6], &[0xff; 6], "Ethernet broadcast");
+    assert_eq!(&f[30..34], &[255; 4], "IPv4 broadcast");
+    assert_eq!(m.xid(), 11);
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Nak));
+    assert_eq!(m.yiaddr(), std::net::Ipv4Addr::UNSPECIFIED);
     responder.stop().unwrap();
 }
