@@ -312,7 +312,11 @@ pub async fn serve(
                 continue;
             }
         };
-        match socket.send(&reply.frame).await {
+        let sent = tokio::select! {
+            r = socket.send(&reply.frame) => r,
+            () = cancel.cancelled() => return Ok(()),
+        };
+        match sent {
             Ok(()) => tracing::info!(
                 ifname,
                 mac = %lease.mac,
