@@ -134,6 +134,10 @@ impl Link {
     /// Runs `serve` on `s0` on a thread of its own inside the server's
     /// namespace.
     fn serve(&self, nic: NetworkInterface) -> Responder {
+        self.serve_on(SERVER_IF, nic)
+    }
+
+    fn serve_on(&self, ifname: &'static str, nic: NetworkInterface) -> Responder {
         let cancel = CancellationToken::new();
         let ns = self.server_ns.clone();
         let c = cancel.clone();
@@ -143,7 +147,7 @@ impl Link {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(serve(SERVER_IF, &nic, c))
+                .block_on(serve(ifname, &nic, c))
         });
         Responder { cancel, thread }
     }
@@ -371,13 +375,9 @@ fn message(mac: [u8; 6], xid: u32, ty: MessageType, opts: &[DhcpOption]) -> Vec<
     m.to_vec().unwrap()
 }
 
-/// Sends `frame` from the client and returns the DHCP replies the client
-/// receives within a second, with their decoded messages.
-fn replies_to(link: &Link, frame: Vec<u8>) -> Vec<(Vec<u8>, Message)> {
-    let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
-    link.send_frames(vec![frame]);
-    cap.join()
-        .unwrap()
+/// The DHCP replies among `frames`, with their decoded messages.
+fn dhcp_replies(frames: Vec<Vec<u8>>) -> Vec<(Vec<u8>, Message)> {
+    frames
         .into_iter()
         .filter(|f| is_dhcp_reply(f))
         .map(|f| {
@@ -386,6 +386,14 @@ fn replies_to(link: &Link, frame: Vec<u8>) -> Vec<(Vec<u8>, Message)> {
             (f, m)
         })
         .collect()
+}
+
+/// Sends `frame` from the client and returns the DHCP replies it receives
+/// within a second.
+fn replies_to(link: &Link, frame: Vec<u8>) -> Vec<(Vec<u8>, Message)> {
+    let cap = capture(&link.client_ns, CLIENT_IF, Duration::from_secs(1));
+    link.send_frames(vec![frame]);
+    dhcp_replies(cap.join().unwrap())
 }
 
 #[test]
@@ -606,5 +614,96 @@ fn a_request_for_another_address_gets_a_broadcast_nak() {
     assert_eq!(m.xid(), 11);
     assert_eq!(m.opts().msg_type(), Some(MessageType::Nak));
     assert_eq!(m.yiaddr(), std::net::Ipv4Addr::UNSPECIFIED);
+    responder.stop().unwrap();
+}
+
+/// A tap `name` in namespace `ns`, as qemu holds it: the descriptor is the
+/// guest's side (writes are frames from the guest, reads frames to it).
+fn tap(ns: &str, name: &str) -> std::fs::File {
+    let (ns, name) = (ns.to_string(), name.to_string());
+    std::thread::spawn(move || {
+        enter(&ns);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        // SAFETY: ifreq is plain data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF with an ifreq naming the tap.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        f
+    })
+    .join()
+    .unwrap()
+}
+
+/// Frames the guest side of a tap reads within `window`.
+fn read_tap(f: &std::fs::File, window: Duration) -> Vec<Vec<u8>> {
+    let end = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) } <= 0 {
+            continue;
+        }
+        let n = std::io::Read::read(&mut &*f, &mut buf).unwrap();
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+#[test]
+fn a_guest_on_a_tap_gets_its_lease() {
+    let link = Link::new();
+    let guest = tap(&link.server_ns, "tap0");
+    ip(&["-n", &link.server_ns, "link", "set", "tap0", "up"]);
+    let responder = link.serve_on("tap0", nic());
+    std::thread::sleep(Duration::from_millis(300));
+    let mac = mac_bytes(MAC);
+    let exchange = |frame: Vec<u8>| -> Vec<(Vec<u8>, Message)> {
+        std::io::Write::write_all(&mut &guest, &frame).unwrap();
+        dhcp_replies(read_tap(&guest, Duration::from_secs(1)))
+    };
+    let offer = exchange(frame_to_server(
+        mac,
+        &message(mac, 21, MessageType::Discover, &[]),
+    ));
+    assert_eq!(offer.len(), 1, "{offer:02x?}");
+    let (f, m) = &offer[0];
+    assert_eq!(&f[..6], &mac, "unicast to the guest");
+    assert_eq!(&f[30..34], &[198, 51, 100, 20]);
+    assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(m.yiaddr(), std::net::Ipv4Addr::new(198, 51, 100, 20));
+    let ack = exchange(frame_to_server(
+        mac,
+        &message(
+            mac,
+            22,
+            MessageType::Request,
+            &[
+                DhcpOption::ServerIdentifier([198, 51, 100, 1].into()),
+                DhcpOption::RequestedIpAddress([198, 51, 100, 20].into()),
+            ],
+        ),
+    ));
+    assert_eq!(ack.len(), 1, "{ack:02x?}");
+    let m = &ack[0].1;
+    assert_eq!((m.xid(), m.opts().msg_type()), (22, Some(MessageType::Ack)));
+    assert_eq!(
+        m.opts().get(dhcproto::v4::OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("web1".into()))
+    );
     responder.stop().unwrap();
 }

@@ -243,36 +243,29 @@ pub(crate) mod tests {
         &r[ETH_HEADER + IPV4_HEADER + UDP_HEADER..]
     }
 
+    /// The reply frame to `m` sent from the NIC's MAC.
+    fn reply_frame(m: &Message) -> Vec<u8> {
+        let f = client_frame(MAC, &m.to_vec().unwrap());
+        answer_frame(&f, &lease(), SERVER_MAC).unwrap().frame
+    }
+
     #[test]
     fn broadcast_flag_and_nak_go_to_broadcast() {
         let mut d = request(MAC, MessageType::Discover, &[]);
         d.set_flags(Flags::default().set_broadcast());
-        let r = answer_frame(
-            &client_frame(MAC, &d.to_vec().unwrap()),
-            &lease(),
-            SERVER_MAC,
-        )
-        .unwrap()
-        .frame;
-        assert_eq!(&r[..6], &[0xff; 6]);
-        assert_eq!(&r[30..34], &[255; 4]);
-        assert!(checksums_ok(&r));
         let nak = request(
             MAC,
             MessageType::Request,
             &[DhcpOption::RequestedIpAddress([10, 0, 0, 1].into())],
         );
-        let r = answer_frame(
-            &client_frame(MAC, &nak.to_vec().unwrap()),
-            &lease(),
-            SERVER_MAC,
-        )
-        .unwrap()
-        .frame;
-        assert_eq!(&r[..6], &[0xff; 6]);
-        assert_eq!(&r[30..34], &[255; 4]);
-        let m = Message::decode(&mut Decoder::new(udp_payload_of_reply(&r))).unwrap();
-        assert_eq!(m.opts().msg_type(), Some(MessageType::Nak));
+        for (m, ty) in [(d, MessageType::Offer), (nak, MessageType::Nak)] {
+            let r = reply_frame(&m);
+            assert_eq!(&r[..6], &[0xff; 6]);
+            assert_eq!(&r[30..34], &[255; 4]);
+            assert!(checksums_ok(&r));
+            let m = Message::decode(&mut Decoder::new(udp_payload_of_reply(&r))).unwrap();
+            assert_eq!(m.opts().msg_type(), Some(ty));
+        }
     }
 
     #[test]
@@ -399,13 +392,16 @@ pub(crate) mod tests {
             prop::sample::select(vec![0u8, 255, 12, 15, 50, 53, 54, 61, 80, 81, 94, 152, 155]),
             any::<u8>()
         ];
-        let any_option = (code, prop::collection::vec(any::<u8>(), 0..12)).prop_flat_map(
-            |(code, body)| {
+        let any_option =
+            (code, prop::collection::vec(any::<u8>(), 0..12)).prop_flat_map(|(code, body)| {
                 let n = body.len() as u8;
                 // Mostly the right length byte; sometimes a wrong one.
-                (Just(code), prop_oneof![3 => Just(n), 1 => any::<u8>()], Just(body))
-            },
-        );
+                (
+                    Just(code),
+                    prop_oneof![3 => Just(n), 1 => any::<u8>()],
+                    Just(body),
+                )
+            });
         prop_oneof![
             4 => any_option,
             // The NIC's address as requested address, so REQUESTs get ACKed.
