@@ -187,6 +187,25 @@ impl Link {
         }
     }
 
+    /// Waits until the responder answers a DISCOVER from the client (it
+    /// has bound its socket), so that what a test sends next reaches it.
+    fn wait_served(&self) {
+        let mac = mac_bytes(MAC);
+        let frame = frame_to_server(mac, &message(mac, 1, MessageType::Discover, &[]));
+        let start = Instant::now();
+        loop {
+            let cap = capture(&self.client_ns, CLIENT_IF, Duration::from_millis(200));
+            self.send_frames(vec![frame.clone()]);
+            if !dhcp_replies(cap.join().unwrap()).is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the responder never answered"
+            );
+        }
+    }
+
     /// Writes raw Ethernet frames out of `c0`, as the guest would.
     fn send_frames(&self, frames: Vec<Vec<u8>>) {
         send_frames(&self.client_ns, CLIENT_IF, frames);
@@ -424,6 +443,7 @@ fn a_real_client_gets_exactly_the_configured_lease() {
 fn another_mac_gets_no_lease() {
     let link = Link::new();
     let responder = link.serve(nic());
+    link.wait_served();
     link.set_client_mac(OTHER_MAC);
     let start = Instant::now();
     let r = link.udhcpc(2, &[]);
@@ -444,6 +464,7 @@ fn another_mac_gets_no_lease() {
 fn malformed_frames_do_not_stop_the_responder() {
     let link = Link::new();
     let responder = link.serve(nic());
+    link.wait_served();
     let mac = mac_bytes(MAC);
     let discover = message(mac, 7, MessageType::Discover, &[]);
     // Option `code` with a bad length inserted before End: dhcproto 0.15
@@ -499,8 +520,7 @@ fn malformed_frames_do_not_stop_the_responder() {
 fn a_deleted_interface_ends_the_responder_with_an_error() {
     let link = Link::new();
     let responder = link.serve(nic());
-    // Let it bind first.
-    std::thread::sleep(Duration::from_millis(300));
+    link.wait_served();
     assert!(responder.is_running());
     ip(&["-n", &link.server_ns, "link", "del", SERVER_IF]);
     let start = Instant::now();
@@ -515,7 +535,7 @@ fn a_deleted_interface_ends_the_responder_with_an_error() {
 fn a_link_down_and_up_again_is_served_again() {
     let link = Link::new();
     let responder = link.serve(nic());
-    std::thread::sleep(Duration::from_millis(300));
+    link.wait_served();
     ip(&["-n", &link.server_ns, "link", "set", SERVER_IF, "down"]);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(responder.is_running());
@@ -566,7 +586,7 @@ fn serve_without_dhcp_returns_at_once_and_bad_input_is_an_error() {
 fn only_frames_from_the_guest_are_answered() {
     let link = Link::new();
     let responder = link.serve(nic());
-    std::thread::sleep(Duration::from_millis(300));
+    link.wait_served();
     let frame = frame_to_server(
         mac_bytes(MAC),
         &message(mac_bytes(MAC), 9, MessageType::Discover, &[]),
@@ -596,7 +616,7 @@ fn only_frames_from_the_guest_are_answered() {
 fn a_request_for_another_address_gets_a_broadcast_nak() {
     let link = Link::new();
     let responder = link.serve(nic());
-    std::thread::sleep(Duration::from_millis(300));
+    link.wait_served();
     // INIT-REBOOT for an address this NIC does not have (udhcpc never
     // sends one, so the frame is made by hand).
     let mac = mac_bytes(MAC);
@@ -670,16 +690,20 @@ fn a_guest_on_a_tap_gets_its_lease() {
     let guest = tap(&link.server_ns, "tap0");
     ip(&["-n", &link.server_ns, "link", "set", "tap0", "up"]);
     let responder = link.serve_on("tap0", nic());
-    std::thread::sleep(Duration::from_millis(300));
     let mac = mac_bytes(MAC);
     let exchange = |frame: Vec<u8>| -> Vec<(Vec<u8>, Message)> {
         std::io::Write::write_all(&mut &guest, &frame).unwrap();
         dhcp_replies(read_tap(&guest, Duration::from_secs(1)))
     };
-    let offer = exchange(frame_to_server(
-        mac,
-        &message(mac, 21, MessageType::Discover, &[]),
-    ));
+    // Repeated until the responder has bound its socket.
+    let discover = frame_to_server(mac, &message(mac, 21, MessageType::Discover, &[]));
+    let start = Instant::now();
+    let offer = loop {
+        let replies = exchange(discover.clone());
+        if !replies.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            break replies;
+        }
+    };
     assert_eq!(offer.len(), 1, "{offer:02x?}");
     let (f, m) = &offer[0];
     assert_eq!(&f[..6], &mac, "unicast to the guest");
