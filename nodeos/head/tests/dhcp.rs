@@ -688,8 +688,11 @@ fn read_tap(f: &std::fs::File, window: Duration) -> Vec<Vec<u8>> {
 fn a_guest_on_a_tap_gets_its_lease() {
     let link = Link::new();
     let guest = tap(&link.server_ns, "tap0");
-    ip(&["-n", &link.server_ns, "link", "set", "tap0", "up"]);
+    // Started while the tap is still down, brought up afterwards.
     let responder = link.serve_on("tap0", nic());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(responder.is_running());
+    ip(&["-n", &link.server_ns, "link", "set", "tap0", "up"]);
     let mac = mac_bytes(MAC);
     let exchange = |frame: Vec<u8>| -> Vec<(Vec<u8>, Message)> {
         std::io::Write::write_all(&mut &guest, &frame).unwrap();

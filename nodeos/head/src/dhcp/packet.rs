@@ -51,7 +51,10 @@ pub enum Ignored {
     MessageType(MessageType),
     #[error("REQUEST for server {server}, not this one")]
     OtherServer { server: Ipv4Addr },
-    #[error("the client declined {address:?}: something else on its network uses it")]
+    #[error(
+        "the client declined {}: something else on its network uses it",
+        address.map_or_else(|| "its address".to_string(), |a| a.to_string())
+    )]
     Declined { address: Option<Ipv4Addr> },
 }
 
