@@ -32,8 +32,9 @@ pub use packet::{Destination, Ignored, Reply, answer};
 pub use socket::serve;
 
 /// Lease time given to every guest, seconds. Renewal (T1) at half, rebinding
-/// (T2) at 7/8. The lease is static, so a short one costs only a packet an
-/// hour per VM and lets a changed address reach the guest within T1.
+/// (T2) at 7/8. The lease is static, so a short one costs only a renewal
+/// every half hour per VM, and a changed address reaches the guest within
+/// T1.
 pub const LEASE_SECS: u32 = 3600;
 
 /// What one NIC's responder hands out; built from the resource by
