@@ -9,6 +9,7 @@ pub mod agent;
 pub mod argv;
 pub mod config;
 pub mod console;
+pub mod dhcp;
 pub mod fence;
 pub mod host;
 pub mod migration;
