@@ -17,6 +17,9 @@
 //! fence_timeout_secs = 120      # until a brain gives its own: kill every VM after this long without the brain; 0 never
 //! migration_address = "10.1.0.5"  # incoming live migrations listen here; omit: the first of `addresses`
 //! image_version = "2026.11.1"   # reported to the brain; default: the crate version
+//! console_port = 22             # each VM's SSH console, on its management address
+//! console_bind = "127.0.0.1"    # listen here instead of management addresses (tests)
+//! console_host_key = "/run/bigv-head/ssh_host_ed25519_key"  # the default; made on first use
 //! ```
 //!
 //! The brain's `welcome` (spine protocol 3) carries the brain's own fence
@@ -26,6 +29,7 @@
 //! must not exceed the brain's setting: the brain restarts the VMs
 //! elsewhere after its timeout plus a margin.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +39,7 @@ use serde::Deserialize;
 
 use crate::agent::AgentConfig;
 use crate::argv::{Accel, NicBackend, QemuSettings};
+use crate::console::ConsoleConfig;
 use crate::host;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +83,16 @@ pub struct HeadConfig {
     /// own, `BIGV_IMAGE_VERSION`); default: the crate version.
     #[serde(default)]
     pub image_version: Option<String>,
+    /// The SSH port of every VM's console, on its management address.
+    #[serde(default = "default_console_port")]
+    pub console_port: u16,
+    /// Consoles listen here instead of on management addresses (tests).
+    #[serde(default)]
+    pub console_bind: Option<IpAddr>,
+    /// The consoles' SSH host key (made on first use); default
+    /// `run_dir/ssh_host_ed25519_key`.
+    #[serde(default)]
+    pub console_host_key: Option<PathBuf>,
 }
 
 fn default_qemu() -> PathBuf {
@@ -110,6 +125,9 @@ fn default_interval() -> u64 {
 }
 fn default_fence() -> u64 {
     120
+}
+fn default_console_port() -> u16 {
+    22
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +171,9 @@ impl HeadConfig {
             addresses: vec![],
             migration_address: None,
             image_version: None,
+            console_port: default_console_port(),
+            console_bind: None,
+            console_host_key: None,
         }
     }
 
@@ -229,6 +250,11 @@ impl HeadConfig {
                 .migration_address
                 .clone()
                 .or_else(|| self.addresses.first().cloned()),
+            console: ConsoleConfig {
+                port: self.console_port,
+                bind: self.console_bind,
+                host_key: self.console_host_key.clone(),
+            },
         }
     }
 }
