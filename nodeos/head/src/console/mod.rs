@@ -139,6 +139,7 @@ impl Console {
                     access: access.clone(),
                     vnc: paths.vnc.clone(),
                     management,
+                    sessions: Default::default(),
                 });
                 let addr = SocketAddr::new(ip, config.port);
                 let cfg = Arc::new(ssh::config(key.clone()));

@@ -25,6 +25,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::auth::Access;
 use super::serial::{Output, Serial};
@@ -41,6 +42,9 @@ pub struct Target {
     pub vnc: PathBuf,
     /// The VM's management address (a forwarding destination).
     pub management: Option<IpAddr>,
+    /// The attached sessions, so they can say goodbye before the server
+    /// disconnects everyone.
+    pub sessions: TaskTracker,
 }
 
 impl Target {
@@ -94,7 +98,16 @@ pub async fn serve(
         r = running => if let Err(error) = r {
             tracing::warn!(vm = %target.vm, %error, "the console's SSH listener failed");
         },
-        _ = stop.cancelled() => handle.shutdown("the VM no longer runs on this head".into()),
+        _ = stop.cancelled() => {
+            // Attached sessions end with the serial console, telling their
+            // clients why; then the rest are disconnected.
+            target.sessions.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), target.sessions.wait()).await;
+            // What they queued goes out before the disconnect (which
+            // russh sends ahead of queued data).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            handle.shutdown("the VM no longer runs on this head".into());
+        }
     }
 }
 
@@ -230,7 +243,7 @@ impl Handler for Client {
         session.channel_success(channel)?;
         let target = self.target.clone();
         let user = self.user.clone().unwrap_or_default();
-        tokio::spawn(attach(target, user, ch));
+        target.sessions.spawn(attach(target.clone(), user, ch));
         Ok(())
     }
 
@@ -356,6 +369,7 @@ mod tests {
             access: Default::default(),
             vnc: "/nonexistent".into(),
             management: Some("192.0.2.7".parse().unwrap()),
+            sessions: TaskTracker::new(),
         };
         assert!(t.forward_allowed("192.0.2.7", 5900));
         assert!(t.forward_allowed("localhost", 5900));
