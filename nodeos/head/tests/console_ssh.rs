@@ -3,9 +3,9 @@
 //! test writes, and a VNC socket that greets like qemu's. On loopback,
 //! fast (no VM); `console.rs` does the same with a real guest.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
 use bigv_head::argv::VmPaths;
@@ -15,131 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
+use common::ssh::*;
+
 const WAIT: Duration = Duration::from_secs(20);
 /// `openssl passwd -6 -salt saltsalt 'correct horse'`
 const BOB_HASH: &str = "$6$saltsalt$hRM5XZ86KXEw9UOmjigeVqFgULtFB2sgpC9lXQDfMib3Zgw7mEiUvBJI2EplzfAqxL5Vvwp2scFtv/uamSo5z0";
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(status.success());
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path, public)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `ssh` whose output is collected.
-struct Ssh {
-    child: tokio::process::Child,
-    out: Arc<Mutex<Vec<u8>>>,
-    err: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Ssh {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
-    }
-
-    async fn wait_for(&self, what: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.text().contains(what) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ssh never showed {what:?}; it showed {:?}, stderr {:?}",
-                self.text(),
-                String::from_utf8_lossy(&self.err.lock().unwrap())
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn type_(&mut self, text: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(text.as_bytes()).await.unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    /// Waits for ssh to exit; its status and stderr.
-    async fn exit(mut self) -> (i32, String) {
-        drop(self.child.stdin.take());
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("ssh exits")
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let err = String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned();
-        (status.code().unwrap_or(-1), err)
-    }
-}
-
-fn collect(mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let b = buf.clone();
-    tokio::spawn(async move {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = r.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            b.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buf
-}
-
-/// `ssh` to `user@127.0.0.1:port` in batch mode, with `args` added.
-fn ssh(port: u16, user: &str, args: &[&str], env: &[(&str, &Path)]) -> Ssh {
-    let mut cmd = tokio::process::Command::new("/usr/bin/ssh");
-    cmd.args([
-        "-p",
-        &port.to_string(),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-        "-F",
-        "/dev/null",
-    ])
-    .args(args)
-    .arg(format!("{user}@127.0.0.1"))
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("ssh runs");
-    let out = collect(child.stdout.take().unwrap());
-    let err = collect(child.stderr.take().unwrap());
-    Ssh { child, out, err }
-}
-
-fn key_args(key: &Path) -> Vec<String> {
-    vec![
-        "-i".into(),
-        key.display().to_string(),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-    ]
-}
 
 fn append(log: &Path, text: &str) {
     use std::io::Write;
@@ -229,10 +109,14 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     // Alice: the scroll-back since this power-on (not the earlier boot),
     // then live output.
     let alice_args = key_args(&alice_key);
-    let alice_args: Vec<&str> = alice_args.iter().map(String::as_str).collect();
+    let alice_args = strs(&alice_args);
     let mut alice = ssh(port, "alice", &alice_args, &[]);
     alice.wait_for("BIGV-GUEST BOOT id=1").await;
-    assert!(!alice.text().contains("an earlier boot"), "{}", alice.text());
+    assert!(
+        !alice.text().contains("an earlier boot"),
+        "{}",
+        alice.text()
+    );
     let (mut guest, _) = tokio::time::timeout(WAIT, serial.accept())
         .await
         .expect("the console connects to the serial socket")
@@ -241,24 +125,8 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     alice.wait_for("TICK 1 uptime=1.0").await;
 
     // Bob, by password (OpenSSH asks SSH_ASKPASS, forced), at once.
-    let askpass = dir.path().join("askpass");
-    std::fs::write(&askpass, "#!/bin/sh\necho 'correct horse'\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let password_args = [
-        "-o",
-        "PreferredAuthentications=password",
-        "-o",
-        "PubkeyAuthentication=no",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-    ];
-    let askpass_env: [(&str, &Path); 3] = [
-        ("SSH_ASKPASS", &askpass),
-        ("SSH_ASKPASS_REQUIRE", Path::new("force")),
-        ("DISPLAY", Path::new(":0")),
-    ];
-    let mut bob = ssh(port, "bob", &password_args, &askpass_env);
+    let askpass_env = askpass(dir.path(), "askpass", "correct horse");
+    let mut bob = ssh(port, "bob", &PASSWORD_ARGS, &askpass_env);
     bob.wait_for("TICK 1 uptime=1.0").await;
     append(&paths.serial_log, "TICK 2 uptime=2.0\r\n");
     alice.wait_for("TICK 2").await;
@@ -281,21 +149,14 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     // Refused: mallory's key (not a console user), alice with mallory's
     // key, bob with a wrong password.
     let mallory_args = key_args(&mallory_key);
-    let mallory_args: Vec<&str> = mallory_args.iter().map(String::as_str).collect();
+    let mallory_args = strs(&mallory_args);
     for (user, args) in [("mallory", &mallory_args), ("alice", &mallory_args)] {
         let (code, err) = ssh(port, user, args, &[]).exit().await;
         assert_eq!(code, 255, "{user}: {err}");
         assert!(err.contains("Permission denied"), "{user}: {err}");
     }
-    let wrong = dir.path().join("wrong");
-    std::fs::write(&wrong, "#!/bin/sh\necho 'correct horsf'\n").unwrap();
-    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let wrong_env: [(&str, &Path); 3] = [
-        ("SSH_ASKPASS", &wrong),
-        ("SSH_ASKPASS_REQUIRE", Path::new("force")),
-        ("DISPLAY", Path::new(":0")),
-    ];
-    let (code, err) = ssh(port, "bob", &password_args, &wrong_env).exit().await;
+    let wrong_env = askpass(dir.path(), "wrong", "correct horsf");
+    let (code, err) = ssh(port, "bob", &PASSWORD_ARGS, &wrong_env).exit().await;
     assert_eq!(code, 255, "{err}");
     assert!(err.contains("Permission denied"), "{err}");
 
@@ -307,20 +168,7 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     let mut tunnel_args = alice_args.clone();
     tunnel_args.extend(["-N", "-L", &forward, "-L", &other]);
     let tunnel = ssh(port, "alice", &tunnel_args, &[]);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let greeting = loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", vnc_port)).await {
-            let mut g = [0u8; 12];
-            if let Ok(Ok(_)) = tokio::time::timeout(WAIT, s.read_exact(&mut g)).await {
-                break g;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the VNC tunnel never worked"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let greeting = first_bytes(vnc_port, 12).await;
     assert_eq!(&greeting, b"RFB 003.008\n");
     let mut refused = tokio::net::TcpStream::connect(("127.0.0.1", other_port))
         .await

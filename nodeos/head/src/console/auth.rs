@@ -161,11 +161,15 @@ pub fn host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
 mod tests {
     use super::*;
 
-    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDDEH3OThN31I83aynG8pEvmX0qEIkyTFRY87r4U2oZv alice@x";
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDDEH3OThN31I83aynG8pEvmX0qEIkyTFRY87r4U2oZv alice@x";
 
     fn key_b() -> PublicKey {
         let dir = tempfile::tempdir().unwrap();
-        host_key(&dir.path().join("k")).unwrap().public_key().clone()
+        host_key(&dir.path().join("k"))
+            .unwrap()
+            .public_key()
+            .clone()
     }
 
     fn spec(users: &[(&str, Option<&str>, Option<&str>)], console: &[&str]) -> VmSpec {

@@ -105,10 +105,10 @@ impl Console {
         stopping: &CancellationToken,
     ) -> Console {
         let stop = stopping.child_token();
-        let (ended, s) = (ended.clone(), stop.clone());
+        let (e, s) = (ended.clone(), stop.clone());
         tokio::spawn(async move {
             tokio::select! {
-                _ = ended.cancelled() => s.cancel(),
+                _ = e.cancelled() => s.cancel(),
                 _ = s.cancelled() => {}
             }
         });
@@ -139,22 +139,19 @@ impl Console {
                     access: access.clone(),
                     vnc: paths.vnc.clone(),
                     management,
+                    ended: ended.clone(),
                     sessions: Default::default(),
                 });
                 let addr = SocketAddr::new(ip, config.port);
                 let cfg = Arc::new(ssh::config(key.clone()));
                 let vm = name.to_owned();
                 tokio::spawn(async move {
-                    match listen_on(addr) {
-                        Ok(listener) => {
-                            tracing::info!(vm, %addr, "SSH console listening");
-                            ssh::serve(listener, cfg, target, stop).await;
-                            tracing::info!(vm, %addr, "SSH console stopped");
-                        }
-                        Err(error) => {
-                            tracing::warn!(vm, %addr, %error, "SSH console cannot listen")
-                        }
-                    }
+                    let Some(listener) = listen_on(&vm, addr, &stop).await else {
+                        return;
+                    };
+                    tracing::info!(vm, %addr, "SSH console listening");
+                    ssh::serve(listener, cfg, target, stop).await;
+                    tracing::info!(vm, %addr, "SSH console stopped");
                 });
             }
             (Some(_), None) => {
@@ -176,10 +173,42 @@ impl Console {
     }
 }
 
+/// How long a console keeps trying to bind a port still in use (by the
+/// console of the agent this one replaces, which is letting go of it).
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Listens on `addr`, retrying while the address is in use; `None` if it
+/// cannot (logged) or `stop` comes first.
+async fn listen_on(
+    vm: &str,
+    addr: SocketAddr,
+    stop: &CancellationToken,
+) -> Option<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_RETRY;
+    loop {
+        match bind(addr) {
+            Ok(l) => return Some(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    _ = stop.cancelled() => return None,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(vm, %addr, %error, "SSH console cannot listen");
+                return None;
+            }
+        }
+    }
+}
+
 /// A listener on `addr`, which need not be on an interface yet
 /// (`IP_FREEBIND`): the management address may be added after the VM
 /// starts.
-fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -42,6 +42,8 @@ pub struct Target {
     pub vnc: PathBuf,
     /// The VM's management address (a forwarding destination).
     pub management: Option<IpAddr>,
+    /// Cancelled when the VM has ended (rather than the agent stopping).
+    pub ended: CancellationToken,
     /// The attached sessions, so they can say goodbye before the server
     /// disconnects everyone.
     pub sessions: TaskTracker,
@@ -92,23 +94,26 @@ pub async fn serve(
     let mut server = ConsoleServer {
         target: target.clone(),
     };
-    let running = server.run_on_socket(config, &listener);
+    let mut running = server.run_on_socket(config, &listener);
     let handle = running.handle();
     tokio::select! {
-        r = running => if let Err(error) = r {
+        r = &mut running => if let Err(error) = r {
             tracing::warn!(vm = %target.vm, %error, "the console's SSH listener failed");
         },
-        _ = stop.cancelled() => {
-            // Attached sessions end with the serial console, telling their
-            // clients why; then the rest are disconnected.
-            target.sessions.close();
-            let _ = tokio::time::timeout(Duration::from_secs(2), target.sessions.wait()).await;
-            // What they queued goes out before the disconnect (which
-            // russh sends ahead of queued data).
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            handle.shutdown("the VM no longer runs on this head".into());
-        }
+        _ = stop.cancelled() => {}
     }
+    // Stop accepting at once (a restarted agent binds the port again);
+    // the handle keeps the connections until they are told to go.
+    drop(running);
+    drop(listener);
+    // Attached sessions end with the serial console, telling their
+    // clients why; then the rest are disconnected.
+    target.sessions.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), target.sessions.wait()).await;
+    // What they queued goes out before the disconnect (which russh sends
+    // ahead of queued data).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.shutdown("the VM no longer runs on this head".into());
 }
 
 struct ConsoleServer {
@@ -159,11 +164,13 @@ impl Handler for Client {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.target.access().key_allowed(user, offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(
+            if self.target.access().key_allowed(user, offer.public_key) {
+                Auth::Accept
+            } else {
+                Auth::reject()
+            },
+        )
     }
 
     async fn auth_publickey(
@@ -338,7 +345,12 @@ async fn attach(target: Arc<Target>, user: String, ch: Channel<Msg>) {
                     let _ = to_client.data_bytes(note(&text)).await;
                 }
                 Output::Closed => {
-                    let _ = to_client.data_bytes(note("the VM stopped")).await;
+                    let why = if target.ended.is_cancelled() {
+                        "the VM stopped"
+                    } else {
+                        "the head agent is restarting; connect again in a moment"
+                    };
+                    let _ = to_client.data_bytes(note(why)).await;
                     break;
                 }
             },
@@ -369,6 +381,7 @@ mod tests {
             access: Default::default(),
             vnc: "/nonexistent".into(),
             management: Some("192.0.2.7".parse().unwrap()),
+            ended: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };
         assert!(t.forward_allowed("192.0.2.7", 5900));
