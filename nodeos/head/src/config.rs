@@ -20,6 +20,7 @@
 //! console_port = 22             # each VM's SSH console, on its management address
 //! console_bind = "127.0.0.1"    # listen here instead of management addresses (tests)
 //! console_host_key = "/run/bigv-head/ssh_host_ed25519_key"  # the default; made on first use
+//! console_interface = "eth0"    # add each VM's management address here while it runs; omit: never
 //! ```
 //!
 //! The brain's `welcome` (spine protocol 3) carries the brain's own fence
@@ -93,6 +94,10 @@ pub struct HeadConfig {
     /// `run_dir/ssh_host_ed25519_key`.
     #[serde(default)]
     pub console_host_key: Option<PathBuf>,
+    /// The management interface VMs' management addresses are added to
+    /// while they run here; absent: the head adds none.
+    #[serde(default)]
+    pub console_interface: Option<String>,
 }
 
 fn default_qemu() -> PathBuf {
@@ -174,6 +179,7 @@ impl HeadConfig {
             console_port: default_console_port(),
             console_bind: None,
             console_host_key: None,
+            console_interface: None,
         }
     }
 
@@ -254,6 +260,7 @@ impl HeadConfig {
                 port: self.console_port,
                 bind: self.console_bind,
                 host_key: self.console_host_key.clone(),
+                interface: self.console_interface.clone(),
             },
         }
     }

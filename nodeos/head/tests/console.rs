@@ -43,6 +43,7 @@ impl ConsoleHead {
                 port,
                 bind: None,
                 host_key: None,
+                interface: None,
             },
         };
         let agent = HeadAgent::start(config).await.unwrap();

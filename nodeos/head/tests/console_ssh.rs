@@ -1,7 +1,8 @@
 //! A VM's SSH console driven by the real OpenSSH client (`/usr/bin/ssh`),
 //! against a stand-in for qemu: a serial socket and scroll-back file the
-//! test writes, and a VNC socket that greets like qemu's. On loopback,
-//! fast (no VM); `console.rs` does the same with a real guest.
+//! test writes, and a VNC socket that greets like qemu's. On loopback (or
+//! in a network namespace of the test's own), fast (no VM); `console.rs`
+//! does the same with a real guest.
 
 mod common;
 
@@ -31,16 +32,16 @@ fn append(log: &Path, text: &str) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn openssh_reaches_the_serial_console_and_vnc() {
-    let dir = tempfile::tempdir().unwrap();
-    let paths = VmPaths::new(&dir.path().join("run"), &dir.path().join("log"), "t1");
+/// qemu's side of a VM: run directory, a scroll-back log holding an
+/// earlier boot and this one's first line, a serial socket, and a VNC
+/// socket greeting like qemu's.
+fn stand_in(dir: &Path) -> (VmPaths, UnixListener) {
+    let paths = VmPaths::new(&dir.join("run"), &dir.join("log"), "t1");
     std::fs::create_dir_all(&paths.dir).unwrap();
     std::fs::create_dir_all(paths.serial_log.parent().unwrap()).unwrap();
     std::fs::write(&paths.serial_log, "an earlier boot\n").unwrap();
     bigv_head::console::mark_power_on(&paths);
     append(&paths.serial_log, "BIGV-GUEST BOOT id=1\r\n");
-    // qemu's sockets: the serial port, and VNC greeting like qemu's.
     let serial = UnixListener::bind(&paths.serial).unwrap();
     let vnc = UnixListener::bind(&paths.vnc).unwrap();
     tokio::spawn(async move {
@@ -52,6 +53,26 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
             });
         }
     });
+    (paths, serial)
+}
+
+/// Waits until `host:port` accepts (or, with `up` false, refuses).
+async fn listening(host: &str, port: u16, up: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect((host, port)).await.is_ok() != up {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{host}:{port} never {}",
+            if up { "listened" } else { "closed" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn openssh_reaches_the_serial_console_and_vnc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, serial) = stand_in(dir.path());
 
     let (alice_key, alice_pub) = keygen(dir.path(), "alice");
     let (mallory_key, mallory_pub) = keygen(dir.path(), "mallory");
@@ -83,6 +104,7 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
         port,
         bind: None,
         host_key: Some(dir.path().join("state/host_key")),
+        interface: None,
     };
     let host_key = auth::host_key(&config.host_key_path(dir.path())).unwrap();
     let ended = CancellationToken::new();
@@ -96,15 +118,7 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
         &ended,
         &stopping,
     );
-    // Listening?
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    listening("127.0.0.1", port, true).await;
 
     // Alice: the scroll-back since this power-on (not the earlier boot),
     // then live output.
@@ -192,15 +206,117 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     bob.wait_for("[bigv: the VM stopped]").await;
     let (code, err) = bob.exit().await;
     assert_eq!(code, 0, "{err}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_ok()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still listening after the VM ended"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    listening("127.0.0.1", port, false).await;
+}
+
+/// Runs `f` on a thread of its own inside a fresh network namespace (never
+/// on the host's interfaces), with `lo` and a bridge `mgmt0` up. Processes
+/// it starts (ssh) inherit the namespace.
+fn in_netns<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            handle
+                .link()
+                .set(rtnetlink::LinkUnspec::new_with_name("lo").up().build())
+                .execute()
+                .await
+                .unwrap();
+            handle
+                .link()
+                .add(rtnetlink::LinkBridge::new("mgmt0").up().build())
+                .execute()
+                .await
+                .unwrap();
+            f().await
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// With `interface` set the console puts the management address on it
+/// while the VM runs, keeps it across an agent restart, and takes it away
+/// when the VM ends. In a network namespace of its own.
+#[test]
+fn the_console_brings_its_management_address_up_and_down() {
+    in_netns(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, _serial) = stand_in(dir.path());
+        let (key, public) = keygen(dir.path(), "alice");
+        let mgmt = "10.7.0.9";
+        let spec = VmSpec {
+            management_address: Some(mgmt.into()),
+            console_users: vec!["alice".into()],
+            user_authentication: [(
+                "alice".to_owned(),
+                UserAuthentication {
+                    authorized_keys: Some(public),
+                    password: None,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let config = ConsoleConfig {
+            port: 22,
+            bind: None,
+            host_key: None,
+            interface: Some("mgmt0".into()),
+        };
+        let host_key = auth::host_key(&config.host_key_path(dir.path())).unwrap();
+        let mgmt0 = bigv_head::console::address::Interface::open("mgmt0")
+            .await
+            .unwrap();
+        let ip = mgmt.parse().unwrap();
+        assert!(!mgmt0.has(ip).await.unwrap());
+        let ended = CancellationToken::new();
+        let start = |stopping: &CancellationToken| {
+            Console::start(
+                &config,
+                Some(&host_key),
+                "t1",
+                &spec,
+                &paths,
+                &ended,
+                stopping,
+            )
+        };
+        let agent = CancellationToken::new();
+        let _console = start(&agent);
+        listening(mgmt, 22, true).await;
+        assert!(mgmt0.has(ip).await.unwrap());
+        let args = key_args(&key);
+        let alice = ssh_at(mgmt, 22, "alice", &strs(&args), &[]);
+        alice.wait_for("BIGV-GUEST BOOT id=1").await;
+        alice.exit().await;
+
+        // The agent restarts: the address stays; the next agent serves it.
+        agent.cancel();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(mgmt0.has(ip).await.unwrap());
+        let agent = CancellationToken::new();
+        let _console = start(&agent);
+        listening(mgmt, 22, true).await;
+
+        // The VM ends: the address goes.
+        ended.cancel();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while mgmt0.has(ip).await.unwrap() {
+            assert!(tokio::time::Instant::now() < deadline, "{mgmt} stays");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        listening(mgmt, 22, false).await;
+    });
 }

@@ -70,6 +70,10 @@ enum Cmd {
         /// management address (tests).
         #[arg(long)]
         console_bind: Option<std::net::IpAddr>,
+        /// Add each VM's management address to this interface while the
+        /// VM runs here.
+        #[arg(long)]
+        console_interface: Option<String>,
     },
 }
 
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             storage_address,
             console_port,
             console_bind,
+            console_interface,
         } = cli.command;
         let config = match config {
             Some(path) => HeadConfig::load(&path)?,
@@ -132,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                     c.console_port = p;
                 }
                 c.console_bind = console_bind;
+                c.console_interface = console_interface;
                 c.check()?;
                 c
             }

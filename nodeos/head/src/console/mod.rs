@@ -1,15 +1,17 @@
 //! Each VM's console: its serial port shared by any number of clients
 //! ([`serial`]), an SSH server on the VM's management address that
 //! attaches clients to it and tunnels VNC ([`ssh`]), for the users and
-//! credentials the VM resource names ([`auth`]); and an optional echo of
-//! the serial output into the agent's log ([`echo`]). docs/head.md,
-//! "Console".
+//! credentials the VM resource names ([`auth`]), optionally putting the
+//! management address on the head's management interface ([`address`]);
+//! and an optional echo of the serial output into the agent's log
+//! ([`echo`]). docs/head.md, "Console".
 //!
 //! A VM's console lives while the VM runs on this head: it starts when
 //! the VM starts here (or is re-adopted by a restarted agent, or an
 //! incoming migration completes) and stops when qemu ends (the VM
 //! stopped or migrated away) or the agent shuts down.
 
+pub mod address;
 pub mod auth;
 pub mod echo;
 pub mod serial;
@@ -41,6 +43,11 @@ pub struct ConsoleConfig {
     /// The head's SSH host key, made on first use; `None`:
     /// `run_dir/ssh_host_ed25519_key`.
     pub host_key: Option<PathBuf>,
+    /// The head's management interface: each console adds its VM's
+    /// management address here while the VM runs on this head, and
+    /// removes it when the VM stops or leaves. `None`: addresses are
+    /// someone else's business. Not with `bind`.
+    pub interface: Option<String>,
 }
 
 impl Default for ConsoleConfig {
@@ -49,6 +56,7 @@ impl Default for ConsoleConfig {
             port: 22,
             bind: None,
             host_key: None,
+            interface: None,
         }
     }
 }
@@ -145,13 +153,25 @@ impl Console {
                 let addr = SocketAddr::new(ip, config.port);
                 let cfg = Arc::new(ssh::config(key.clone()));
                 let vm = name.to_owned();
+                let interface = config.interface.clone().filter(|_| config.bind.is_none());
+                let ended = ended.clone();
                 tokio::spawn(async move {
-                    let Some(listener) = listen_on(&vm, addr, &stop).await else {
-                        return;
+                    let managed = match interface {
+                        Some(i) => manage_address(&vm, &i, ip).await,
+                        None => None,
                     };
-                    tracing::info!(vm, %addr, "SSH console listening");
-                    ssh::serve(listener, cfg, target, stop).await;
-                    tracing::info!(vm, %addr, "SSH console stopped");
+                    if let Some(listener) = listen_on(&vm, addr, &stop).await {
+                        tracing::info!(vm, %addr, "SSH console listening");
+                        ssh::serve(listener, cfg, target, stop).await;
+                        tracing::info!(vm, %addr, "SSH console stopped");
+                    }
+                    // Only once the VM is gone: a restarting agent's
+                    // successor keeps serving the address.
+                    if let Some(i) = managed.filter(|_| ended.is_cancelled())
+                        && let Err(e) = i.remove(ip).await
+                    {
+                        tracing::warn!(vm, error = %crate::error_chain(&e), "removing the management address");
+                    }
                 });
             }
             (Some(_), None) => {
@@ -171,6 +191,21 @@ impl Console {
     pub fn serial(&self) -> &Serial {
         &self.serial
     }
+}
+
+/// Adds `ip` to interface `name`; the interface if it worked.
+async fn manage_address(vm: &str, name: &str, ip: IpAddr) -> Option<address::Interface> {
+    let added = async {
+        let i = address::Interface::open(name).await?;
+        i.add(ip).await?;
+        Ok::<_, address::AddressError>(i)
+    }
+    .await;
+    added
+        .inspect_err(
+            |e| tracing::warn!(vm, error = %crate::error_chain(e), "adding the management address"),
+        )
+        .ok()
 }
 
 /// How long a console keeps trying to bind a port still in use (by the

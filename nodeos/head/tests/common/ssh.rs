@@ -93,6 +93,11 @@ fn collect(mut r: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mut
 
 /// `ssh` to `user@127.0.0.1:port` in batch mode, with `args` added.
 pub fn ssh(port: u16, user: &str, args: &[&str], env: &[(&str, PathBuf)]) -> Ssh {
+    ssh_at("127.0.0.1", port, user, args, env)
+}
+
+/// `ssh` to `user@host:port` in batch mode, with `args` added.
+pub fn ssh_at(host: &str, port: u16, user: &str, args: &[&str], env: &[(&str, PathBuf)]) -> Ssh {
     let mut cmd = tokio::process::Command::new("/usr/bin/ssh");
     cmd.args([
         "-p",
@@ -109,7 +114,7 @@ pub fn ssh(port: u16, user: &str, args: &[&str], env: &[(&str, PathBuf)]) -> Ssh
         "/dev/null",
     ])
     .args(args)
-    .arg(format!("{user}@127.0.0.1"))
+    .arg(format!("{user}@{host}"))
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
