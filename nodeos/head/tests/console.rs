@@ -3,8 +3,9 @@
 //! the boot line from the scroll-back and live ticks; `status` typed and
 //! answered; two clients at once; a wrong key and a user who is not a
 //! console user refused; VNC through `ssh -L`; the console back after an
-//! agent restart (re-adopted VM) with the scroll-back since power-on; the
-//! session ended when the VM is removed. Slow tier: BIGV_SLOW_TESTS=1.
+//! agent restart (re-adopted VM) with the scroll-back since power-on; a
+//! console user added by an update order; the session ended when the VM
+//! is removed. Slow tier: BIGV_SLOW_TESTS=1.
 
 mod common;
 
@@ -117,7 +118,9 @@ async fn the_ssh_console_shows_and_drives_a_real_guest() {
         .into(),
         ..Default::default()
     };
-    h.create(Resource::vm("t1", order), 1).await.unwrap();
+    h.create(Resource::vm("t1", order.clone()), 1)
+        .await
+        .unwrap();
     listening(port).await;
 
     // Attached from before the boot: the boot line and ticks arrive live.
@@ -207,8 +210,23 @@ async fn the_ssh_console_shows_and_drives_a_real_guest() {
     )
     .await;
 
+    // An update makes mallory a console user: she gets in at once, and
+    // the head reports the new users.
+    let mut order = order;
+    order.console_users.push("mallory".into());
+    h.update(Resource::vm("t1", order.clone()), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        vm_in_table(&h, "t1").unwrap().console_users,
+        ["alice", "mallory"]
+    );
+    let mallory = ssh(port, "mallory", &mallory_args, &[]);
+    mallory.wait_for(&format!("{}{boot_id}", lines::BOOT)).await;
+    drop(mallory);
+
     // The VM removed: the session is told and ends; the port closes.
-    h.remove(ResourceName::vm("t1"), 2).await.unwrap();
+    h.remove(ResourceName::vm("t1"), 3).await.unwrap();
     again.wait_for("[bigv: the VM stopped]").await;
     let (code, err) = again.exit().await;
     assert_eq!(code, 0, "{err}");
