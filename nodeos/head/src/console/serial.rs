@@ -197,55 +197,74 @@ async fn run(
         };
         task.attach(reply, &input);
         tracing::debug!(vm = %task.vm, "serial console attached");
-        let (mut from_guest, mut to_guest) = match socket {
-            Some(s) => {
-                let (r, w) = s.into_split();
-                (Some(r), Some(w))
-            }
-            None => (None, None),
-        };
-        // Reads and discards the socket until qemu closes it.
-        let drain = async {
-            let mut sink = vec![0u8; CHUNK];
-            match from_guest.as_mut() {
-                Some(r) => while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {},
-                None => std::future::pending::<()>().await,
-            }
-        };
-        // Writes keystrokes until the socket breaks; then drops them.
-        let feed = async {
-            while let Some(bytes) = keys.recv().await {
-                if let Some(w) = to_guest.as_mut()
-                    && w.write_all(&bytes).await.is_err()
-                {
-                    to_guest = None;
-                }
-            }
-        };
-        tokio::pin!(drain, feed);
-        let mut drained = false;
-        let mut tick = tokio::time::interval(POLL);
-        loop {
-            tokio::select! {
-                _ = &mut drain, if !drained => drained = true,
-                _ = &mut feed => {}
-                r = requests.recv() => match r {
-                    Some(reply) => task.attach(reply, &input),
-                    None => return,
-                },
-                _ = tick.tick() => {
-                    task.poll();
-                    if task.output.receiver_count() == 0 {
-                        break;
-                    }
-                }
-                _ = stop.cancelled() => {
-                    task.poll();
-                    return;
-                }
+        if !serve_attached(&mut task, socket, &mut requests, &input, &mut keys, &stop).await {
+            return;
+        }
+        // Keystrokes typed as the last client left are not for the next.
+        while keys.try_recv().is_ok() {}
+        tracing::debug!(vm = %task.vm, "serial console idle: last client detached");
+    }
+}
+
+/// Serves attached clients with the socket held, until the last one
+/// leaves (true) or the console ends (false).
+async fn serve_attached(
+    task: &mut Task,
+    socket: Option<UnixStream>,
+    requests: &mut mpsc::Receiver<oneshot::Sender<Attached>>,
+    input: &mpsc::Sender<Bytes>,
+    keys: &mut mpsc::Receiver<Bytes>,
+    stop: &CancellationToken,
+) -> bool {
+    let (mut from_guest, mut to_guest) = match socket {
+        Some(s) => {
+            let (r, w) = s.into_split();
+            (Some(r), Some(w))
+        }
+        None => (None, None),
+    };
+    // Reads and discards the socket until qemu closes it.
+    let drain = async {
+        let mut sink = vec![0u8; CHUNK];
+        match from_guest.as_mut() {
+            Some(r) => while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {},
+            None => std::future::pending::<()>().await,
+        }
+    };
+    // Writes keystrokes until the socket breaks; then drops them.
+    // Never ends (`input` outlives it).
+    let feed = async {
+        while let Some(bytes) = keys.recv().await {
+            if let Some(w) = to_guest.as_mut()
+                && w.write_all(&bytes).await.is_err()
+            {
+                to_guest = None;
             }
         }
-        tracing::debug!(vm = %task.vm, "serial console idle: last client detached");
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(drain, feed);
+    let mut drained = false;
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = &mut drain, if !drained => drained = true,
+            _ = &mut feed => {}
+            r = requests.recv() => match r {
+                Some(reply) => task.attach(reply, input),
+                None => return false,
+            },
+            _ = tick.tick() => {
+                task.poll();
+                if task.output.receiver_count() == 0 {
+                    return true;
+                }
+            }
+            _ = stop.cancelled() => {
+                task.poll();
+                return false;
+            }
+        }
     }
 }
 
