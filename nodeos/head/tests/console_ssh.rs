@@ -140,7 +140,10 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
 
     // Bob, by password (OpenSSH asks SSH_ASKPASS, forced), at once.
     let askpass_env = askpass(dir.path(), "askpass", "correct horse");
-    let mut bob = ssh(port, "bob", &PASSWORD_ARGS, &askpass_env);
+    // Bob asks for a pty (`-tt`), as an interactive `ssh` does.
+    let mut bob_args = PASSWORD_ARGS.to_vec();
+    bob_args.push("-tt");
+    let mut bob = ssh(port, "bob", &bob_args, &askpass_env);
     bob.wait_for("TICK 1 uptime=1.0").await;
     append(&paths.serial_log, "TICK 2 uptime=2.0\r\n");
     alice.wait_for("TICK 2").await;
