@@ -278,6 +278,8 @@ mod tests {
             accel = "tcg"
             nic_backend = "user"
             vm_memory_mib = 4096
+            console_bind = "127.0.0.1"
+            console_interface = "mgmt0"
         "#;
         let c: HeadConfig = toml::from_str(good).unwrap();
         c.check().unwrap();
@@ -289,6 +291,19 @@ mod tests {
         assert_eq!(a.settings.nbd_reconnect_delay_secs, 300);
         assert_eq!(a.fence_timeout, Some(Duration::from_secs(120)));
         assert_eq!(a.migration_address, None);
+        assert_eq!(
+            a.console,
+            ConsoleConfig {
+                port: 22,
+                bind: Some("127.0.0.1".parse().unwrap()),
+                host_key: None,
+                interface: Some("mgmt0".into()),
+            }
+        );
+        assert_eq!(
+            a.console.host_key_path(&a.run_dir),
+            Path::new("/run/bigv-head/ssh_host_ed25519_key")
+        );
         let mut with_address = c.clone();
         with_address.addresses = vec!["10.1.0.5".into()];
         assert_eq!(
