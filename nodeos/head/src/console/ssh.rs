@@ -94,17 +94,27 @@ pub async fn serve(
     let mut server = ConsoleServer {
         target: target.clone(),
     };
-    let mut running = server.run_on_socket(config, &listener);
-    let handle = running.handle();
-    tokio::select! {
-        r = &mut running => if let Err(error) = r {
-            tracing::warn!(vm = %target.vm, %error, "the console's SSH listener failed");
-        },
-        _ = stop.cancelled() => {}
+    // russh's accept loop ends at the first accept error (EMFILE, say):
+    // start it again after a pause, keeping a handle on each run's
+    // connections.
+    let mut handles = Vec::new();
+    loop {
+        let mut running = server.run_on_socket(config.clone(), &listener);
+        handles.push(running.handle());
+        tokio::select! {
+            r = &mut running => if let Err(error) = r {
+                tracing::warn!(vm = %target.vm, %error, "the console's SSH listener failed; accepting again in a second");
+            },
+            _ = stop.cancelled() => break,
+        }
+        drop(running);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => break,
+        }
     }
     // Stop accepting at once (a restarted agent binds the port again);
-    // the handle keeps the connections until they are told to go.
-    drop(running);
+    // the handles keep the connections until they are told to go.
     drop(listener);
     // Attached sessions end with the serial console, telling their
     // clients why; then the rest are disconnected.
@@ -113,7 +123,9 @@ pub async fn serve(
     // What they queued goes out before the disconnect (which russh sends
     // ahead of queued data).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    handle.shutdown("the VM no longer runs on this head".into());
+    for handle in handles {
+        handle.shutdown("the VM no longer runs on this head".into());
+    }
 }
 
 struct ConsoleServer {
