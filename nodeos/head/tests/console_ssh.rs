@@ -203,6 +203,16 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     assert_eq!(code, 0);
     append(&paths.serial_log, "TICK 3 uptime=3.0\r\n");
     bob.wait_for("TICK 3").await;
+    // With a pty, OpenSSH's `~.` leaves too.
+    let mut tty_args = alice_args.clone();
+    tty_args.push("-tt");
+    let mut escaping = ssh(port, "alice", &tty_args, &[]);
+    escaping.wait_for("TICK 3").await;
+    escaping.type_("\r~.").await;
+    let (code, err) = escaping.exit().await;
+    assert_eq!(code, 255, "{err}");
+    append(&paths.serial_log, "TICK 4 uptime=4.0\r\n");
+    bob.wait_for("TICK 4").await;
 
     // The VM ends: Bob is told and disconnected; the port closes.
     ended.cancel();
