@@ -18,10 +18,12 @@ use bigv_spine::resource::{
     MemoryFacts, Resource, ResourceName, ResourceValue, SignalKind, VmRunState, VmSpec,
 };
 use bigv_spine::{ErrorCode, NodeAgent, NodeHandler, Notifier, OrderError};
+use russh::keys::PrivateKey;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::argv::{self, QemuSettings, VmPaths};
+use crate::console::{self, Console, ConsoleConfig};
 use crate::fence::Fence;
 use crate::qmp::{Event, Qmp};
 use crate::{error_chain, host, migration, vm};
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     /// The address incoming live migrations listen on (the storage
     /// network's); `None` refuses `incoming` creates.
     pub migration_address: Option<String>,
+    /// The VMs' SSH consoles (`console/`).
+    pub console: ConsoleConfig,
 }
 
 pub struct HeadAgent {
@@ -55,6 +59,9 @@ pub struct HeadAgent {
     notifier: OnceLock<Notifier>,
     shutdown: CancellationToken,
     fence: Fence,
+    /// The SSH host key every VM's console presents; `None` if it could
+    /// not be read or made (then no SSH consoles).
+    console_key: Option<PrivateKey>,
 }
 
 pub(crate) struct Vm {
@@ -67,6 +74,9 @@ pub(crate) struct Vm {
     /// The resource as reported (running hardware, delivered signal, CD,
     /// migration progress).
     pub(crate) spec: tokio::sync::Mutex<VmSpec>,
+    /// Set once the guest runs here (not while an incoming migration
+    /// waits).
+    console: OnceLock<Console>,
     /// Fired once the VM is gone and reported `destroyed`.
     pub(crate) ended: CancellationToken,
     /// A migration destination: the guest's `started_at` on its source,
@@ -99,6 +109,10 @@ impl HeadAgent {
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         }
         let fence = Fence::new(config.fence_timeout, &config.run_dir);
+        let key_path = config.console.host_key_path(&config.run_dir);
+        let console_key = console::auth::host_key(&key_path)
+            .inspect_err(|e| tracing::error!(error = %error_chain(e), "no SSH consoles"))
+            .ok();
         let agent = Arc::new_cyclic(|me| HeadAgent {
             me: me.clone(),
             config,
@@ -106,6 +120,7 @@ impl HeadAgent {
             notifier: OnceLock::new(),
             shutdown: CancellationToken::new(),
             fence,
+            console_key,
         });
         let entries = std::fs::read_dir(&agent.config.run_dir)?;
         for entry in entries.flatten() {
@@ -275,7 +290,9 @@ impl HeadAgent {
         running: vm::Running,
         inherited_started_at: Option<u64>,
     ) -> Arc<Vm> {
+        let console_spec = spec.incoming.is_none().then(|| spec.clone());
         let vm = Arc::new(Vm {
+            console: OnceLock::new(),
             inherited_started_at,
             name: name.to_owned(),
             paths,
@@ -291,6 +308,9 @@ impl HeadAgent {
             .insert(name.to_owned(), vm.clone());
         let me = self.me.upgrade().expect("agent alive");
         tokio::spawn(me.supervise(vm.clone(), running.events));
+        if let Some(spec) = console_spec {
+            self.start_console(&vm, &spec);
+        }
         if crate::console::enabled() {
             tokio::spawn(crate::console::echo(
                 vm.name.clone(),
@@ -299,6 +319,21 @@ impl HeadAgent {
             ));
         }
         vm
+    }
+
+    /// Starts the VM's console (once) now that the guest runs here.
+    fn start_console(&self, vm: &Vm, spec: &VmSpec) {
+        vm.console.get_or_init(|| {
+            Console::start(
+                &self.config.console,
+                self.console_key.as_ref(),
+                &vm.name,
+                spec,
+                &vm.paths,
+                &vm.ended,
+                &self.shutdown,
+            )
+        });
     }
 
     /// Watches one VM's events until qemu ends, then reports it gone.
@@ -359,6 +394,7 @@ impl HeadAgent {
                         // runs here now.
                         spec.incoming = None;
                         spec.started_at = Some(vm.inherited_started_at.unwrap_or_else(now_unix));
+                        self.start_console(vm, &spec);
                         tracing::info!(vm = %vm.name, "incoming live migration complete: the guest runs here");
                     } else if state == VmRunState::Paused && migration::outgoing(&spec) {
                         // The switch-over pause of an outgoing migration:
@@ -517,6 +553,9 @@ impl HeadAgent {
                 return Err(failed(&name, "starting qemu", &e));
             }
         };
+        // qemu is up and the guest not yet running: its console's
+        // scroll-back starts here.
+        console::mark_power_on(&paths);
         let vm = self.install(&name, paths, spec.clone(), running, inherited_started_at);
         if let Some(address) = listen {
             match migration::listen(&vm, &address).await {
@@ -588,6 +627,16 @@ impl HeadAgent {
                 r.map_err(|e| failed(&name, "delivering a signal", &e))?;
                 tracing::info!(vm = %name, seq = signal.seq, kind = ?signal.kind, "signal delivered");
                 spec.signal = Some(signal.clone());
+            }
+            if (&wanted.console_users, &wanted.user_authentication)
+                != (&spec.console_users, &spec.user_authentication)
+            {
+                spec.console_users = wanted.console_users.clone();
+                spec.user_authentication = wanted.user_authentication.clone();
+                if let Some(c) = vm.console.get() {
+                    c.set_access(&spec);
+                }
+                tracing::info!(vm = %name, users = ?spec.console_users, "console users changed");
             }
             if (
                 wanted.memory,

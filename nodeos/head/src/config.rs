@@ -17,6 +17,10 @@
 //! fence_timeout_secs = 120      # until a brain gives its own: kill every VM after this long without the brain; 0 never
 //! migration_address = "10.1.0.5"  # incoming live migrations listen here; omit: the first of `addresses`
 //! image_version = "2026.11.1"   # reported to the brain; default: the crate version
+//! console_port = 22             # each VM's SSH console, on its management address
+//! console_bind = "127.0.0.1"    # listen here instead of management addresses (tests)
+//! console_host_key = "/run/bigv-head/ssh_host_ed25519_key"  # the default; made on first use
+//! console_interface = "eth0"    # add each VM's management address here while it runs; omit: never
 //! ```
 //!
 //! The brain's `welcome` (spine protocol 3) carries the brain's own fence
@@ -26,6 +30,7 @@
 //! must not exceed the brain's setting: the brain restarts the VMs
 //! elsewhere after its timeout plus a margin.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +40,7 @@ use serde::Deserialize;
 
 use crate::agent::AgentConfig;
 use crate::argv::{Accel, NicBackend, QemuSettings};
+use crate::console::ConsoleConfig;
 use crate::host;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +84,20 @@ pub struct HeadConfig {
     /// own, `BIGV_IMAGE_VERSION`); default: the crate version.
     #[serde(default)]
     pub image_version: Option<String>,
+    /// The SSH port of every VM's console, on its management address.
+    #[serde(default = "default_console_port")]
+    pub console_port: u16,
+    /// Consoles listen here instead of on management addresses (tests).
+    #[serde(default)]
+    pub console_bind: Option<IpAddr>,
+    /// The consoles' SSH host key (made on first use); default
+    /// `run_dir/ssh_host_ed25519_key`.
+    #[serde(default)]
+    pub console_host_key: Option<PathBuf>,
+    /// The management interface VMs' management addresses are added to
+    /// while they run here; absent: the head adds none.
+    #[serde(default)]
+    pub console_interface: Option<String>,
 }
 
 fn default_qemu() -> PathBuf {
@@ -110,6 +130,9 @@ fn default_interval() -> u64 {
 }
 fn default_fence() -> u64 {
     120
+}
+fn default_console_port() -> u16 {
+    22
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +176,10 @@ impl HeadConfig {
             addresses: vec![],
             migration_address: None,
             image_version: None,
+            console_port: default_console_port(),
+            console_bind: None,
+            console_host_key: None,
+            console_interface: None,
         }
     }
 
@@ -229,6 +256,12 @@ impl HeadConfig {
                 .migration_address
                 .clone()
                 .or_else(|| self.addresses.first().cloned()),
+            console: ConsoleConfig {
+                port: self.console_port,
+                bind: self.console_bind,
+                host_key: self.console_host_key.clone(),
+                interface: self.console_interface.clone(),
+            },
         }
     }
 }
@@ -245,6 +278,8 @@ mod tests {
             accel = "tcg"
             nic_backend = "user"
             vm_memory_mib = 4096
+            console_bind = "127.0.0.1"
+            console_interface = "mgmt0"
         "#;
         let c: HeadConfig = toml::from_str(good).unwrap();
         c.check().unwrap();
@@ -256,6 +291,19 @@ mod tests {
         assert_eq!(a.settings.nbd_reconnect_delay_secs, 300);
         assert_eq!(a.fence_timeout, Some(Duration::from_secs(120)));
         assert_eq!(a.migration_address, None);
+        assert_eq!(
+            a.console,
+            ConsoleConfig {
+                port: 22,
+                bind: Some("127.0.0.1".parse().unwrap()),
+                host_key: None,
+                interface: Some("mgmt0".into()),
+            }
+        );
+        assert_eq!(
+            a.console.host_key_path(&a.run_dir),
+            Path::new("/run/bigv-head/ssh_host_ed25519_key")
+        );
         let mut with_address = c.clone();
         with_address.addresses = vec!["10.1.0.5".into()];
         assert_eq!(

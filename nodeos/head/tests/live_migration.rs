@@ -4,7 +4,8 @@
 //! an endpoint nobody listens on fails and the guest runs on at the
 //! source; a migration the brain cancels leaves it running there too;
 //! then the guest moves to the other head and keeps its boot id and its
-//! tick count. Slow tier: BIGV_SLOW_TESTS=1.
+//! tick count, and its SSH console (management address 127.0.0.1, the
+//! same port on both heads) moves with it. Slow tier: BIGV_SLOW_TESTS=1.
 //!
 //! Both heads are 127.0.0.1, so the tail sees one peer (the same address
 //! reconnecting replaces its connection); the two-address handover rule
@@ -74,12 +75,21 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
             }
         });
     }
-    let mut head_a = SpineHead::start(server.local_addr(), &root, "head-a").await;
-    let head_b = SpineHead::start(server.local_addr(), &root, "head-b").await;
+    let console_port = common::ssh::free_port();
+    let console = bigv_head::console::ConsoleConfig {
+        port: console_port,
+        ..Default::default()
+    };
+    let mut head_a =
+        SpineHead::start_with_console(server.local_addr(), &root, "head-a", console.clone()).await;
+    let head_b = SpineHead::start_with_console(server.local_addr(), &root, "head-b", console).await;
     let mut a = ready(&server, "head-a").await;
     let b = ready(&server, "head-b").await;
 
     // The guest boots on A.
+    let (alice_key, alice_pub) = common::ssh::keygen(&root, "alice");
+    let alice_args = common::ssh::key_args(&alice_key);
+    let alice_args = common::ssh::strs(&alice_args);
     let mut order = VmSpec {
         memory: 256,
         cores: 1,
@@ -97,6 +107,16 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
             root_password_hash: Some("$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1".into()),
             ..Default::default()
         }),
+        management_address: Some("127.0.0.1".into()),
+        console_users: vec!["alice".into()],
+        user_authentication: [(
+            "alice".to_owned(),
+            bigv_spine::resource::UserAuthentication {
+                authorized_keys: Some(alice_pub),
+                password: None,
+            },
+        )]
+        .into(),
         ..Default::default()
     };
     a.create(Resource::vm("t1", order.clone()), 1)
@@ -304,6 +324,26 @@ async fn a_running_guest_moves_to_another_head_and_a_failed_migration_leaves_it_
             .any(|l| lines::boot_id(l).is_some()),
         "no boot on B"
     );
+    // The console moved with the guest: B serves the management address
+    // (once A's console has let go of the port) with B's scroll-back,
+    // which holds ticks but no boot; `status` typed there is answered.
+    let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
+    let mut on_b = loop {
+        let s = common::ssh::ssh(console_port, "alice", &alice_args, &[]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let text = s.text();
+        if text.contains(lines::TICK) && !text.contains(lines::BOOT) {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no console on B: {text:?}"
+        );
+    };
+    on_b.type_("status\n").await;
+    on_b.wait_for(&format!("{}boot_id={boot_id}", lines::STATUS))
+        .await;
+    drop(on_b);
     let serial = tokio::net::UnixStream::connect(head_b.agent.paths("t1").serial)
         .await
         .unwrap();

@@ -63,6 +63,17 @@ enum Cmd {
         /// ACLs of this head's discs.
         #[arg(long, env = "BIGV_STORAGE_ADDRESS")]
         storage_address: Option<String>,
+        /// The SSH port of each VM's console (on its management address).
+        #[arg(long)]
+        console_port: Option<u16>,
+        /// Consoles listen on this address instead of each VM's
+        /// management address (tests).
+        #[arg(long)]
+        console_bind: Option<std::net::IpAddr>,
+        /// Add each VM's management address to this interface while the
+        /// VM runs here.
+        #[arg(long)]
+        console_interface: Option<String>,
     },
 }
 
@@ -89,6 +100,9 @@ fn main() -> anyhow::Result<()> {
             image_version,
             address,
             storage_address,
+            console_port,
+            console_bind,
+            console_interface,
         } = cli.command;
         let config = match config {
             Some(path) => HeadConfig::load(&path)?,
@@ -119,6 +133,11 @@ fn main() -> anyhow::Result<()> {
                 c.vm_memory_mib = vm_memory_mib;
                 c.image_version = image_version;
                 c.addresses = storage_address.into_iter().chain(address).collect();
+                if let Some(p) = console_port {
+                    c.console_port = p;
+                }
+                c.console_bind = console_bind;
+                c.console_interface = console_interface;
                 c.check()?;
                 c
             }

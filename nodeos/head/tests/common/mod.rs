@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod ssh;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use bigv_head::agent::{AgentConfig, HeadAgent};
 use bigv_head::argv::{Accel, NicBackend, QemuSettings};
+use bigv_head::console::ConsoleConfig;
 use bigv_spine::resource::{ResourceName, ResourceValue, VmSpec};
 use bigv_spine::{
     Hello, Keepalive, NodeAgent, NodeConfig, NodeHandle, Role, ServerConfig, SpineEvent,
@@ -181,6 +184,7 @@ pub struct SpineHead {
     pub agent: Arc<HeadAgent>,
     pub task: tokio::task::JoinHandle<()>,
     pub run_dir: PathBuf,
+    pub console: ConsoleConfig,
 }
 
 impl Drop for SpineHead {
@@ -196,15 +200,27 @@ impl SpineHead {
     pub async fn restart_agent(&mut self, spine: SocketAddr, root: &Path, node_id: &str) {
         self.task.abort();
         self.agent.shutdown().await;
-        (self.agent, self.task) = SpineHead::spawn_agent(spine, root, node_id).await;
+        (self.agent, self.task) =
+            SpineHead::spawn_agent(spine, root, node_id, self.console.clone()).await;
     }
 
     pub async fn start(spine: SocketAddr, root: &Path, node_id: &str) -> SpineHead {
-        let (agent, task) = SpineHead::spawn_agent(spine, root, node_id).await;
+        SpineHead::start_with_console(spine, root, node_id, ConsoleConfig::default()).await
+    }
+
+    /// The same, its VMs' SSH consoles set up by `console`.
+    pub async fn start_with_console(
+        spine: SocketAddr,
+        root: &Path,
+        node_id: &str,
+        console: ConsoleConfig,
+    ) -> SpineHead {
+        let (agent, task) = SpineHead::spawn_agent(spine, root, node_id, console.clone()).await;
         SpineHead {
             agent,
             task,
             run_dir: root.join(node_id).join("run"),
+            console,
         }
     }
 
@@ -212,6 +228,7 @@ impl SpineHead {
         spine: SocketAddr,
         root: &Path,
         node_id: &str,
+        console: ConsoleConfig,
     ) -> (Arc<HeadAgent>, tokio::task::JoinHandle<()>) {
         let run_dir = root.join(node_id).join("run");
         let config = AgentConfig {
@@ -223,6 +240,7 @@ impl SpineHead {
             report_interval: Duration::from_millis(500),
             fence_timeout: None,
             migration_address: Some("127.0.0.1".into()),
+            console,
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let nc = head_node_config(spine, node_id, Duration::from_secs(5));

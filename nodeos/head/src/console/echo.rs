@@ -4,8 +4,8 @@
 //! the VM's name. Off unless that target is enabled (on the appliance:
 //! `bigv.log=info,bigv_head::console=debug` on the kernel command line,
 //! which the brain adds with `--boot-kernel-arg`); the node's log is its
-//! serial console, so this is how a VM's boot shows on the head's console
-//! without the SSH console (not built yet).
+//! serial console, so this is how a VM's boot shows on the head's own
+//! console (customers use the SSH console, [`super::ssh`]).
 //!
 //! It reads qemu's scroll-back file (the serial chardev's `logfile`), so
 //! it never holds the console socket: a slow reader cannot stall the
