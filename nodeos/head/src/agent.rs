@@ -21,10 +21,10 @@ use bigv_spine::{ErrorCode, NodeAgent, NodeHandler, Notifier, OrderError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::argv::{self, QemuSettings, VmPaths};
+use crate::argv::{self, NicBackend, QemuSettings, VmPaths};
 use crate::fence::Fence;
 use crate::qmp::{Event, Qmp};
-use crate::{error_chain, host, migration, vm};
+use crate::{error_chain, host, migration, net, vm};
 
 /// What the agent needs to know about its host.
 #[derive(Debug, Clone)]
@@ -46,6 +46,8 @@ pub struct AgentConfig {
     /// The address incoming live migrations listen on (the storage
     /// network's); `None` refuses `incoming` creates.
     pub migration_address: Option<String>,
+    /// The trunk and its VLANs, for `nic_backend = "bridged"`.
+    pub net: Option<net::NetConfig>,
 }
 
 pub struct HeadAgent {
@@ -199,6 +201,12 @@ impl HeadAgent {
         match adopted {
             Ok((spec, running)) => {
                 tracing::info!(vm = name, pid = running.pid, "re-adopted a running VM");
+                // The taps outlive the agent; this puts back whatever is
+                // missing (a filter, a bridge) and is the place per-tap
+                // services start again.
+                if let Err(e) = self.nics_up(name, &spec).await {
+                    tracing::error!(vm = name, error = %error_chain(&e), "setting up a re-adopted VM's NICs");
+                }
                 self.install(name, paths, spec.clone(), running, None);
                 let vm = self.vms.lock().expect("vms poisoned").get(name).cloned();
                 if let (Some(vm), Some(me)) = (vm, self.me.upgrade()) {
@@ -212,8 +220,29 @@ impl HeadAgent {
             }
             Err(e) => {
                 tracing::warn!(vm = name, error = %error_chain(&e), "a VM in the run directory is no longer running; cleaning up");
+                if let Ok(spec) = vm::load_spec(&paths) {
+                    self.nics_down(name, spec.network_interfaces.len()).await;
+                }
                 let _ = std::fs::remove_dir_all(&paths.dir);
             }
+        }
+    }
+
+    /// Makes the VM's taps before qemu starts (`net::nic_up`); nothing
+    /// unless the NICs are bridged. Returns the taps' names.
+    async fn nics_up(&self, name: &str, spec: &VmSpec) -> Result<Vec<String>, net::NetError> {
+        match &self.config.net {
+            Some(config) if self.config.settings.nic_backend == NicBackend::Bridged => {
+                net::nic_up(config, name, &spec.network_interfaces).await
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// Removes the VM's taps once its qemu is gone.
+    async fn nics_down(&self, name: &str, count: usize) {
+        if self.config.settings.nic_backend == NicBackend::Bridged {
+            net::nic_down(name, count).await;
         }
     }
 
@@ -395,6 +424,8 @@ impl HeadAgent {
         };
         if removed {
             tracing::warn!(vm = %vm.name, pid = vm.pid, reason, "VM stopped; reporting it destroyed");
+            let nics = vm.spec.lock().await.network_interfaces.len();
+            self.nics_down(&vm.name, nics).await;
             let _ = std::fs::remove_dir_all(&vm.paths.dir);
             if let Some(n) = self.notifier.get() {
                 n.destroyed(ResourceName::vm(vm.name.clone())).await;
@@ -498,6 +529,17 @@ impl HeadAgent {
             spec.state = Some(VmRunState::Running);
             spec.started_at = Some(now_unix());
         }
+        match self.nics_up(&name, &spec).await {
+            Ok(taps) if !taps.is_empty() => tracing::info!(vm = %name, ?taps, "NICs ready"),
+            Ok(_) => {}
+            Err(e @ net::NetError::Invalid { .. }) => {
+                return Err(refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")));
+            }
+            Err(e) => {
+                self.nics_down(&name, spec.network_interfaces.len()).await;
+                return Err(failed(&name, "setting up its NICs", &e));
+            }
+        }
         let running = match vm::spawn(
             &self.config.qemu,
             &name,
@@ -509,10 +551,12 @@ impl HeadAgent {
         {
             Ok(r) => r,
             Err(vm::VmError::Args(e)) => {
+                self.nics_down(&name, spec.network_interfaces.len()).await;
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 return Err(refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")));
             }
             Err(e) => {
+                self.nics_down(&name, spec.network_interfaces.len()).await;
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 return Err(failed(&name, "starting qemu", &e));
             }

@@ -12,6 +12,7 @@ pub mod console;
 pub mod fence;
 pub mod host;
 pub mod migration;
+pub mod net;
 pub mod qmp;
 pub mod seed;
 pub mod vm;

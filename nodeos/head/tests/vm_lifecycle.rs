@@ -61,6 +61,7 @@ impl TestHead {
             report_interval: Duration::from_millis(300),
             fence_timeout: fence,
             migration_address: Some("127.0.0.1".into()),
+            net: None,
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let mut nc = head_node_config(spine, "head1", keepalive);

@@ -223,6 +223,7 @@ impl SpineHead {
             report_interval: Duration::from_millis(500),
             fence_timeout: None,
             migration_address: Some("127.0.0.1".into()),
+            net: None,
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let nc = head_node_config(spine, node_id, Duration::from_secs(5));
