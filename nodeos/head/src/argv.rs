@@ -610,7 +610,10 @@ mod tests {
             after(&a, "-netdev"),
             [format!("tap,id=net0,ifname={tap},script=no,downscript=no")]
         );
-        assert!(after(&a, "-device").contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile="));
+        assert!(
+            after(&a, "-device")
+                .contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=")
+        );
     }
 
     #[test]

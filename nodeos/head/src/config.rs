@@ -289,7 +289,13 @@ mod tests {
         assert!(e.contains("xen"), "{e}");
         let mut bridged = c.clone();
         bridged.nic_backend = NicBackend::Bridged;
-        assert!(bridged.check().unwrap_err().to_string().starts_with("trunk:"));
+        assert!(
+            bridged
+                .check()
+                .unwrap_err()
+                .to_string()
+                .starts_with("trunk:")
+        );
         bridged.trunk = Some("eth0".into());
         bridged.untagged_vlan = Some(1);
         bridged.check().unwrap();

@@ -7,13 +7,13 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use bigv_head::net::{self, link::Netlink, NetConfig, NetError};
+use bigv_head::net::{self, NetConfig, NetError, link::Netlink};
 use bigv_spine::resource::NetworkInterface;
+use common::netns::{frames, in_netns, listen};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use common::netns::{frames, in_netns, listen};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x0a, 0x07, 0x05];
 
@@ -75,7 +75,11 @@ fn taps_come_and_go_on_their_vlans_bridge() {
 
         let bridge = link(&nl, "bv7").await.expect("the VLAN's bridge");
         let trunk = link(&nl, "trunk0").await.unwrap();
-        assert_eq!(controller(&trunk), Some(bridge.header.index), "the untagged VLAN's bridge holds the trunk");
+        assert_eq!(
+            controller(&trunk),
+            Some(bridge.header.index),
+            "the untagged VLAN's bridge holds the trunk"
+        );
         for tap in &taps {
             let l = link(&nl, tap).await.expect("the tap");
             assert_eq!(controller(&l), Some(bridge.header.index), "{tap} on bv7");
@@ -84,7 +88,9 @@ fn taps_come_and_go_on_their_vlans_bridge() {
             assert_eq!(filters, [(1, "bpf".to_string()), (2, "bpf".to_string())]);
         }
         // A bad NIC is refused before anything is made.
-        let e = net::nic_up(&config, "web2", &[nic(0, &[])]).await.unwrap_err();
+        let e = net::nic_up(&config, "web2", &[nic(0, &[])])
+            .await
+            .unwrap_err();
         assert!(matches!(e, NetError::Invalid { .. }), "{e}");
         assert!(link(&nl, &net::tap_name("web2", 0)).await.is_none());
         // A missing trunk is named.
@@ -99,7 +105,10 @@ fn taps_come_and_go_on_their_vlans_bridge() {
         for tap in &taps {
             assert!(link(&nl, tap).await.is_none(), "{tap} removed");
         }
-        assert!(link(&nl, "bv7").await.is_some(), "the bridge stays for other VMs");
+        assert!(
+            link(&nl, "bv7").await.is_some(),
+            "the bridge stays for other VMs"
+        );
         net::nic_down("web1", 2).await; // nothing left: no harm
     });
 }
@@ -121,15 +130,23 @@ fn tagged_vlans_get_an_8021q_sub_interface() {
                 let tap = link(&nl, &taps[0]).await.unwrap();
                 assert_eq!(controller(&tap), Some(bridge.header.index));
                 let trunk = link(&nl, "trunk0").await.unwrap();
-                assert_eq!(controller(&trunk), None, "a tagged trunk stays out of the bridges");
-                net::nic_up(&config, "web1", &[nic(5, &["10.5.0.5"])]).await.unwrap();
+                assert_eq!(
+                    controller(&trunk),
+                    None,
+                    "a tagged trunk stays out of the bridges"
+                );
+                net::nic_up(&config, "web1", &[nic(5, &["10.5.0.5"])])
+                    .await
+                    .unwrap();
                 net::nic_down("web1", 1).await;
                 assert!(link(&nl, &taps[0]).await.is_none());
             }
             // The kernel of the machine running the tests may lack
             // 802.1Q (the node image loads 8021q); the error says so.
             Err(NetError::NoVlanSupport) => {
-                eprintln!("SKIPPED: this kernel has no 802.1Q support (CONFIG_VLAN_8021Q); the tagged path is not exercised here");
+                eprintln!(
+                    "SKIPPED: this kernel has no 802.1Q support (CONFIG_VLAN_8021Q); the tagged path is not exercised here"
+                );
                 assert!(link(&nl, &net::tap_name("web1", 0)).await.is_none());
             }
             Err(e) => panic!("{}", bigv_head::error_chain(&e)),

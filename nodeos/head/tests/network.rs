@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bigv_head::agent::{AgentConfig, HeadAgent};
 use bigv_head::argv::NicBackend;
-use bigv_head::net::{self, link::Netlink, NetConfig};
+use bigv_head::net::{self, NetConfig, link::Netlink};
 use bigv_spine::resource::{NetworkInterface, ResourceName, VmDisc, VmSpec};
 use bigv_spine::{NodeAgent, Resource};
 use bigv_test_guest::lines;
@@ -66,7 +66,10 @@ async fn datagrams(udp: &tokio::net::UdpSocket, window: Duration) -> Vec<(String
     let end = tokio::time::Instant::now() + window;
     let mut buf = [0u8; 1500];
     while let Ok(Ok((n, from))) = tokio::time::timeout_at(end, udp.recv_from(&mut buf)).await {
-        got.push((from.ip().to_string(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+        got.push((
+            from.ip().to_string(),
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        ));
     }
     got
 }
@@ -132,7 +135,10 @@ async fn link_mac(nl: &Netlink, name: &str) -> String {
             _ => None,
         })
         .unwrap();
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[test]
@@ -204,10 +210,15 @@ async fn scenario() {
     };
     h.create(Resource::vm("n1", spec), 1).await.unwrap();
     let tap = net::tap_name("n1", 0);
-    assert!(nl.index(&tap).await.unwrap().is_some(), "the tap exists while the VM runs");
+    assert!(
+        nl.index(&tap).await.unwrap().is_some(),
+        "the tap exists while the VM runs"
+    );
     let log = agent.paths("n1").serial_log;
     wait_for("the guest's boot line", BOOT_WAIT, || {
-        serial_lines(&log).iter().find_map(|l| lines::boot_id(l).map(str::to_owned))
+        serial_lines(&log)
+            .iter()
+            .find_map(|l| lines::boot_id(l).map(str::to_owned))
     })
     .await;
     let serial = tokio::net::UnixStream::connect(agent.paths("n1").serial)
@@ -265,7 +276,10 @@ async fn scenario() {
     )
     .await;
     let got = datagrams(&udp, Duration::from_secs(2)).await;
-    assert!(got.is_empty(), "a forged source address got through: {got:?}");
+    assert!(
+        got.is_empty(),
+        "a forged source address got through: {got:?}"
+    );
 
     // Another MAC, its own IP again: nothing either.
     sh(
@@ -298,7 +312,10 @@ async fn scenario() {
     // Stop: the tap goes with the VM.
     h.remove(ResourceName::vm("n1"), 2).await.unwrap();
     // The removal returns once the VM is reported gone, taps and all.
-    assert!(nl.index(&tap).await.unwrap().is_none(), "the tap is removed with the VM");
+    assert!(
+        nl.index(&tap).await.unwrap().is_none(),
+        "the tap is removed with the VM"
+    );
     task.abort();
     agent.shutdown().await;
 }

@@ -62,8 +62,9 @@ pub fn initramfs(init: &Path, kernel_dir: &Path) -> anyhow::Result<Vec<u8>> {
     for d in ["proc", "sys", "dev", "tmp", "etc", "lib/modules", "bin"] {
         a.dir(d, 0o755)?;
     }
-    let busybox = std::fs::read(BUSYBOX)
-        .with_context(|| format!("reading {BUSYBOX} (install busybox-static: tools/setup-host.sh)"))?;
+    let busybox = std::fs::read(BUSYBOX).with_context(|| {
+        format!("reading {BUSYBOX} (install busybox-static: tools/setup-host.sh)")
+    })?;
     a.file("bin/busybox", 0o755, busybox)?;
     let mut list = String::new();
     for path in &order {

@@ -126,12 +126,18 @@ mod tests {
     #[test]
     fn parses_sh_lines() {
         let cmd = "ip addr add 10.0.0.5/24 dev eth0";
-        assert_eq!(lines::sh_started(&format!("\rSH-START 3 {cmd}\r"), cmd), Some(3));
+        assert_eq!(
+            lines::sh_started(&format!("\rSH-START 3 {cmd}\r"), cmd),
+            Some(3)
+        );
         assert_eq!(lines::sh_started("SH-START 3 ip link", cmd), None);
         assert_eq!(lines::sh_exit("SH-EXIT 3 status=0", 3), Some(0));
         assert_eq!(lines::sh_exit("SH-EXIT 3 status=1\r", 3), Some(1));
         assert_eq!(lines::sh_exit("SH-EXIT 13 status=0", 3), None);
-        assert_eq!(lines::sh_out("SH-OUT 3: hello world", 3), Some("hello world"));
+        assert_eq!(
+            lines::sh_out("SH-OUT 3: hello world", 3),
+            Some("hello world")
+        );
         assert_eq!(lines::sh_out("SH-OUT 33: hello", 3), None);
     }
 }

@@ -419,10 +419,7 @@ mod tests {
         assert_eq!(verdict(&eth(MAC, 0x0806, &arp(OTHER, me))), NO_MATCH);
         // IPv6: its own, its link-local, `::` for ICMPv6 only.
         assert_eq!(verdict(&eth(MAC, 0x86dd, &ipv6(v6, 17))), PASS);
-        assert_eq!(
-            verdict(&eth(MAC, 0x86dd, &ipv6(link_local(MAC), 58))),
-            PASS
-        );
+        assert_eq!(verdict(&eth(MAC, 0x86dd, &ipv6(link_local(MAC), 58))), PASS);
         assert_eq!(
             verdict(&eth(MAC, 0x86dd, &ipv6(link_local(OTHER), 58))),
             NO_MATCH
@@ -440,7 +437,10 @@ mod tests {
         assert_eq!(verdict(&whole[..38]), PASS);
         assert_eq!(verdict(&eth(MAC, 0x0806, &arp(MAC, me)[..12])), NO_MATCH);
         // Tags, in the metadata or the data, and other EtherTypes.
-        assert_eq!(run(&p, &eth(MAC, 0x0800, &ipv4(me, udp, 53)), true), NO_MATCH);
+        assert_eq!(
+            run(&p, &eth(MAC, 0x0800, &ipv4(me, udp, 53)), true),
+            NO_MATCH
+        );
         assert_eq!(verdict(&eth(MAC, 0x8100, &[0, 5, 8, 0])), NO_MATCH);
         assert_eq!(verdict(&eth(MAC, 0x88cc, &[0; 40])), NO_MATCH);
     }
@@ -458,7 +458,11 @@ mod tests {
         let discover = eth(MAC, 0x0800, &ipv4(Ipv4Addr::UNSPECIFIED, 17, 67));
         assert_eq!(run(&bare, &discover, false), PASS);
         assert_eq!(
-            run(&bare, &eth(MAC, 0x0800, &ipv4("10.0.0.5".parse().unwrap(), 17, 67)), false),
+            run(
+                &bare,
+                &eth(MAC, 0x0800, &ipv4("10.0.0.5".parse().unwrap(), 17, 67)),
+                false
+            ),
             NO_MATCH
         );
     }

@@ -3,17 +3,17 @@
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
-    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
-use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVlan};
 
-use super::antispoof::{self, Allowed, Insn};
 use super::NetError;
+use super::antispoof::{self, Allowed, Insn};
 
 const TCA_BPF_OPS_LEN: u16 = 4;
 const TCA_BPF_OPS: u16 = 5;
@@ -90,7 +90,9 @@ impl Netlink {
             Ok(()) => {}
             // Another VM's start made it meanwhile.
             Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-            Err(e) if what == "creating the VLAN interface" && errno(&e) == Some(libc::EOPNOTSUPP) => {
+            Err(e)
+                if what == "creating the VLAN interface" && errno(&e) == Some(libc::EOPNOTSUPP) =>
+            {
                 return Err(NetError::NoVlanSupport);
             }
             Err(e) => return Err(nl_err(what, name)(e)),
@@ -105,8 +107,12 @@ impl Netlink {
     }
 
     pub async fn ensure_bridge(&self, name: &str) -> Result<u32, NetError> {
-        self.ensure(name, LinkBridge::new(name).up().build(), "creating the bridge")
-            .await
+        self.ensure(
+            name,
+            LinkBridge::new(name).up().build(),
+            "creating the bridge",
+        )
+        .await
     }
 
     pub async fn ensure_vlan(&self, name: &str, trunk: u32, vlan: u32) -> Result<u32, NetError> {
@@ -126,7 +132,12 @@ impl Netlink {
     pub async fn enslave(&self, port: u32, name: &str, bridge: u32) -> Result<(), NetError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(port).controller(bridge).up().build())
+            .set(
+                LinkUnspec::new_with_index(port)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl_err("adding to its bridge", name))
@@ -145,11 +156,7 @@ impl Netlink {
     }
 
     /// Sends one request and waits for its acknowledgement.
-    async fn request(
-        &self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<(), rtnetlink::Error> {
+    async fn request(&self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), rtnetlink::Error> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         let mut handle = self.handle.clone();
@@ -179,7 +186,10 @@ impl Netlink {
         };
         qdisc.attributes.push(TcAttribute::Kind("ingress".into()));
         match self
-            .request(RouteNetlinkMessage::NewQueueDiscipline(qdisc), NLM_F_CREATE | NLM_F_EXCL)
+            .request(
+                RouteNetlinkMessage::NewQueueDiscipline(qdisc),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
             .await
         {
             Ok(()) => {}
@@ -216,10 +226,14 @@ impl Netlink {
         let mut options = vec![
             TcOption::Other(DefaultNla::new(TCA_BPF_OPS_LEN, len.to_ne_bytes().to_vec())),
             TcOption::Other(DefaultNla::new(TCA_BPF_OPS, antispoof::encode(program))),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(format!("bigv-antispoof-{preference}"))),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(format!(
+                "bigv-antispoof-{preference}"
+            ))),
         ];
         if direct_action {
-            options.push(TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)));
+            options.push(TcOption::Bpf(TcFilterBpfOption::Flags(
+                TcBpfFlags::DirectAction,
+            )));
         }
         msg.attributes.push(TcAttribute::Options(options));
         self.request(

@@ -129,8 +129,12 @@ pub fn plan(vm: &str, nics: &[NetworkInterface]) -> Result<Vec<NicPlan>, NetErro
         .enumerate()
         .map(|(i, nic)| {
             let field = format!("network_interfaces[{i}]");
-            let mac = parse_mac(&nic.mac)
-                .ok_or_else(|| invalid(format!("{field}.mac"), format!("{:?} is not a MAC", nic.mac)))?;
+            let mac = parse_mac(&nic.mac).ok_or_else(|| {
+                invalid(
+                    format!("{field}.mac"),
+                    format!("{:?} is not a MAC", nic.mac),
+                )
+            })?;
             if mac[0] & 1 == 1 {
                 return Err(invalid(format!("{field}.mac"), "a multicast MAC"));
             }
@@ -148,12 +152,16 @@ pub fn plan(vm: &str, nics: &[NetworkInterface]) -> Result<Vec<NicPlan>, NetErro
                     // An address, or an address with its prefix length.
                     let addr = ip.split('/').next().unwrap_or_default();
                     addr.parse::<IpAddr>().map_err(|_| {
-                        invalid(format!("{field}.ips[{j}]"), format!("{ip:?} is not an address"))
+                        invalid(
+                            format!("{field}.ips[{j}]"),
+                            format!("{ip:?} is not an address"),
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let allowed = Allowed::new(mac, &ips);
-            antispoof::program(&allowed).map_err(|e| invalid(format!("{field}.ips"), e.to_string()))?;
+            antispoof::program(&allowed)
+                .map_err(|e| invalid(format!("{field}.ips"), e.to_string()))?;
             Ok(NicPlan {
                 tap: tap_name(vm, i),
                 vlan: nic.vlan_id,
@@ -197,13 +205,10 @@ pub async fn nic_up(
             name: p.tap.clone(),
             source,
         })?;
-        let tap = nl
-            .index(&p.tap)
-            .await?
-            .ok_or_else(|| NetError::Tap {
-                name: p.tap.clone(),
-                source: std::io::ErrorKind::NotFound.into(),
-            })?;
+        let tap = nl.index(&p.tap).await?.ok_or_else(|| NetError::Tap {
+            name: p.tap.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
         nl.antispoof(tap, &p.tap, &p.allowed).await?;
         nl.enslave(tap, &p.tap, bridge).await?;
         tracing::info!(vm, tap = %p.tap, vlan = p.vlan, bridge = %bridge_name, "NIC up");
@@ -230,7 +235,9 @@ pub async fn nic_down(vm: &str, count: usize) {
         match nl.delete(&name).await {
             Ok(true) => tracing::info!(vm, tap = %name, "tap removed"),
             Ok(false) => {}
-            Err(e) => tracing::warn!(vm, tap = %name, error = %crate::error_chain(&e), "removing a tap"),
+            Err(e) => {
+                tracing::warn!(vm, tap = %name, error = %crate::error_chain(&e), "removing a tap")
+            }
         }
     }
 }
@@ -247,7 +254,10 @@ mod tests {
         assert_ne!(tap_name("web1", 0), tap_name("web2", 0));
         assert_ne!(tap_name("web1", 0), tap_name("web1", 1));
         // Pinned: an agent upgrade must find a running VM's taps again.
-        assert_eq!(tap_name("web1", 0), format!("t{:010x}n0", fnv1a(b"web1") >> 24));
+        assert_eq!(
+            tap_name("web1", 0),
+            format!("t{:010x}n0", fnv1a(b"web1") >> 24)
+        );
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(bridge_name(4094), "bv4094");
         assert_eq!(vlan_if_name("eth0", 5), "eth0.5");
@@ -265,7 +275,10 @@ mod tests {
         };
         let p = plan("web1", std::slice::from_ref(&nic)).unwrap();
         assert_eq!(p[0].tap, tap_name("web1", 0));
-        assert_eq!(p[0].allowed.ipv4, ["10.0.0.5".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            p[0].allowed.ipv4,
+            ["10.0.0.5".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
         assert_eq!(p[0].allowed.ipv6.len(), 1);
         let bad = |f: &dyn Fn(&mut NetworkInterface), field: &str| {
             let mut n = nic.clone();
@@ -275,8 +288,17 @@ mod tests {
         };
         bad(&|n| n.vlan_id = 0, "network_interfaces[1].vlan_id");
         bad(&|n| n.vlan_id = 4095, "network_interfaces[1].vlan_id");
-        bad(&|n| n.mac = "52:54:00:12:34".into(), "network_interfaces[1].mac");
-        bad(&|n| n.mac = "01:00:5e:00:00:01".into(), "network_interfaces[1].mac");
-        bad(&|n| n.ips.push("10.0.0.300".into()), "network_interfaces[1].ips[2]");
+        bad(
+            &|n| n.mac = "52:54:00:12:34".into(),
+            "network_interfaces[1].mac",
+        );
+        bad(
+            &|n| n.mac = "01:00:5e:00:00:01".into(),
+            "network_interfaces[1].mac",
+        );
+        bad(
+            &|n| n.ips.push("10.0.0.300".into()),
+            "network_interfaces[1].ips[2]",
+        );
     }
 }

@@ -91,4 +91,3 @@ pub fn frames(fd: &OwnedFd, window: Duration) -> Vec<Vec<u8>> {
     }
     out
 }
-
