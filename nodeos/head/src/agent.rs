@@ -530,6 +530,8 @@ impl HeadAgent {
             spec.started_at = Some(now_unix());
         }
         match self.nics_up(&name, &spec).await {
+            // The place per-tap services (the DHCP responder) start, one
+            // per tap, ended with the VM (`vm.ended`).
             Ok(taps) if !taps.is_empty() => tracing::info!(vm = %name, ?taps, "NICs ready"),
             Ok(_) => {}
             Err(e @ net::NetError::Invalid { .. }) => {

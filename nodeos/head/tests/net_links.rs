@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bigv_head::net::{self, NetConfig, NetError, link::Netlink};
@@ -214,6 +215,65 @@ fn a_vm_forging_its_mac_or_address_gets_nothing_out() {
             })
             .collect();
         assert_eq!(seen, ["bigv-good-1", "bigv-good-2"]);
+        drop(tap);
+        net::nic_down("web1", 1).await;
+    });
+}
+
+/// An Ethernet frame to `dst` from the outside with `marker` inside.
+fn frame_to(dst: [u8; 6], marker: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    f.extend_from_slice(marker);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn a_vm_gets_frames_for_its_mac_and_broadcasts_but_not_other_unicast() {
+    in_netns(|| async {
+        let config = NetConfig {
+            trunk: "trunk0".into(),
+            untagged_vlan: Some(7),
+        };
+        let taps = net::nic_up(&config, "web1", &[nic(7, &["10.7.0.5"])])
+            .await
+            .unwrap();
+        let tap = net::tap::attach(&taps[0], false).unwrap();
+        // SAFETY: sets O_NONBLOCK on a descriptor the file owns.
+        unsafe {
+            let flags = libc::fcntl(tap.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(tap.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let outside = listen("outside0");
+        for (dst, marker) in [
+            (MAC, &b"bigv-to-vm"[..]),
+            ([0x52, 0x54, 0x00, 0xde, 0xad, 0x01], b"bigv-to-other"),
+            ([0xff; 6], b"bigv-to-all"),
+        ] {
+            let f = frame_to(dst, marker);
+            // SAFETY: sends a buffer of the given length on a bound packet socket.
+            let n = unsafe { libc::send(outside.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+        let mut seen = vec![];
+        let end = std::time::Instant::now() + Duration::from_millis(800);
+        let mut tap = tap;
+        while std::time::Instant::now() < end {
+            let mut buf = [0u8; 2048];
+            match tap.read(&mut buf) {
+                Ok(n) => {
+                    if let Some(i) = buf[..n].windows(5).position(|w| w == b"bigv-") {
+                        let text = String::from_utf8_lossy(&buf[i..n]);
+                        seen.push(text.trim_end_matches('\0').to_owned());
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        assert_eq!(seen, ["bigv-to-vm", "bigv-to-all"]);
         drop(tap);
         net::nic_down("web1", 1).await;
     });

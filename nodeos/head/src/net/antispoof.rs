@@ -22,6 +22,8 @@
 //!   port 67 (a DHCP client before it has a lease);
 //! - ARP whose sender hardware address is the MAC and whose sender IP is
 //!   one of its IPv4 addresses or 0.0.0.0 (an address probe);
+//! - RARP with the MAC as sender hardware address and no sender IP (qemu
+//!   announces a VM so after a live migration);
 //! - IPv6 only if the NIC has IPv6 addresses: from one of them, from the
 //!   link-local address derived from the MAC (EUI-64), or from `::` for
 //!   ICMPv6 (duplicate address detection). A guest using stable-privacy
@@ -229,7 +231,7 @@ pub fn drop_all() -> Vec<Insn> {
 /// The verdict program for one NIC (see the module's docs).
 pub fn program(a: &Allowed) -> Result<Vec<Insn>, TooLong> {
     let mut p = Asm::default();
-    let (ipv4, arp, ipv6) = (p.label(), p.label(), p.label());
+    let (ipv4, arp, ipv6, rarp) = (p.label(), p.label(), p.label(), p.label());
     // No 802.1Q tag, in the metadata or as the EtherType (checked below).
     p.ld(BPF_B, VLAN_TAG_PRESENT);
     p.jeq(0, To::Next, To::Drop);
@@ -241,6 +243,7 @@ pub fn program(a: &Allowed) -> Result<Vec<Insn>, TooLong> {
     p.ld(BPF_H, 12);
     p.jeq(0x0800, To::Label(ipv4), To::Next);
     p.jeq(0x0806, To::Label(arp), To::Next);
+    p.jeq(0x8035, To::Label(rarp), To::Next);
     if a.ipv6.is_empty() {
         p.jeq(0x86dd, To::Drop, To::Drop);
     } else {
@@ -271,6 +274,16 @@ pub fn program(a: &Allowed) -> Result<Vec<Insn>, TooLong> {
     for ip in &a.ipv4 {
         p.jeq(u32::from(*ip), To::Pass, To::Next);
     }
+    p.jeq(0, To::Pass, To::Drop);
+
+    // RARP, as qemu announces a VM after a live migration: the MAC as
+    // sender hardware address, no sender IP.
+    p.at(rarp);
+    p.ld(BPF_W, 22);
+    p.jeq(mac_hi(a.mac), To::Next, To::Drop);
+    p.ld(BPF_H, 26);
+    p.jeq(mac_lo(a.mac), To::Next, To::Drop);
+    p.ld(BPF_W, 28);
     p.jeq(0, To::Pass, To::Drop);
 
     // IPv6: the source address (14 + 8 .. 14 + 24).
@@ -417,6 +430,10 @@ mod tests {
         assert_eq!(verdict(&eth(MAC, 0x0806, &arp(MAC, none))), PASS);
         assert_eq!(verdict(&eth(MAC, 0x0806, &arp(MAC, forged))), NO_MATCH);
         assert_eq!(verdict(&eth(MAC, 0x0806, &arp(OTHER, me))), NO_MATCH);
+        // RARP: qemu's announcement after a migration, nothing else.
+        assert_eq!(verdict(&eth(MAC, 0x8035, &arp(MAC, none))), PASS);
+        assert_eq!(verdict(&eth(MAC, 0x8035, &arp(OTHER, none))), NO_MATCH);
+        assert_eq!(verdict(&eth(MAC, 0x8035, &arp(MAC, me))), NO_MATCH);
         // IPv6: its own, its link-local, `::` for ICMPv6 only.
         assert_eq!(verdict(&eth(MAC, 0x86dd, &ipv6(v6, 17))), PASS);
         assert_eq!(verdict(&eth(MAC, 0x86dd, &ipv6(link_local(MAC), 58))), PASS);

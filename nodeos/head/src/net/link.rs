@@ -7,10 +7,11 @@ use rtnetlink::packet_core::{
     NetlinkPayload,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
 };
-use rtnetlink::{LinkBridge, LinkUnspec, LinkVlan};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVlan};
 
 use super::NetError;
 use super::antispoof::{self, Allowed, Insn};
@@ -141,6 +142,34 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl_err("adding to its bridge", name))
+    }
+
+    /// Narrows what a VM's bridge port gets: no MAC learning and no
+    /// flooding of unknown unicast to it (a VM does not see frames meant
+    /// for MACs the bridge has not placed yet), and a static FDB entry
+    /// for the VM's MAC on it, so frames for the VM always find it.
+    /// Broadcast and multicast (ARP, neighbour discovery) still reach it.
+    pub async fn lock_port(&self, port: u32, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .set_port(
+                LinkBridgePort::new(port)
+                    .learning(false)
+                    .flood(false)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err("setting the bridge port flags of", name))?;
+        self.handle
+            .neighbours()
+            .add_bridge(port, &mac)
+            .state(NeighbourState::Noarp)
+            .flags(NeighbourFlags::Controller)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err("adding the MAC to the bridge for", name))
     }
 
     /// Deletes the link `name`; false if there was none.

@@ -211,6 +211,7 @@ pub async fn nic_up(
         })?;
         nl.antispoof(tap, &p.tap, &p.allowed).await?;
         nl.enslave(tap, &p.tap, bridge).await?;
+        nl.lock_port(tap, &p.tap, p.allowed.mac).await?;
         tracing::info!(vm, tap = %p.tap, vlan = p.vlan, bridge = %bridge_name, "NIC up");
         taps.push(p.tap.clone());
     }
