@@ -100,6 +100,20 @@ impl HeadAgent {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
         }
+        if let (Some(net), NicBackend::Bridged) = (&config.net, config.settings.nic_backend) {
+            match net::probe(net).await {
+                Ok(p) => tracing::info!(
+                    trunk = %net.trunk,
+                    vlans_8021q = p.vlans_8021q,
+                    "VM networking ready (taps with anti-spoofing filters work here)"
+                ),
+                Err(e) => tracing::error!(
+                    trunk = %net.trunk,
+                    error = %error_chain(&e),
+                    "VM networking does not work here: VMs with NICs will not start"
+                ),
+            }
+        }
         let fence = Fence::new(config.fence_timeout, &config.run_dir);
         let agent = Arc::new_cyclic(|me| HeadAgent {
             me: me.clone(),

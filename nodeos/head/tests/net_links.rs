@@ -88,6 +88,16 @@ fn taps_come_and_go_on_their_vlans_bridge() {
             let filters = nl.ingress_filters(l.header.index).await.unwrap();
             assert_eq!(filters, [(1, "bpf".to_string()), (2, "bpf".to_string())]);
         }
+        // The agent's start-up check: trunk, tap, filters; its tap is gone.
+        net::probe(&config).await.unwrap();
+        assert!(link(&nl, "bvprobe").await.is_none());
+        let e = net::probe(&NetConfig {
+            trunk: "nope0".into(),
+            untagged_vlan: None,
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, NetError::NoTrunk(_)), "{e}");
         // A bad NIC is refused before anything is made.
         let e = net::nic_up(&config, "web2", &[nic(0, &[])])
             .await

@@ -218,6 +218,46 @@ pub async fn nic_up(
     Ok(taps)
 }
 
+/// What [`probe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// The kernel has 802.1Q (tagged VLANs work).
+    pub vlans_8021q: bool,
+}
+
+/// The probe tap's name (not a VM's: those start with `t` and a hash).
+const PROBE_TAP: &str = "bvprobe";
+
+/// Checks at agent start that this host can do what [`nic_up`] does:
+/// the trunk exists, and a tap with its anti-spoofing filters can be
+/// made (tun, sch_ingress, cls_bpf) — a probe tap is made and removed.
+/// Whether 802.1Q is there (module 8021q) is reported, not required:
+/// only tagged VLANs need it.
+pub async fn probe(config: &NetConfig) -> Result<Probe, NetError> {
+    let nl = link::Netlink::connect()?;
+    nl.index(&config.trunk)
+        .await?
+        .ok_or_else(|| NetError::NoTrunk(config.trunk.clone()))?;
+    // The 8021q module makes this file in every network namespace.
+    let vlans_8021q = std::path::Path::new("/proc/net/vlan/config").exists();
+    tap::create_persistent(PROBE_TAP).map_err(|source| NetError::Tap {
+        name: PROBE_TAP.into(),
+        source,
+    })?;
+    let filtered = match nl.index(PROBE_TAP).await? {
+        Some(index) => {
+            let allowed = Allowed::new([0x02, 0, 0, 0, 0, 1], &[]);
+            nl.antispoof(index, PROBE_TAP, &allowed).await
+        }
+        None => Err(NetError::Tap {
+            name: PROBE_TAP.into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }),
+    };
+    nl.delete(PROBE_TAP).await?;
+    filtered.map(|()| Probe { vlans_8021q })
+}
+
 /// Removes the taps of `vm.NAME`'s first `count` NICs (those that
 /// exist); the bridges stay for other VMs.
 pub async fn nic_down(vm: &str, count: usize) {
