@@ -90,7 +90,9 @@ fn taps_come_and_go_on_their_vlans_bridge() {
         }
         // The agent's start-up check: trunk, tap, filters; its tap is gone.
         net::probe(&config).await.unwrap();
-        assert!(link(&nl, "bvprobe").await.is_none());
+        for name in ["bvprobe", "bvprobe0", "bvprobe1", "bvprobe0.9"] {
+            assert!(link(&nl, name).await.is_none(), "{name} removed");
+        }
         let e = net::probe(&NetConfig {
             trunk: "nope0".into(),
             untagged_vlan: None,

@@ -221,41 +221,65 @@ pub async fn nic_up(
 /// What [`probe`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
-    /// The kernel has 802.1Q (tagged VLANs work).
+    /// The kernel made an 802.1Q sub-interface (tagged VLANs work).
     pub vlans_8021q: bool,
 }
 
-/// The probe tap's name (not a VM's: those start with `t` and a hash).
+/// The probe's links (not a VM's: those start with `t` and a hash, and
+/// VLAN bridges are `bv` and digits).
+const PROBE_TRUNK: &str = "bvprobe0";
+const PROBE_BRIDGE: &str = "bvprobe1";
 const PROBE_TAP: &str = "bvprobe";
 
-/// Checks at agent start that this host can do what [`nic_up`] does:
-/// the trunk exists, and a tap with its anti-spoofing filters can be
-/// made (tun, sch_ingress, cls_bpf) — a probe tap is made and removed.
-/// Whether 802.1Q is there (module 8021q) is reported, not required:
-/// only tagged VLANs need it.
+/// Checks at agent start that this host can do what [`nic_up`] does,
+/// without touching the trunk: it must exist; then a dry run on links of
+/// its own — a bridge standing in for the trunk, an 802.1Q sub-interface
+/// of it on a second bridge, a tap with its anti-spoofing filters and
+/// locked port on that — all removed again. 802.1Q is reported, not
+/// required (only tagged VLANs need it).
 pub async fn probe(config: &NetConfig) -> Result<Probe, NetError> {
     let nl = link::Netlink::connect()?;
     nl.index(&config.trunk)
         .await?
         .ok_or_else(|| NetError::NoTrunk(config.trunk.clone()))?;
-    // The 8021q module makes this file in every network namespace.
-    let vlans_8021q = std::path::Path::new("/proc/net/vlan/config").exists();
+    let result = dry_run(&nl).await;
+    for name in [
+        PROBE_TAP,
+        &format!("{PROBE_TRUNK}.9"),
+        PROBE_BRIDGE,
+        PROBE_TRUNK,
+    ] {
+        nl.delete(name).await?;
+    }
+    result
+}
+
+async fn dry_run(nl: &link::Netlink) -> Result<Probe, NetError> {
+    let trunk = nl.ensure_bridge(PROBE_TRUNK).await?;
+    let bridge = nl.ensure_bridge(PROBE_BRIDGE).await?;
+    let vlan_name = format!("{PROBE_TRUNK}.9");
+    let vlans_8021q = match nl.ensure_vlan(&vlan_name, trunk, 9).await {
+        Ok(vlan) => {
+            nl.enslave(vlan, &vlan_name, bridge).await?;
+            true
+        }
+        Err(NetError::NoVlanSupport) => false,
+        Err(e) => return Err(e),
+    };
     tap::create_persistent(PROBE_TAP).map_err(|source| NetError::Tap {
         name: PROBE_TAP.into(),
         source,
     })?;
-    let filtered = match nl.index(PROBE_TAP).await? {
-        Some(index) => {
-            let allowed = Allowed::new([0x02, 0, 0, 0, 0, 1], &[]);
-            nl.antispoof(index, PROBE_TAP, &allowed).await
-        }
-        None => Err(NetError::Tap {
-            name: PROBE_TAP.into(),
-            source: std::io::ErrorKind::NotFound.into(),
-        }),
-    };
-    nl.delete(PROBE_TAP).await?;
-    filtered.map(|()| Probe { vlans_8021q })
+    let tap = nl.index(PROBE_TAP).await?.ok_or_else(|| NetError::Tap {
+        name: PROBE_TAP.into(),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    let mac = [0x02, 0, 0, 0, 0, 1];
+    nl.antispoof(tap, PROBE_TAP, &Allowed::new(mac, &[]))
+        .await?;
+    nl.enslave(tap, PROBE_TAP, bridge).await?;
+    nl.lock_port(tap, PROBE_TAP, mac).await?;
+    Ok(Probe { vlans_8021q })
 }
 
 /// Removes the taps of `vm.NAME`'s first `count` NICs (those that
