@@ -20,6 +20,7 @@ BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-test-guest --test boot
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-head --test vm_lifecycle
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-head --test live_migration
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-head --test console
+BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-head --test network
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test rack
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test customer
 BIGV_SLOW_TESTS=1 cargo test --locked -p bigv-qemu-tests --test migrate_vm

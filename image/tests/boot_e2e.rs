@@ -23,6 +23,9 @@
 //!    (KVM from the second archive, through its modules.dep) and starts
 //!    the head agent, which joins the spine from init's environment and
 //!    shows up pending in the admin heads list with the image's version;
+//!    with `bigv.trunk=eth0` the agent's start-up check makes a tap with
+//!    its anti-spoofing filters (tun, sch_ingress, cls_bpf) and finds
+//!    802.1Q on the node's own kernel;
 //! 8. a tail whose blank disc is configured without `:format` leaves the
 //!    disc untouched and its pool out; the agent, given no pool, exits
 //!    with an error and init restarts it with growing delays.
@@ -363,7 +366,10 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
             " bigv.disc=vda:/srv/pool1:format bigv.pool=pool1:sata:/srv/pool1",
             "",
         )
-        .replace(MAC, HEAD_MAC);
+        .replace(MAC, HEAD_MAC)
+        // VMs' NICs bridged on the boot NIC: the agent checks at start
+        // that taps with their anti-spoofing filters work on this kernel.
+        + " bigv.trunk=eth0";
     let mut qemu = Qemu::boot_with(
         &both,
         &head_line,
@@ -419,6 +425,15 @@ async fn tail_image_boots_joins_the_spine_and_reboots_on_order() {
     assert!(
         !log.contains("module=\"kvm_amd\""),
         "kvm_amd failed to load:\n{log}"
+    );
+    // The node's own kernel makes taps with the BPF filters and has 802.1Q.
+    let net = log
+        .lines()
+        .find(|l| l.contains("VM networking"))
+        .unwrap_or_else(|| panic!("no VM networking line:\n{log}"));
+    assert!(
+        net.contains("VM networking ready") && net.contains("vlans_8021q=true"),
+        "{net}"
     );
     drop(qemu);
     brain.shutdown().await;

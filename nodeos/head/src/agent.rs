@@ -22,11 +22,11 @@ use russh::keys::PrivateKey;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::argv::{self, QemuSettings, VmPaths};
+use crate::argv::{self, NicBackend, QemuSettings, VmPaths};
 use crate::console::{self, Console, ConsoleConfig};
 use crate::fence::Fence;
 use crate::qmp::{Event, Qmp};
-use crate::{error_chain, host, migration, vm};
+use crate::{error_chain, host, migration, net, vm};
 
 /// What the agent needs to know about its host.
 #[derive(Debug, Clone)]
@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub migration_address: Option<String>,
     /// The VMs' SSH consoles (`console/`).
     pub console: ConsoleConfig,
+    /// The trunk and its VLANs, for `nic_backend = "bridged"`.
+    pub net: Option<net::NetConfig>,
 }
 
 pub struct HeadAgent {
@@ -107,6 +109,20 @@ impl HeadAgent {
         for dir in [&config.run_dir, &config.log_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        }
+        if let (Some(net), NicBackend::Bridged) = (&config.net, config.settings.nic_backend) {
+            match net::probe(net).await {
+                Ok(p) => tracing::info!(
+                    trunk = %net.trunk,
+                    vlans_8021q = p.vlans_8021q,
+                    "VM networking ready (taps with anti-spoofing filters work here)"
+                ),
+                Err(e) => tracing::error!(
+                    trunk = %net.trunk,
+                    error = %error_chain(&e),
+                    "VM networking does not work here: VMs with NICs will not start"
+                ),
+            }
         }
         let fence = Fence::new(config.fence_timeout, &config.run_dir);
         let key_path = config.console.host_key_path(&config.run_dir);
@@ -214,9 +230,16 @@ impl HeadAgent {
         match adopted {
             Ok((spec, running)) => {
                 tracing::info!(vm = name, pid = running.pid, "re-adopted a running VM");
-                self.install(name, paths, spec.clone(), running, None);
-                let vm = self.vms.lock().expect("vms poisoned").get(name).cloned();
-                if let (Some(vm), Some(me)) = (vm, self.me.upgrade()) {
+                // The taps outlive the agent; this puts back whatever is
+                // missing (a filter, a bridge) and is the place per-tap
+                // services start again.
+                let taps = self.nics_up(name, &spec).await.unwrap_or_else(|e| {
+                    tracing::error!(vm = name, error = %error_chain(&e), "setting up a re-adopted VM's NICs");
+                    vec![]
+                });
+                let vm = self.install(name, paths, spec.clone(), running, None);
+                self.serve_dhcp(&vm, &taps, &spec);
+                if let Some(me) = self.me.upgrade() {
                     migration::resume(me, vm, &spec);
                 }
             }
@@ -227,8 +250,54 @@ impl HeadAgent {
             }
             Err(e) => {
                 tracing::warn!(vm = name, error = %error_chain(&e), "a VM in the run directory is no longer running; cleaning up");
+                if let Ok(spec) = vm::load_spec(&paths) {
+                    self.nics_down(name, spec.network_interfaces.len()).await;
+                }
                 let _ = std::fs::remove_dir_all(&paths.dir);
             }
+        }
+    }
+
+    /// Makes the VM's taps before qemu starts (`net::nic_up`); nothing
+    /// unless the NICs are bridged. Returns the taps' names.
+    async fn nics_up(&self, name: &str, spec: &VmSpec) -> Result<Vec<String>, net::NetError> {
+        match &self.config.net {
+            Some(config) if self.config.settings.nic_backend == NicBackend::Bridged => {
+                net::nic_up(config, name, &spec.network_interfaces).await
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    /// Starts the DHCP responder of each NIC on its tap (`dhcp::serve`;
+    /// nothing for a NIC without a `dhcp` block); each ends with the VM or
+    /// when the agent stops watching it (the next agent starts it again).
+    fn serve_dhcp(&self, vm: &Arc<Vm>, taps: &[String], spec: &VmSpec) {
+        for (tap, nic) in taps.iter().zip(&spec.network_interfaces) {
+            let (tap, nic) = (tap.clone(), nic.clone());
+            let ended = vm.ended.clone();
+            let stopping = self.shutdown.clone();
+            let name = vm.name.clone();
+            tokio::spawn(async move {
+                let cancel = ended.child_token();
+                let serving = crate::dhcp::serve(&tap, &nic, cancel.clone());
+                let result = tokio::select! {
+                    r = serving => r,
+                    _ = stopping.cancelled() => Ok(()),
+                };
+                if let Err(e) = result
+                    && !ended.is_cancelled()
+                {
+                    tracing::error!(vm = %name, %tap, error = %error_chain(&e), "the NIC's DHCP responder stopped");
+                }
+            });
+        }
+    }
+
+    /// Removes the VM's taps once its qemu is gone.
+    async fn nics_down(&self, name: &str, count: usize) {
+        if self.config.settings.nic_backend == NicBackend::Bridged {
+            net::nic_down(name, count).await;
         }
     }
 
@@ -431,6 +500,8 @@ impl HeadAgent {
         };
         if removed {
             tracing::warn!(vm = %vm.name, pid = vm.pid, reason, "VM stopped; reporting it destroyed");
+            let nics = vm.spec.lock().await.network_interfaces.len();
+            self.nics_down(&vm.name, nics).await;
             let _ = std::fs::remove_dir_all(&vm.paths.dir);
             if let Some(n) = self.notifier.get() {
                 n.destroyed(ResourceName::vm(vm.name.clone())).await;
@@ -534,6 +605,21 @@ impl HeadAgent {
             spec.state = Some(VmRunState::Running);
             spec.started_at = Some(now_unix());
         }
+        let taps = match self.nics_up(&name, &spec).await {
+            Ok(taps) => {
+                if !taps.is_empty() {
+                    tracing::info!(vm = %name, ?taps, "NICs ready");
+                }
+                taps
+            }
+            Err(e @ net::NetError::Invalid { .. }) => {
+                return Err(refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")));
+            }
+            Err(e) => {
+                self.nics_down(&name, spec.network_interfaces.len()).await;
+                return Err(failed(&name, "setting up its NICs", &e));
+            }
+        };
         let running = match vm::spawn(
             &self.config.qemu,
             &name,
@@ -545,10 +631,12 @@ impl HeadAgent {
         {
             Ok(r) => r,
             Err(vm::VmError::Args(e)) => {
+                self.nics_down(&name, spec.network_interfaces.len()).await;
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 return Err(refuse(ErrorCode::Invalid, format!("vm.{name}: {e}")));
             }
             Err(e) => {
+                self.nics_down(&name, spec.network_interfaces.len()).await;
                 let _ = std::fs::remove_dir_all(&paths.dir);
                 return Err(failed(&name, "starting qemu", &e));
             }
@@ -557,6 +645,7 @@ impl HeadAgent {
         // scroll-back starts here.
         console::mark_power_on(&paths);
         let vm = self.install(&name, paths, spec.clone(), running, inherited_started_at);
+        self.serve_dhcp(&vm, &taps, &spec);
         if let Some(address) = listen {
             match migration::listen(&vm, &address).await {
                 Ok(reported) => spec = reported,

@@ -22,7 +22,7 @@ pub enum Accel {
     Tcg,
 }
 
-/// What backs the VMs' NICs. Taps on VLAN bridges are not built yet.
+/// What backs the VMs' NICs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NicBackend {
@@ -32,6 +32,9 @@ pub enum NicBackend {
     /// qemu user-mode networking, `restrict=on`: the guest reaches
     /// nothing outside qemu (tests).
     User,
+    /// A tap per NIC on its VLAN's bridge (`crate::net`; the trunk is
+    /// in the head's config). The taps exist before qemu starts.
+    Bridged,
 }
 
 /// The head's settings that shape every command line.
@@ -383,28 +386,31 @@ pub fn command_line(
     if spec.imager_options.is_some() {
         seed_args(&mut a, spec, paths);
     }
-    match settings.nic_backend {
-        NicBackend::None => {}
-        NicBackend::User => {
-            for (i, nic) in spec.network_interfaces.iter().enumerate() {
-                let field = format!("network_interfaces[{i}]");
-                check_mac(&format!("{field}.mac"), &nic.mac)?;
-                let device = match nic.model.as_str() {
-                    "virtio" => "virtio-net-pci",
-                    "e1000" => "e1000",
-                    other => {
-                        return Err(bad(
-                            format!("{field}.model"),
-                            format!("{other:?}: expected virtio or e1000"),
-                        ));
-                    }
-                };
-                a.push("-netdev".into());
-                a.push(format!("user,id=net{i},restrict=on"));
-                a.push("-device".into());
-                // romfile= empty: no iPXE ROM, VMs boot from their discs.
-                a.push(format!("{device},netdev=net{i},mac={},romfile=", nic.mac));
-            }
+    if settings.nic_backend != NicBackend::None {
+        for (i, nic) in spec.network_interfaces.iter().enumerate() {
+            let field = format!("network_interfaces[{i}]");
+            check_mac(&format!("{field}.mac"), &nic.mac)?;
+            let device = match nic.model.as_str() {
+                "virtio" => "virtio-net-pci",
+                "e1000" => "e1000",
+                other => {
+                    return Err(bad(
+                        format!("{field}.model"),
+                        format!("{other:?}: expected virtio or e1000"),
+                    ));
+                }
+            };
+            a.push("-netdev".into());
+            a.push(match settings.nic_backend {
+                NicBackend::Bridged => format!(
+                    "tap,id=net{i},ifname={},script=no,downscript=no",
+                    crate::net::tap_name(name, i)
+                ),
+                _ => format!("user,id=net{i},restrict=on"),
+            });
+            a.push("-device".into());
+            // romfile= empty: no iPXE ROM, VMs boot from their discs.
+            a.push(format!("{device},netdev=net{i},mac={},romfile=", nic.mac));
         }
     }
     Ok(a)
@@ -592,6 +598,22 @@ mod tests {
         s.discs = vec![s.discs[0].clone(); 2];
         let a = command_line("web1", &s, &settings(), &paths()).unwrap();
         assert!(after(&a, "-device").contains(&"virtio-blk-pci,id=seed0-dev,drive=seed0"));
+    }
+
+    #[test]
+    fn bridged_nics_use_their_taps() {
+        let mut st = settings();
+        st.nic_backend = NicBackend::Bridged;
+        let a = command_line("web1", &spec(), &st, &paths()).unwrap();
+        let tap = crate::net::tap_name("web1", 0);
+        assert_eq!(
+            after(&a, "-netdev"),
+            [format!("tap,id=net0,ifname={tap},script=no,downscript=no")]
+        );
+        assert!(
+            after(&a, "-device")
+                .contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=")
+        );
     }
 
     #[test]

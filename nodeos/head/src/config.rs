@@ -8,7 +8,9 @@
 //! run_dir = "/run/bigv-head"    # sockets, pidfiles: must survive an agent restart
 //! log_dir = "/var/log/bigv-head"  # serial scroll-back per VM
 //! accel = "tcg"                 # kvm | tcg; omit to use KVM when /dev/kvm answers
-//! nic_backend = "none"          # none | user (taps are not built yet)
+//! nic_backend = "bridged"       # none | user | bridged (taps on VLAN bridges)
+//! trunk = "eth0"                # bridged: the interface carrying the VLANs, tagged
+//! untagged_vlan = 1             # bridged: the one VLAN untagged on the trunk, if any
 //! vm_memory_mib = 30000         # omit: MemTotal minus reserve_memory_mib
 //! reserve_memory_mib = 2048
 //! nbd_reconnect_delay_secs = 300
@@ -42,6 +44,7 @@ use crate::agent::AgentConfig;
 use crate::argv::{Accel, NicBackend, QemuSettings};
 use crate::console::ConsoleConfig;
 use crate::host;
+use crate::net::NetConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +64,13 @@ pub struct HeadConfig {
     pub accel: Option<Accel>,
     #[serde(default)]
     pub nic_backend: NicBackend,
+    /// `nic_backend = "bridged"`: the interface the VLANs are on.
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// `nic_backend = "bridged"`: the VLAN whose frames are untagged on
+    /// the trunk (its bridge gets the trunk itself as a port).
+    #[serde(default)]
+    pub untagged_vlan: Option<u32>,
     #[serde(default)]
     pub vm_memory_mib: Option<u64>,
     #[serde(default = "default_reserve")]
@@ -153,6 +163,8 @@ pub enum ConfigError {
     Pin(String),
     #[error("report_interval_secs: must be at least 1")]
     Interval,
+    #[error("trunk: nic_backend = \"bridged\" needs the trunk interface")]
+    NoTrunk,
 }
 
 impl HeadConfig {
@@ -167,6 +179,8 @@ impl HeadConfig {
             log_dir: default_log_dir(),
             accel: None,
             nic_backend: NicBackend::None,
+            trunk: None,
+            untagged_vlan: None,
             vm_memory_mib: None,
             reserve_memory_mib: default_reserve(),
             nbd_reconnect_delay_secs: default_reconnect(),
@@ -199,6 +213,9 @@ impl HeadConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.report_interval_secs == 0 {
             return Err(ConfigError::Interval);
+        }
+        if self.nic_backend == NicBackend::Bridged && self.trunk.is_none() {
+            return Err(ConfigError::NoTrunk);
         }
         self.fingerprint()?;
         Ok(())
@@ -262,6 +279,10 @@ impl HeadConfig {
                 host_key: self.console_host_key.clone(),
                 interface: self.console_interface.clone(),
             },
+            net: self.trunk.clone().map(|trunk| NetConfig {
+                trunk,
+                untagged_vlan: self.untagged_vlan,
+            }),
         }
     }
 }
@@ -314,6 +335,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xen"), "{e}");
+        let mut bridged = c.clone();
+        bridged.nic_backend = NicBackend::Bridged;
+        assert!(
+            bridged
+                .check()
+                .unwrap_err()
+                .to_string()
+                .starts_with("trunk:")
+        );
+        bridged.trunk = Some("eth0".into());
+        bridged.untagged_vlan = Some(1);
+        bridged.check().unwrap();
+        assert_eq!(
+            bridged.agent_config().net,
+            Some(NetConfig {
+                trunk: "eth0".into(),
+                untagged_vlan: Some(1)
+            })
+        );
         let mut bad = c.clone();
         bad.pin = Some("md5:00".into());
         assert!(bad.check().unwrap_err().to_string().starts_with("pin:"));

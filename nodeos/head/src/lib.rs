@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod fence;
 pub mod host;
 pub mod migration;
+pub mod net;
 pub mod qmp;
 pub mod seed;
 pub mod vm;

@@ -32,20 +32,13 @@ struct ConsoleHead {
 impl ConsoleHead {
     async fn start(spine: SocketAddr, root: &Path, port: u16) -> ConsoleHead {
         let config = AgentConfig {
-            qemu: "qemu-system-x86_64".into(),
-            run_dir: root.join("run"),
-            log_dir: root.join("log"),
-            settings: qemu_settings(),
-            vm_memory_mib: 1024,
-            report_interval: Duration::from_millis(500),
-            fence_timeout: None,
-            migration_address: None,
             console: ConsoleConfig {
                 port,
                 bind: None,
                 host_key: None,
                 interface: None,
             },
+            ..agent_config(root)
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let node = NodeAgent::new(

@@ -53,15 +53,11 @@ impl TestHead {
         keepalive: Duration,
     ) -> TestHead {
         let config = AgentConfig {
-            qemu: "qemu-system-x86_64".into(),
-            run_dir: root.join("run"),
-            log_dir: root.join("log"),
-            settings: qemu_settings(),
             vm_memory_mib: VM_MEMORY,
             report_interval: Duration::from_millis(300),
             fence_timeout: fence,
             migration_address: Some("127.0.0.1".into()),
-            console: Default::default(),
+            ..agent_config(root)
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let mut nc = head_node_config(spine, "head1", keepalive);

@@ -15,6 +15,7 @@
 //! | `BIGV_STORAGE_ADDRESS` | tails: the address mirrors reach (the DHCP one, for now); heads: the boot NIC's global IPv6 address, if it got one (SLAAC), which is what a head's NBD connections to the discs' IPv6 addresses come from, so the head announces it first and the brain puts it in disc ACLs |
 //! | `BIGV_STORAGE_INTERFACE` | tails: where discs' own addresses are added (the boot NIC: the boot LAN is the storage LAN for now) |
 //! | `BIGV_TEMPLATES_URL` | tails: `bigv.templates=`, where OS templates are fetched |
+//! | `BIGV_NIC_BACKEND`, `BIGV_TRUNK` | heads with `bigv.trunk=IF`: `bridged` and `IF` (VMs' taps on per-VLAN bridges) |
 //! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` (pools on a data disc that failed to mount are left out) |
 //!
 //! Exit status 10 asks init to reboot the node, 11 to power it off (the
@@ -97,6 +98,10 @@ pub fn agent_env(
             if let Some(v6) = ipv6 {
                 env.push(("BIGV_STORAGE_ADDRESS", v6.to_string()));
             }
+            if let Some(trunk) = &config.trunk {
+                env.push(("BIGV_NIC_BACKEND", "bridged".to_owned()));
+                env.push(("BIGV_TRUNK", trunk.clone()));
+            }
         }
     }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -168,10 +173,11 @@ mod tests {
         let env = agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), None);
         assert!(!env.iter().any(|(k, _)| k == "BIGV_POOLS"));
         assert!(!env.iter().any(|(k, _)| k == "BIGV_STORAGE_ADDRESS"));
+        assert!(!env.iter().any(|(k, _)| k == "BIGV_NIC_BACKEND"));
         // A head with a global IPv6 address announces it as its storage
         // address; the log filter comes from bigv.log=.
         let head = parse(&format!(
-            "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.log=debug"
+            "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.log=debug bigv.trunk=eth1"
         ))
         .unwrap();
         let v6: Ipv6Addr = "fd00::5054:ff:fe00:11".parse().unwrap();
@@ -182,6 +188,9 @@ mod tests {
         assert_eq!(env["BIGV_STORAGE_ADDRESS"], "fd00::5054:ff:fe00:11");
         assert_eq!(env["RUST_LOG"], "debug");
         assert!(!env.contains_key("BIGV_STORAGE_INTERFACE"));
+        // bigv.trunk= gives VMs bridged taps on that interface.
+        assert_eq!(env["BIGV_NIC_BACKEND"], "bridged");
+        assert_eq!(env["BIGV_TRUNK"], "eth1");
         // Tails get the templates URL.
         let tail = parse(&format!(
             "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.templates=http://10.0.0.1/templates"

@@ -12,7 +12,9 @@
 //! given (see `disc.rs`). `bigv.templates=URL` (the brain adds it) is
 //! where a tail fetches OS templates it has no copy of;
 //! `bigv.log=FILTER` is the agent's log filter (`RUST_LOG`, default
-//! `info`). Unknown `bigv.*` arguments are
+//! `info`). For heads, `bigv.trunk=IFNAME` names the interface carrying
+//! the VMs' VLANs (tagged): the head then gives VMs bridged taps
+//! (docs/head.md, "Networking"); without it VMs get no NICs. Unknown `bigv.*` arguments are
 //! refused (a typo must not silently change behaviour); arguments without
 //! the `bigv.` prefix belong to the kernel and are ignored.
 
@@ -125,6 +127,8 @@ pub struct BootConfig {
     pub templates: Option<String>,
     /// The agent's `RUST_LOG`.
     pub log: Option<String>,
+    /// Heads: the interface carrying the VMs' VLANs.
+    pub trunk: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +166,7 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut discs: Vec<DiscArg> = Vec::new();
     let mut templates = None;
     let mut log = None;
+    let mut trunk = None;
     for word in cmdline.split_ascii_whitespace() {
         let Some(rest) = word.strip_prefix("bigv.") else {
             continue;
@@ -292,6 +297,16 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                 }
                 once(&mut log, &arg, value.to_owned())?;
             }
+            "trunk" => {
+                let ok = (1..16).contains(&value.len())
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    return Err(invalid(&arg, value, "expected an interface name"));
+                }
+                once(&mut trunk, &arg, value.to_owned())?;
+            }
             _ => return Err(CmdlineError::Unknown { arg }),
         }
     }
@@ -307,6 +322,7 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         discs,
         templates,
         log,
+        trunk,
     })
 }
 
@@ -348,11 +364,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.templates.as_deref(), Some("http://10.0.0.1:80/templates"));
         assert_eq!(c.log.as_deref(), Some("info,bigv_head::console=debug"));
+        let c = parse(&format!("{} bigv.trunk=enp1s0.100", good())).unwrap();
+        assert_eq!(c.trunk.as_deref(), Some("enp1s0.100"));
         for bad in [
             "bigv.templates=ftp://x",
             "bigv.templates=",
             "bigv.log=",
             "bigv.log=a;b",
+            "bigv.trunk=",
+            "bigv.trunk=a-very-long-interface",
+            "bigv.trunk=eth0;x",
         ] {
             assert!(
                 matches!(

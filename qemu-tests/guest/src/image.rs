@@ -42,7 +42,13 @@ pub struct ImageConfig {
     pub size: u64,
 }
 
-/// The initramfs: `/init`, the modules and `/etc/modules` (their load order).
+/// Debian's static busybox (package busybox-static, which
+/// tools/setup-host.sh installs): the guest's `/bin/busybox`, which its
+/// `sh` serial command runs.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The initramfs: `/init`, the modules and `/etc/modules` (their load
+/// order), and `/bin/busybox`.
 pub fn initramfs(init: &Path, kernel_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let version = std::fs::read_to_string(kernel_dir.join("version"))
         .context("reading the kernel's version file")?;
@@ -53,9 +59,13 @@ pub fn initramfs(init: &Path, kernel_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let mut a = bigv_initramfs::Archive::new();
     let init_bytes = std::fs::read(init).with_context(|| format!("reading {}", init.display()))?;
     a.file("init", 0o755, init_bytes)?;
-    for d in ["proc", "sys", "dev", "tmp", "etc", "lib/modules"] {
+    for d in ["proc", "sys", "dev", "tmp", "etc", "lib/modules", "bin"] {
         a.dir(d, 0o755)?;
     }
+    let busybox = std::fs::read(BUSYBOX).with_context(|| {
+        format!("reading {BUSYBOX} (install busybox-static: tools/setup-host.sh)")
+    })?;
+    a.file("bin/busybox", 0o755, busybox)?;
     let mut list = String::new();
     for path in &order {
         let name = modules::module_name(path);

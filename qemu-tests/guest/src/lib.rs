@@ -8,7 +8,11 @@
 //! and `reboot` typed on the serial console. With a cloud-init seed
 //! drive attached it prints what it delivered (`cidata: …`), whether the
 //! first-boot script ran for this instance (`firstboot: …`), and answers
-//! `login root PASSWORD` with `login ok` or `login failed` ([`cidata`]). The disc layout is in
+//! `login root PASSWORD` with `login ok` or `login failed` ([`cidata`]).
+//! `sh COMMAND LINE` runs the line with busybox's shell (busybox's
+//! applets are on `PATH`, virtio_net is loaded: `ip`, `ping`, `nc`,
+//! `udhcpc`) and prints `SH-START <n> <line>`, each output line as
+//! `SH-OUT <n>: <line>` and `SH-EXIT <n> status=<code>`. The disc layout is in
 //! [`layout`]; the README has the whole story.
 
 pub mod cidata;
@@ -41,6 +45,33 @@ pub mod lines {
     /// The answers to `login root PASSWORD`.
     pub const LOGIN_OK: &str = "login ok";
     pub const LOGIN_FAILED: &str = "login failed";
+    /// `SH-START <n> <command line>`: the `n`th `sh` command (from 1) runs.
+    pub const SH_START: &str = "SH-START ";
+    /// `SH-OUT <n>: <line>`: a line of its output (stdout and stderr).
+    pub const SH_OUT: &str = "SH-OUT ";
+    /// `SH-EXIT <n> status=<code>`: it ended (code -1: killed by a signal).
+    pub const SH_EXIT: &str = "SH-EXIT ";
+
+    /// The number of the `sh` command that ran `command`, from its
+    /// `SH-START` line.
+    pub fn sh_started(line: &str, command: &str) -> Option<u64> {
+        let at = line.find(SH_START)?;
+        let (n, rest) = line[at + SH_START.len()..].split_once(' ')?;
+        (rest.trim_end() == command).then(|| n.parse().ok())?
+    }
+
+    /// The exit status in command `n`'s `SH-EXIT` line.
+    pub fn sh_exit(line: &str, n: u64) -> Option<i32> {
+        let at = line.find(SH_EXIT)?;
+        let rest = line[at + SH_EXIT.len()..].strip_prefix(&format!("{n} status="))?;
+        rest.trim_end().parse().ok()
+    }
+
+    /// Command `n`'s output line, if `line` is one.
+    pub fn sh_out(line: &str, n: u64) -> Option<&str> {
+        let at = line.find(SH_OUT)?;
+        line[at + SH_OUT.len()..].strip_prefix(&format!("{n}: "))
+    }
 
     /// A `key=value` word after `prefix` in `line` (`mem_mib` in a `BOOT`
     /// line, `previous` or `disc_bytes` in a `DISC OK` line).
@@ -90,5 +121,23 @@ mod tests {
             Some("1073741824")
         );
         assert_eq!(lines::field(disc, lines::DISC_OK, "nope"), None);
+    }
+
+    #[test]
+    fn parses_sh_lines() {
+        let cmd = "ip addr add 10.0.0.5/24 dev eth0";
+        assert_eq!(
+            lines::sh_started(&format!("\rSH-START 3 {cmd}\r"), cmd),
+            Some(3)
+        );
+        assert_eq!(lines::sh_started("SH-START 3 ip link", cmd), None);
+        assert_eq!(lines::sh_exit("SH-EXIT 3 status=0", 3), Some(0));
+        assert_eq!(lines::sh_exit("SH-EXIT 3 status=1\r", 3), Some(1));
+        assert_eq!(lines::sh_exit("SH-EXIT 13 status=0", 3), None);
+        assert_eq!(
+            lines::sh_out("SH-OUT 3: hello world", 3),
+            Some("hello world")
+        );
+        assert_eq!(lines::sh_out("SH-OUT 33: hello", 3), None);
     }
 }

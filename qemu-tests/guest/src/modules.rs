@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 /// Drivers the guest loads: virtio disc and balloon (virtio profile), IDE/
 /// SATA discs and CD drives (compatibility profile; the cloud-init seed
 /// drive is a CD there), and the ACPI power button with evdev so
-/// `system_powerdown` reaches `/init`.
+/// `system_powerdown` reaches `/init`, and the virtio NIC (networking
+/// tests configure it with busybox's `ip` through the `sh` command).
 pub const WANTED: &[&str] = &[
     "virtio_pci",
+    "virtio_net",
     "virtio_blk",
     "virtio_balloon",
     "ata_piix",

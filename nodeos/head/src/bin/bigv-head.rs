@@ -41,9 +41,16 @@ enum Cmd {
         /// kvm or tcg; default: KVM if /dev/kvm answers.
         #[arg(long)]
         accel: Option<String>,
-        /// none or user.
-        #[arg(long)]
+        /// none, user or bridged (taps on per-VLAN bridges on --trunk).
+        #[arg(long, env = "BIGV_NIC_BACKEND")]
         nic_backend: Option<String>,
+        /// bridged: the interface carrying the VMs' VLANs, tagged.
+        #[arg(long, env = "BIGV_TRUNK")]
+        trunk: Option<String>,
+        /// bridged: the one VLAN untagged on the trunk (its bridge takes
+        /// the trunk itself as a port).
+        #[arg(long, env = "BIGV_UNTAGGED_VLAN")]
+        untagged_vlan: Option<u32>,
         #[arg(long)]
         vm_memory_mib: Option<u64>,
         /// The address incoming live migrations listen on.
@@ -95,6 +102,8 @@ fn main() -> anyhow::Result<()> {
             log_dir,
             accel,
             nic_backend,
+            trunk,
+            untagged_vlan,
             vm_memory_mib,
             migration_address,
             image_version,
@@ -128,8 +137,13 @@ fn main() -> anyhow::Result<()> {
                 c.nic_backend = match nic_backend.as_deref() {
                     None | Some("none") => NicBackend::None,
                     Some("user") => NicBackend::User,
-                    Some(other) => anyhow::bail!("--nic-backend {other:?}: expected none or user"),
+                    Some("bridged") => NicBackend::Bridged,
+                    Some(other) => {
+                        anyhow::bail!("--nic-backend {other:?}: expected none, user or bridged")
+                    }
                 };
+                c.trunk = trunk;
+                c.untagged_vlan = untagged_vlan;
                 c.vm_memory_mib = vm_memory_mib;
                 c.image_version = image_version;
                 c.addresses = storage_address.into_iter().chain(address).collect();

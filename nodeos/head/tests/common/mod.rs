@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod netns;
 pub mod ssh;
 
 use std::net::SocketAddr;
@@ -230,17 +231,10 @@ impl SpineHead {
         node_id: &str,
         console: ConsoleConfig,
     ) -> (Arc<HeadAgent>, tokio::task::JoinHandle<()>) {
-        let run_dir = root.join(node_id).join("run");
         let config = AgentConfig {
-            qemu: "qemu-system-x86_64".into(),
-            run_dir: run_dir.clone(),
-            log_dir: root.join(node_id).join("log"),
-            settings: qemu_settings(),
-            vm_memory_mib: 1024,
-            report_interval: Duration::from_millis(500),
-            fence_timeout: None,
             migration_address: Some("127.0.0.1".into()),
             console,
+            ..agent_config(&root.join(node_id))
         };
         let agent = HeadAgent::start(config).await.unwrap();
         let nc = head_node_config(spine, node_id, Duration::from_secs(5));
@@ -251,6 +245,24 @@ impl SpineHead {
             runner.run_spine(&node).await;
         });
         (agent, task)
+    }
+}
+
+/// A head agent's settings for tests: run and log folders under `root`,
+/// TCG, 1 GiB for VMs, reports every 500 ms; no fencing, migration
+/// address, SSH console port or bridged NICs.
+pub fn agent_config(root: &Path) -> AgentConfig {
+    AgentConfig {
+        qemu: "qemu-system-x86_64".into(),
+        run_dir: root.join("run"),
+        log_dir: root.join("log"),
+        settings: qemu_settings(),
+        vm_memory_mib: 1024,
+        report_interval: Duration::from_millis(500),
+        fence_timeout: None,
+        migration_address: None,
+        console: Default::default(),
+        net: None,
     }
 }
 

@@ -546,7 +546,8 @@ async fn transmission(
         if request.command == Command::Disc {
             break Ok(());
         }
-        if let Some(done) = inline(&export, &request, payload.as_deref()) {
+        let (done, tried_cached) = inline(&export, &request, payload.as_deref());
+        if let Some(done) = done {
             if let Some(mut reply) = reply_for(&export, request, done, negotiated) {
                 reply.budget = Some(buffers);
                 if tx.send(reply).await.is_err() {
@@ -566,7 +567,7 @@ async fn transmission(
             } else if request.command == Command::Backup {
                 Some(receive_backup(&export, request, payload, backups).await)
             } else {
-                handle(&export, request, payload, negotiated).await
+                handle(&export, request, payload, negotiated, tried_cached).await
             };
             if let Some(mut reply) = reply {
                 reply.budget = Some(buffers);
@@ -859,8 +860,9 @@ async fn handle(
     req: Request,
     payload: Option<Vec<u8>>,
     negotiated: Negotiated,
+    tried_cached: bool,
 ) -> Option<Reply> {
-    let done = run(export, req, payload, negotiated).await;
+    let done = run(export, req, payload, negotiated, tried_cached).await;
     reply_for(export, req, done, negotiated)
 }
 
@@ -969,16 +971,19 @@ fn cached(export: &Export, req: &Request, payload: Option<&[u8]>) -> Option<Done
 
 /// [`cached`] on the connection's own task, when the I/O gate is free at
 /// once: no task of its own, so a queue-depth-1 client's request costs no
-/// hand-off between tasks.
-fn inline(export: &Export, req: &Request, payload: Option<&[u8]>) -> Option<Done> {
+/// hand-off between tasks. Also says whether the page cache was tried (no
+/// use trying it again on the request's own task).
+fn inline(export: &Export, req: &Request, payload: Option<&[u8]>) -> (Option<Done>, bool) {
     if !matches!(req.command, Command::Read | Command::Write) || req.length > MAX_PAYLOAD {
-        return None;
+        return (None, false);
     }
-    let _gate = export.gate.try_read().ok()?;
+    let Ok(_gate) = export.gate.try_read() else {
+        return (None, false);
+    };
     if export.is_fenced() {
-        return None;
+        return (None, false);
     }
-    cached(export, req, payload)
+    (cached(export, req, payload), true)
 }
 
 async fn run(
@@ -986,6 +991,7 @@ async fn run(
     req: Request,
     payload: Option<Vec<u8>>,
     negotiated: Negotiated,
+    tried_cached: bool,
 ) -> Done {
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let (offset, length) = (req.offset, u64::from(req.length));
@@ -1018,7 +1024,7 @@ async fn run(
     if export.is_fenced() {
         return Done::Dropped;
     }
-    if let Some(done) = cached(export, &req, payload.as_deref()) {
+    if !tried_cached && let Some(done) = cached(export, &req, payload.as_deref()) {
         return done;
     }
     let e = export.clone();

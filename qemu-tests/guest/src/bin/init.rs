@@ -413,6 +413,31 @@ fn power_buttons(con: Console) {
     }
 }
 
+static SH_COMMANDS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs one `sh` command with busybox's shell, its output and status on
+/// the console (`lines::SH_*`).
+fn shell(con: Console, n: u64, command: &str) {
+    let out = std::process::Command::new("/bin/busybox")
+        .args(["sh", "-c", &format!("exec 2>&1; {command}")])
+        .env("PATH", "/bin")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(out) => {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                say(&con, &format!("{}{n}: {line}", lines::SH_OUT));
+            }
+            let code = out.status.code().unwrap_or(-1);
+            say(&con, &format!("{}{n} status={code}", lines::SH_EXIT));
+        }
+        Err(e) => {
+            say(&con, &format!("{}{n}: /bin/busybox: {e}", lines::SH_OUT));
+            say(&con, &format!("{}{n} status=127", lines::SH_EXIT));
+        }
+    }
+}
+
 fn commands(con: Console, input: File, boot_id: &str) {
     let mut reader = BufReader::new(input);
     let mut line = String::new();
@@ -457,6 +482,13 @@ fn commands(con: Console, input: File, boot_id: &str) {
                 );
             }
             "reboot" => power_off(&con, "BIGV-GUEST REBOOT", libc::RB_AUTOBOOT),
+            cmd if cmd.starts_with("sh ") => {
+                let n = SH_COMMANDS.fetch_add(1, Ordering::Relaxed) + 1;
+                let command = cmd["sh ".len()..].to_owned();
+                say(&con, &format!("{}{n} {command}", lines::SH_START));
+                let con = con.clone();
+                std::thread::spawn(move || shell(con, n, &command));
+            }
             other => say(&con, &format!("UNKNOWN {other}")),
         }
     }
@@ -471,6 +503,10 @@ fn main() {
     let con: Console = Arc::new(Mutex::new(tty));
     say(&con, "BIGV-GUEST USERSPACE");
     load_modules(&con);
+    // busybox's applets as /bin/<name> links, for the `sh` command.
+    let _ = std::process::Command::new("/bin/busybox")
+        .args(["--install", "-s", "/bin"])
+        .status();
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
