@@ -13,7 +13,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{ETHERTYPE_IPV4, FrameIgnored, answer_frame};
+use super::frame::{FrameIgnored, answer_frame};
 use super::packet::Ignored;
 use super::{DhcpError, NicLease};
 
@@ -110,7 +110,11 @@ impl PacketSocket {
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETHERTYPE_IPV4.to_be();
+        // ETH_P_ALL, not IPv4: on a bridge port (a VM's tap) the bridge
+        // takes every frame before protocol-specific sockets are served;
+        // only ETH_P_ALL sockets see them first (the filter keeps just
+        // DHCP to the server port).
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         sll.sll_ifindex = index as i32;
         // SAFETY: sll is a sockaddr_ll of the size given.
         let rc = unsafe {
@@ -135,9 +139,8 @@ impl PacketSocket {
     }
 
     /// One frame and whether the kernel saw it leave the interface (sent
-    /// towards the guest by the bridge, not sent by the guest). A socket
-    /// bound to one protocol, as this one is, is not shown outgoing frames
-    /// at all (only `ETH_P_ALL` sockets are); the flag is checked anyway.
+    /// towards the guest by the bridge, not sent by the guest): an
+    /// `ETH_P_ALL` socket is shown both.
     async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
         loop {
             // ERROR too: the kernel reports a link going down (ENETDOWN) as
