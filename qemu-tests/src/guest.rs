@@ -17,11 +17,23 @@ use crate::vm::Vm;
 /// The head agent's target for the guests' console lines.
 pub const CONSOLE: &str = "bigv_head::console";
 /// The brain argument that puts the guests' console on the head's.
-pub const CONSOLE_BOOT_ARGS: [&str; 2] = [
+pub const CONSOLE_BOOT_ARGS: [&str; 4] = [
     "--boot-kernel-arg",
     "bigv.log=info,bigv_head::console=debug",
+    // VMs' NICs are taps on per-VLAN bridges on the heads' boot NIC, the
+    // VLANs tagged on it (this host's kernel cannot untag them: the
+    // scenarios check a guest's DHCP lease from its head, not the path
+    // to the outside).
+    "--boot-kernel-arg",
+    "bigv.trunk=eth0",
 ];
 pub const TEMPLATE: &str = "bigv-test";
+/// The customers' VLAN and range; the brain gives the range's first
+/// address to the router (DHCP option 3).
+pub const PUBLIC_VLAN: &str = "5";
+pub const PUBLIC_RANGE: &str = "10.5.0.0/24";
+pub const PUBLIC_PREFIX: &str = "10.5.0.";
+pub const PUBLIC_ROUTER: &str = "10.5.0.1";
 pub const CUSTOMER: &str = "alice";
 pub const CUSTOMER_PASSWORD: &str = "alice-secret-password";
 pub const ACCOUNT: &str = "acme";
@@ -73,7 +85,8 @@ pub fn last_tick(head: &Vm) -> Option<(u64, f64)> {
 }
 
 /// The operator registers the test guest `image` as the OS template
-/// [`TEMPLATE`] (uploading its bytes), creates account [`ACCOUNT`] and
+/// [`TEMPLATE`] (uploading its bytes), a public VLAN and IP range for
+/// customers' addresses ([`PUBLIC_RANGE`]), creates account [`ACCOUNT`] and
 /// user [`CUSTOMER`] as its admin; the customer logs in and sees the
 /// template.
 pub fn operator_and_customer_setup(admin: &Bigv, customer: &Bigv, image: &Path) {
@@ -93,6 +106,9 @@ pub fn operator_and_customer_setup(admin: &Bigv, customer: &Bigv, image: &Path) 
         added.contains(&format!("Uploaded {size} bytes of {TEMPLATE}")),
         "{added}"
     );
+    // Customers' addresses: VLAN 5, public, tagged on the heads' trunk.
+    admin.run(&["admin", "add", "vlan", PUBLIC_VLAN]);
+    admin.run(&["admin", "add", "ip", "range", PUBLIC_RANGE, PUBLIC_VLAN]);
     admin.run(&["admin", "add", "account", ACCOUNT]);
     admin.run(&["add", "user", CUSTOMER, "--password", CUSTOMER_PASSWORD]);
     admin.run(&[

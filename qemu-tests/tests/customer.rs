@@ -12,6 +12,10 @@
 //! 3. `bigv update server --memory` and `bigv update disc` (while off),
 //!    `bigv start` → the guest sees more memory and the larger disc, and
 //!    its pattern is still there;
+//!    Its NIC is a tap on the head's bridge for the operator's VLAN 5
+//!    (tagged on the head's boot NIC), and the guest's DHCP client gets
+//!    exactly its allocated address, router and name from the head's
+//!    responder on that tap;
 //! 4. `bigv update server --cd-url http://…` / `--remove-cd` on the
 //!    running VM → the head's qemu opens the URL and reports the CD
 //!    inserted, then ejected (the test guest has no CD driver: qemu is
@@ -21,8 +25,7 @@
 //! console into its own log at debug level (`bigv_head::console`), and the
 //! brain puts `bigv.log=info,bigv_head::console=debug` on the nodes'
 //! kernel command line (`--boot-kernel-arg`); the head's log is its serial
-//! console, which qemu writes to a file here. The SSH console does not
-//! exist yet.
+//! console, which qemu writes to a file here.
 //!
 //! Slow: builds the image and the test guest, boots two nodes and a nested
 //! guest three times under TCG; runs only with BIGV_SLOW_TESTS=1. Needs
@@ -168,6 +171,28 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     let shown: Value = serde_json::from_str(&c.run(&["--json", "show", "server", SERVER]))
         .expect("show server --json");
     eprintln!("server: {shown}");
+    // Its NIC: a tap on the head's bridge for VLAN 5 (tagged on the
+    // head's eth0), where the head's DHCP responder gave the guest's DHCP
+    // client exactly the address the brain allocated from the operator's
+    // range, its router and its name.
+    let ip = shown["network_interfaces"][0]["ips"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("an address for the server: {shown}"))
+        .to_owned();
+    assert!(ip.starts_with(guest::PUBLIC_PREFIX), "{ip}");
+    let lease = until("the guest's DHCP lease", 60, brain, async || {
+        guest::guest_lines(head)
+            .iter()
+            .find_map(|l| lines::net_lease(l).map(str::to_owned))
+    })
+    .await;
+    assert!(
+        lease.starts_with(&format!(
+            "ip={ip} mask=24 router={} hostname=web1 ",
+            guest::PUBLIC_ROUTER
+        )),
+        "{lease}"
+    );
     let heads = admin.get("/admin/heads").await;
     assert_eq!(heads[0]["running_virtual_machines_count"], 1, "{heads}");
 

@@ -690,8 +690,24 @@ fn a_guest_on_a_tap_gets_its_lease() {
     let guest = tap(&link.server_ns, "tap0");
     // A port of its VLAN's bridge, as on a head: the bridge takes the
     // guest's frames before any protocol-bound socket would see them.
-    ip(&["-n", &link.server_ns, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &link.server_ns, "link", "set", "tap0", "master", "br0"]);
+    ip(&[
+        "-n",
+        &link.server_ns,
+        "link",
+        "add",
+        "br0",
+        "type",
+        "bridge",
+    ]);
+    ip(&[
+        "-n",
+        &link.server_ns,
+        "link",
+        "set",
+        "tap0",
+        "master",
+        "br0",
+    ]);
     ip(&["-n", &link.server_ns, "link", "set", "br0", "up"]);
     // Started while the tap is still down, brought up afterwards.
     let responder = link.serve_on("tap0", nic());

@@ -12,7 +12,9 @@
 //! `sh COMMAND LINE` runs the line with busybox's shell (busybox's
 //! applets are on `PATH`, virtio_net is loaded: `ip`, `ping`, `nc`,
 //! `udhcpc`) and prints `SH-START <n> <line>`, each output line as
-//! `SH-OUT <n>: <line>` and `SH-EXIT <n> status=<code>`. The disc layout is in
+//! `SH-OUT <n>: <line>` and `SH-EXIT <n> status=<code>`. With a NIC it
+//! asks for its address by DHCP at boot, as a distribution would, and
+//! prints the lease it configured (`BIGV-GUEST NET lease ip=…`). The disc layout is in
 //! [`layout`]; the README has the whole story.
 
 pub mod cidata;
@@ -45,6 +47,10 @@ pub mod lines {
     /// The answers to `login root PASSWORD`.
     pub const LOGIN_OK: &str = "login ok";
     pub const LOGIN_FAILED: &str = "login failed";
+    /// `BIGV-GUEST NET lease ip=… mask=… router=… hostname=… domain=…`: the
+    /// lease its DHCP client got at boot and configured, or
+    /// `BIGV-GUEST NET no lease`. Only with a NIC.
+    pub const NET: &str = "BIGV-GUEST NET ";
     /// `SH-START <n> <command line>`: the `n`th `sh` command (from 1) runs.
     pub const SH_START: &str = "SH-START ";
     /// `SH-OUT <n>: <line>`: a line of its output (stdout and stderr).
@@ -80,6 +86,15 @@ pub mod lines {
         line[at + prefix.len()..]
             .split_whitespace()
             .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The fields of a `NET lease` line (`ip=… router=…`), `None` for
+    /// another line; `Some("")` is not possible: `NET no lease` is `None`.
+    pub fn net_lease(line: &str) -> Option<&str> {
+        let at = line.find(NET)?;
+        line[at + NET.len()..]
+            .strip_prefix("lease ")
+            .map(str::trim_end)
     }
 
     /// The boot id in a `BOOT` line.

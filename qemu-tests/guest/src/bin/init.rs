@@ -413,6 +413,50 @@ fn power_buttons(con: Console) {
     }
 }
 
+/// busybox udhcpc's script: configures the lease and prints it.
+const DHCP_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "$router"
+    echo "LEASE ip=$ip mask=$mask router=$router hostname=$hostname domain=$domain"
+    ;;
+esac
+"#;
+
+/// With a NIC, asks for its address by DHCP as a distribution would at
+/// boot (busybox udhcpc; a few tries, then gives up), configures it and
+/// says what it got (`lines::NET`).
+fn dhcp_at_boot(con: Console) {
+    if !std::path::Path::new("/sys/class/net/eth0").exists() {
+        return;
+    }
+    let _ = std::fs::write("/bigv-dhcp.sh", DHCP_SCRIPT);
+    let _ = std::fs::set_permissions(
+        "/bigv-dhcp.sh",
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let out = std::process::Command::new("/bin/busybox")
+        .args([
+            "sh",
+            "-c",
+            "ip link set eth0 up && udhcpc -i eth0 -n -q -f -t 6 -T 3 -s /bigv-dhcp.sh 2>&1",
+        ])
+        .env("PATH", "/bin")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let lease = out.ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("LEASE ").map(str::to_owned))
+    });
+    match lease {
+        Some(l) => say(&con, &format!("{}lease {l}", lines::NET)),
+        None => say(&con, &format!("{}no lease", lines::NET)),
+    }
+}
+
 static SH_COMMANDS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs one `sh` command with busybox's shell, its output and status on
@@ -534,6 +578,10 @@ fn main() {
     {
         let con = con.clone();
         std::thread::spawn(move || cidata_check(con));
+    }
+    {
+        let con = con.clone();
+        std::thread::spawn(move || dhcp_at_boot(con));
     }
     {
         let (con, id) = (con.clone(), boot_id.clone());
