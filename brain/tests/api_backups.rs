@@ -337,6 +337,47 @@ async fn a_tail_with_an_iceberg_pool_keeps_backups_there() {
     assert_eq!(count("tail1-sata1"), Some(json!(0)), "{pools}");
 }
 
+/// The customer takes a backup of web1's disc (waited for until taken),
+/// and an operator migrates the disc to the other tail; returns the
+/// backups' path, the backup's id and the list as it was before the move.
+async fn back_up_then_migrate(tb: &TestBrain, su: &str) -> (String, u64, Value) {
+    let backups = format!("{}/backups", disc_path("web1"));
+    let (_, b) = tb.post(su, &backups, json!(null)).await;
+    let first = b["id"].as_u64().unwrap();
+    let before = eventually("the backup to be taken", 10, || async {
+        let (_, list) = tb.get(su, &backups).await;
+        (list[0]["state"] == "taken").then_some(list)
+    })
+    .await;
+    let (_, disc) = tb.get(su, &disc_path("web1")).await;
+    let (status, op) = tb
+        .post(
+            su,
+            &format!("/admin/discs/{}/migrate", disc["id"]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    (backups, first, before)
+}
+
+/// Takes another backup and waits until the new tail holds it; its id.
+async fn back_up_on_the_new_tail(tb: &TestBrain, su: &str, backups: &str) -> u64 {
+    let (_, b) = tb.post(su, backups, json!(null)).await;
+    let id = b["id"].as_u64().unwrap();
+    eventually("a new backup on the new tail", 10, || async {
+        let (_, list) = tb.get(su, backups).await;
+        let taken = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == id && b["state"] == "taken");
+        taken.then_some(())
+    })
+    .await;
+    id
+}
+
 /// A disc's backups move with it to another tail: still `taken`, now on
 /// the new tail (in its iceberg pool when it has one), still restorable,
 /// and new ones are taken there.
@@ -348,23 +389,7 @@ async fn a_disc_that_moves_to_another_tail_takes_its_backups_along() {
     let su = tb.su().await;
     account(&tb, &su, "alice").await;
     let vm = create_vm(&tb, &su, "alice", small_vm("web1")).await;
-    let backups = format!("{}/backups", disc_path("web1"));
-    let (_, b) = tb.post(&su, &backups, json!(null)).await;
-    let first = b["id"].as_u64().unwrap();
-    let before = eventually("the backup to be taken", 10, || async {
-        let (_, list) = tb.get(&su, &backups).await;
-        (list[0]["state"] == "taken").then_some(list)
-    })
-    .await;
-    let (_, disc) = tb.get(&su, &disc_path("web1")).await;
-    let (status, op) = tb
-        .post(
-            &su,
-            &format!("/admin/discs/{}/migrate", disc["id"]),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let (backups, first, before) = back_up_then_migrate(&tb, &su).await;
     let list = eventually("the backup to be recorded on the new tail", 20, || async {
         let (_, list) = tb.get(&su, &backups).await;
         (list[0]["storage_pool"] != before[0]["storage_pool"]).then_some(list)
@@ -372,18 +397,7 @@ async fn a_disc_that_moves_to_another_tail_takes_its_backups_along() {
     .await;
     assert_eq!(list[0]["state"], "taken", "{list}");
     assert_eq!(list[0]["id"], first);
-    let (_, b) = tb.post(&su, &backups, json!(null)).await;
-    let second = b["id"].as_u64().unwrap();
-    eventually("a new backup on the new tail", 10, || async {
-        let (_, list) = tb.get(&su, &backups).await;
-        let taken = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["id"] == second && b["state"] == "taken");
-        taken.then_some(())
-    })
-    .await;
+    let second = back_up_on_the_new_tail(&tb, &su, &backups).await;
     let on_tail = tail_backups(&tb, &fleet, &vm).unwrap();
     assert_eq!(on_tail.keep, [format!("b{first}"), format!("b{second}")]);
 }
@@ -399,23 +413,7 @@ async fn backups_are_lost_when_the_new_tail_cannot_receive_them() {
     let su = tb.su().await;
     account(&tb, &su, "alice").await;
     let vm = create_vm(&tb, &su, "alice", small_vm("web1")).await;
-    let backups = format!("{}/backups", disc_path("web1"));
-    let (_, b) = tb.post(&su, &backups, json!(null)).await;
-    let first = b["id"].as_u64().unwrap();
-    eventually("the backup to be taken", 10, || async {
-        let (_, list) = tb.get(&su, &backups).await;
-        (list[0]["state"] == "taken").then_some(())
-    })
-    .await;
-    let (_, disc) = tb.get(&su, &disc_path("web1")).await;
-    let (status, op) = tb
-        .post(
-            &su,
-            &format!("/admin/discs/{}/migrate", disc["id"]),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let (backups, first, _) = back_up_then_migrate(&tb, &su).await;
     let list = eventually("the moved disc's backup to be lost", 20, || async {
         let (_, list) = tb.get(&su, &backups).await;
         (list[0]["state"] == "failed").then_some(list)
@@ -425,18 +423,7 @@ async fn backups_are_lost_when_the_new_tail_cannot_receive_them() {
         list[0]["error"].as_str().unwrap().contains("moved"),
         "{list}"
     );
-    let (_, b) = tb.post(&su, &backups, json!(null)).await;
-    let second = b["id"].as_u64().unwrap();
-    eventually("a new backup on the new tail", 10, || async {
-        let (_, list) = tb.get(&su, &backups).await;
-        let taken = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["id"] == second && b["state"] == "taken");
-        taken.then_some(())
-    })
-    .await;
+    let second = back_up_on_the_new_tail(&tb, &su, &backups).await;
     let on_tail = tail_backups(&tb, &fleet, &vm).unwrap();
     assert_eq!(on_tail.keep, [format!("b{second}")]);
     assert_ne!(first, second);

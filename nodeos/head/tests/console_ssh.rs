@@ -222,41 +222,25 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     listening("127.0.0.1", port, false).await;
 }
 
-/// Runs `f` on a thread of its own inside a fresh network namespace (never
-/// on the host's interfaces), with `lo` and a bridge `mgmt0` up. Processes
-/// it starts (ssh) inherit the namespace.
+/// Runs `f` inside a fresh network namespace (never on the host's
+/// interfaces), with `lo` and a bridge `mgmt0` up. Processes it starts
+/// (ssh) inherit the namespace.
 fn in_netns<F, Fut>(f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    common::netns::in_fresh_netns(|| async move {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        handle
+            .link()
+            .add(rtnetlink::LinkBridge::new("mgmt0").up().build())
+            .execute()
+            .await
             .unwrap();
-        rt.block_on(async move {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            handle
-                .link()
-                .set(rtnetlink::LinkUnspec::new_with_name("lo").up().build())
-                .execute()
-                .await
-                .unwrap();
-            handle
-                .link()
-                .add(rtnetlink::LinkBridge::new("mgmt0").up().build())
-                .execute()
-                .await
-                .unwrap();
-            f().await
-        });
+        f().await
     })
-    .join()
-    .unwrap();
 }
 
 /// With `interface` set the console puts the management address on it

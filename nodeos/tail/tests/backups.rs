@@ -7,7 +7,7 @@ mod common;
 
 use bigv_spine::backup::{DiscBackups, RestoreOrder};
 use bigv_spine::resource::{DiscSpec, ResourceName};
-use bigv_spine::{ErrorCode, OrderFailure, Resource};
+use bigv_spine::{ErrorCode, NodeHandle, OrderFailure, Resource, SpineEvent, SpineServer};
 use common::tail::*;
 use common::*;
 
@@ -46,6 +46,41 @@ async fn io(url: &str, cmds: &[&str]) {
     assert!(ok, "qemu-io {cmds:?}: {out}");
 }
 
+/// A tail agent `tail1` on a spine of its own, its pools under a root
+/// folder, holding [`DISC`] (no backups yet), served at `url`.
+struct OneTail {
+    server: SpineServer,
+    _events: tokio::sync::mpsc::Receiver<SpineEvent>,
+    port: u16,
+    t: TestTail,
+    h: NodeHandle,
+    url: String,
+}
+
+async fn one_tail(root: &std::path::Path) -> OneTail {
+    let (server, _events) = spine().await;
+    let port = free_port();
+    let t = TestTail::start(
+        &server.local_addr().to_string(),
+        "tail1",
+        root.to_owned(),
+        ip("127.0.0.1"),
+        port,
+    )
+    .await;
+    let h = handle(&server, "tail1").await;
+    h.create(order(spec(None)), 1).await.unwrap();
+    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    OneTail {
+        server,
+        _events,
+        port,
+        t,
+        h,
+        url,
+    }
+}
+
 fn taken(d: &DiscSpec) -> Vec<String> {
     d.backups
         .as_ref()
@@ -56,21 +91,16 @@ fn taken(d: &DiscSpec) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_then_writes_then_restore_gives_the_backup_point() {
     logs();
-    let (server, _events) = spine().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let port = free_port();
-    let t = TestTail::start(
-        &server.local_addr().to_string(),
-        "tail1",
-        root.clone(),
-        ip("127.0.0.1"),
+    let OneTail {
+        server,
+        _events,
         port,
-    )
-    .await;
-    let h = handle(&server, "tail1").await;
-    h.create(order(spec(None)), 1).await.unwrap();
-    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+        t,
+        h,
+        url,
+    } = one_tail(&root).await;
     let disc_file = root.join("sata1/7.raw");
 
     // The backup point: data at 0 and at 32 MiB, a hole between.
@@ -296,21 +326,16 @@ async fn backups_go_to_the_iceberg_pool_the_order_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_writes_is_the_disc_at_one_moment() {
     logs();
-    let (server, _events) = spine().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let port = free_port();
-    let t = TestTail::start(
-        &server.local_addr().to_string(),
-        "tail1",
-        root.clone(),
-        ip("127.0.0.1"),
-        port,
-    )
-    .await;
-    let h = handle(&server, "tail1").await;
-    h.create(order(spec(None)), 1).await.unwrap();
-    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    let OneTail {
+        server: _server,
+        _events,
+        port: _,
+        t,
+        h,
+        url,
+    } = one_tail(&root).await;
     // Data for the first copy to take a while over.
     io(&url, &["write -P 0x01 0 67108864"]).await;
 
@@ -504,21 +529,16 @@ async fn backups_not_sent_along_are_dropped_at_the_handover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_keeps_the_discs_grown_size() {
     logs();
-    let (server, _events) = spine().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let port = free_port();
-    let t = TestTail::start(
-        &server.local_addr().to_string(),
-        "tail1",
-        root.clone(),
-        ip("127.0.0.1"),
-        port,
-    )
-    .await;
-    let h = handle(&server, "tail1").await;
-    h.create(order(spec(None)), 1).await.unwrap();
-    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    let OneTail {
+        server: _server,
+        _events,
+        port: _,
+        t,
+        h,
+        url,
+    } = one_tail(&root).await;
     io(
         &url,
         &["write -P 0x21 0 4096", "write -P 0x22 62914560 4096"],
@@ -605,19 +625,14 @@ async fn on_xfs_backups_and_restores_are_clones() {
     let dir = tempfile::tempdir().unwrap();
     let xfs = XfsMount::new(dir.path(), 512);
     let root = xfs.mnt.join("tail");
-    let (server, _events) = spine().await;
-    let port = free_port();
-    let t = TestTail::start(
-        &server.local_addr().to_string(),
-        "tail1",
-        root.clone(),
-        ip("127.0.0.1"),
-        port,
-    )
-    .await;
-    let h = handle(&server, "tail1").await;
-    h.create(order(spec(None)), 1).await.unwrap();
-    let url = format!("nbd://127.0.0.9:{port}/{DISC}");
+    let OneTail {
+        server,
+        _events,
+        t,
+        h,
+        url,
+        ..
+    } = one_tail(&root).await;
     io(&url, &["write -P 0xaa 0 48M"]).await;
     let free_before = free_bytes(&xfs.mnt);
 

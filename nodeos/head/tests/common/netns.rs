@@ -9,9 +9,8 @@ use rtnetlink::LinkVeth;
 
 /// Runs `f` on a thread of its own inside a fresh network namespace
 /// (namespaces are per thread; the runtime's threads, and the processes
-/// they start, inherit it), with
-/// `lo` up and a veth pair `trunk0` ↔ `outside0`, both up.
-pub fn in_netns<F, Fut>(f: F)
+/// they start, inherit it) with `lo` up.
+pub fn in_fresh_netns<F, Fut>(f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
@@ -26,21 +25,35 @@ where
             .unwrap();
         rt.block_on(async move {
             let nl = Netlink::connect().unwrap();
-            nl.handle()
-                .link()
-                .add(LinkVeth::new("trunk0", "outside0").build())
-                .execute()
-                .await
-                .unwrap();
-            for name in ["lo", "trunk0", "outside0"] {
-                let i = nl.index(name).await.unwrap().unwrap();
-                nl.up(i, name).await.unwrap();
-            }
+            let lo = nl.index("lo").await.unwrap().unwrap();
+            nl.up(lo, "lo").await.unwrap();
             f().await
         });
     })
     .join()
     .unwrap();
+}
+
+/// [`in_fresh_netns`] with a veth pair `trunk0` ↔ `outside0`, both up.
+pub fn in_netns<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    in_fresh_netns(|| async move {
+        let nl = Netlink::connect().unwrap();
+        nl.handle()
+            .link()
+            .add(LinkVeth::new("trunk0", "outside0").build())
+            .execute()
+            .await
+            .unwrap();
+        for name in ["trunk0", "outside0"] {
+            let i = nl.index(name).await.unwrap().unwrap();
+            nl.up(i, name).await.unwrap();
+        }
+        f().await
+    })
 }
 
 /// A raw socket on `ifname` that sees every frame arriving there.
