@@ -128,6 +128,17 @@ async fn a_new_vm_gets_its_disc_on_a_tail_then_runs_with_the_unpacked_resource()
     assert_eq!(dhcp.domain, "default.alice.bigv.test");
     // The bootstrap cluster_su holds a privilege above every VM.
     assert!(spec.console_users.contains(&SU_USER.to_string()));
+    // With the argon2 hash of their password, for console logins.
+    let su = &spec.user_authentication[SU_USER];
+    let hash = su
+        .password
+        .as_deref()
+        .expect("the console user's password hash");
+    assert!(hash.starts_with("$argon2"), "{hash}");
+    assert!(
+        !format!("{su:?}").contains(hash),
+        "a password hash stays out of logs: {su:?}"
+    );
 
     // The generation the head holds is the one the model persisted (its
     // report reaches the brain's table a moment after the sim runs it).

@@ -185,13 +185,28 @@ pub struct VmDisc {
     pub serial: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a console user logs in: SSH keys (`authorized_keys` lines) and the
+/// hash of their BigV password (argon2 PHC, or SHA-crypt). `Debug` leaves
+/// the hash out: orders are logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserAuthentication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+impl fmt::Debug for UserAuthentication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserAuthentication")
+            .field(
+                "authorized_keys",
+                &self.authorized_keys.as_deref().map(|k| k.lines().count()),
+            )
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// What a guest is sent through its virtual hardware.

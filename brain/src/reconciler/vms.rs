@@ -316,7 +316,9 @@ pub(super) fn vm_spec(p: &mut Pass<'_>, vm: &Vm) -> VmSpec {
                     user.username.clone(),
                     UserAuthentication {
                         authorized_keys: (!keys.is_empty()).then(|| keys.to_owned()),
-                        password: None,
+                        // Console logins by password check the user's
+                        // BigV password on the head (argon2).
+                        password: user.password_hash.clone(),
                     },
                 );
             }

@@ -59,11 +59,21 @@ pub struct Running {
     pub events: mpsc::UnboundedReceiver<Event>,
 }
 
-/// Writes the reported spec where the next agent will find it.
+/// Writes the reported spec where the next agent will find it; readable by
+/// root only (it holds password hashes).
 pub fn save_spec(paths: &VmPaths, spec: &VmSpec) -> Result<(), VmError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = paths.spec.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(spec).expect("a VmSpec always serialises");
-    std::fs::write(&tmp, text).map_err(io("writing", &tmp))?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text))
+        .map_err(io("writing", &tmp))?;
     std::fs::rename(&tmp, &paths.spec).map_err(io("renaming", &paths.spec))
 }
 
@@ -240,5 +250,11 @@ mod tests {
         };
         save_spec(&paths, &spec).unwrap();
         assert_eq!(load_spec(&paths).unwrap(), spec);
+        // Password hashes in it: root only, also when written again.
+        save_spec(&paths, &spec).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&paths.spec).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
