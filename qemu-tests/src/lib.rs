@@ -12,6 +12,7 @@
 pub mod brain;
 pub mod cli;
 pub mod cluster;
+pub mod console;
 pub mod guest;
 pub mod image;
 pub mod logs;

@@ -12,6 +12,8 @@
 //! 3. `bigv update server --memory` and `bigv update disc` (while off),
 //!    `bigv start` → the guest sees more memory and the larger disc, and
 //!    its pattern is still there;
+//!    Its SSH console, on its management address, takes the customer's
+//!    BigV password and shows the guest's serial console (OpenSSH).
 //!    Its NIC is a tap on the head's bridge for the operator's VLAN 5
 //!    (tagged on the head's boot NIC), and the guest's DHCP client gets
 //!    exactly its allocated address, router and name from the head's
@@ -46,6 +48,9 @@ use bigv_test_guest::lines;
 use serde_json::Value;
 
 const SERVER: &str = "web1.default.acme";
+/// Consoles' addresses: on the boot LAN (10.0.0.0/24), above the brain's
+/// DHCP pool (.100–.200).
+const MANAGEMENT_RANGE: &str = "10.0.0.224/27";
 
 #[test]
 fn customer_flow_through_the_cli() {
@@ -119,6 +124,12 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     // its bytes (`--file`: PUT /admin/images/NAME/content); a customer
     // account and user.
     guest::operator_and_customer_setup(ctx.admin_cli, ctx.customer, ctx.guest);
+    // Consoles' addresses: a management range on the boot LAN, above the
+    // brain's DHCP pool; heads put a VM's address on their boot NIC.
+    ctx.admin_cli
+        .run(&["admin", "add", "vlan", "9", "--usage-type", "management"]);
+    ctx.admin_cli
+        .run(&["admin", "add", "ip", "range", MANAGEMENT_RANGE, "9"]);
 
     // 1. The customer adds a server.
     let mut guest = Timings::titled(
@@ -195,6 +206,24 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     );
     let heads = admin.get("/admin/heads").await;
     assert_eq!(heads[0]["running_virtual_machines_count"], 1, "{heads}");
+
+    // Its SSH console on its management address: the customer logs in with
+    // their BigV password (the brain sends its hash to the head), sees the
+    // guest's boot in the scroll-back and gets its answer to `status`.
+    let mgmt = shown["management_address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a management address: {shown}"))
+        .to_owned();
+    let seen = bigv_qemu_tests::console::login_and_type(
+        &mgmt,
+        guest::CUSTOMER,
+        guest::CUSTOMER_PASSWORD,
+        &id1,
+        "status",
+        lines::STATUS,
+        std::time::Duration::from_secs(60),
+    );
+    assert!(seen.contains(lines::BOOT), "{seen}");
 
     // 2. Stop and start: the pattern written by boot 1 is found by boot 2.
     c.run(&["stop", "server", SERVER]);

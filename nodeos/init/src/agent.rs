@@ -16,6 +16,7 @@
 //! | `BIGV_STORAGE_INTERFACE` | tails: where discs' own addresses are added (the boot NIC: the boot LAN is the storage LAN for now) |
 //! | `BIGV_TEMPLATES_URL` | tails: `bigv.templates=`, where OS templates are fetched |
 //! | `BIGV_NIC_BACKEND`, `BIGV_TRUNK` | heads with `bigv.trunk=IF`: `bridged` and `IF` (VMs' taps on per-VLAN bridges) |
+//! | `BIGV_CONSOLE_INTERFACE` | heads: the boot NIC, where each VM's management address (its SSH console) goes while the VM runs here (the boot LAN is the management LAN) |
 //! | `BIGV_POOLS` | tails: `NAME:GRADE:DIR,…` (pools on a data disc that failed to mount are left out) |
 //!
 //! Exit status 10 asks init to reboot the node, 11 to power it off (the
@@ -98,6 +99,7 @@ pub fn agent_env(
             if let Some(v6) = ipv6 {
                 env.push(("BIGV_STORAGE_ADDRESS", v6.to_string()));
             }
+            env.push(("BIGV_CONSOLE_INTERFACE", nic.name.clone()));
             if let Some(trunk) = &config.trunk {
                 env.push(("BIGV_NIC_BACKEND", "bridged".to_owned()));
                 env.push(("BIGV_TRUNK", trunk.clone()));
@@ -191,6 +193,8 @@ mod tests {
         // bigv.trunk= gives VMs bridged taps on that interface.
         assert_eq!(env["BIGV_NIC_BACKEND"], "bridged");
         assert_eq!(env["BIGV_TRUNK"], "eth1");
+        // Consoles' management addresses go on the boot NIC.
+        assert_eq!(env["BIGV_CONSOLE_INTERFACE"], nic().name);
         // Tails get the templates URL.
         let tail = parse(&format!(
             "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.templates=http://10.0.0.1/templates"

@@ -79,7 +79,7 @@ enum Cmd {
         console_bind: Option<std::net::IpAddr>,
         /// Add each VM's management address to this interface while the
         /// VM runs here.
-        #[arg(long)]
+        #[arg(long, env = "BIGV_CONSOLE_INTERFACE")]
         console_interface: Option<String>,
     },
 }
