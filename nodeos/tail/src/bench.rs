@@ -266,6 +266,8 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(&cfg.dir)?;
         return mirror_vs_cp(cfg);
     }
+    // First, while this process is fresh: its RSS is then the server's.
+    let idle = idle_exports(cfg, IDLE_EXPORTS)?;
     let file = prepare(cfg)?;
     let peers: Vec<Peer> = [Peer::Ours, Peer::QemuNbd, Peer::NbdServer]
         .into_iter()
@@ -299,10 +301,86 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<()> {
         results.push(row);
     }
     print!("{}", table(&peers, &results));
+    println!(
+        "{:<34} {:>14} {:>14} {:>13.2}x",
+        format!("RSS, {IDLE_EXPORTS} idle exports"),
+        format!("{:.1} MiB", idle.ours_mib),
+        format!("{:.1} MiB", idle.qemu_nbd_mib),
+        idle.qemu_nbd_mib / idle.ours_mib
+    );
     limited(cfg, &file)?;
     let _ = std::fs::remove_file(&file);
     mirror_vs_cp(cfg)?;
     Ok(())
+}
+
+/// Exports served at once, idle, for the memory row.
+const IDLE_EXPORTS: usize = 100;
+
+/// Resident memory serving `n` idle exports (listening, no client).
+struct Idle {
+    /// This process's whole RSS with `n` disc servers running in it (as
+    /// one tail agent serves all its discs).
+    ours_mib: f64,
+    /// The sum over `n` qemu-nbd processes, one per export as it needs.
+    qemu_nbd_mib: f64,
+}
+
+/// `VmRSS` of process `pid` (`self` for this one), MiB.
+fn rss_mib(pid: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS for process {pid}"))?;
+    Ok(kib / 1024.0)
+}
+
+fn idle_exports(cfg: &BenchConfig, n: usize) -> anyhow::Result<Idle> {
+    let dir = cfg.dir.join("idle");
+    std::fs::create_dir_all(&dir)?;
+    let files = (0..n)
+        .map(|i| {
+            let path = dir.join(format!("disc{i}.raw"));
+            std::fs::File::create(&path)?.set_len(1 << 30)?;
+            Ok(path)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ours_mib = runtime.block_on(async {
+        let mut servers = vec![];
+        for (i, path) in files.iter().enumerate() {
+            let export =
+                std::sync::Arc::new(crate::nbd::Export::open(format!("disc{i}"), path, false)?);
+            let acl = crate::acl::Acl::parse(&["127.0.0.1"])?;
+            servers.push(crate::nbd::DiscServer::start(export, "127.0.0.1:0".parse()?, acl).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = rss_mib("self")?;
+        for s in servers {
+            s.stop().await;
+        }
+        anyhow::Ok(rss)
+    })?;
+    drop(runtime);
+    let mut peers = vec![];
+    for path in &files {
+        peers.push(start(Peer::QemuNbd, cfg, path)?);
+    }
+    let mut qemu_nbd_mib = 0.0;
+    for p in &peers {
+        qemu_nbd_mib += rss_mib(&p.child.id().to_string())?;
+    }
+    drop(peers);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(Idle {
+        ours_mib,
+        qemu_nbd_mib,
+    })
 }
 
 /// Our server with a disc limit of 2000 IOPS: how close a client at
