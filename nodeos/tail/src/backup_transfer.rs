@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bigv_spine::ResourceName;
@@ -72,10 +72,10 @@ pub async fn send_all(
     Ok((backups.len(), bytes))
 }
 
-async fn send_one(id: &str, path: &PathBuf, client: &mut NbdClient) -> Result<u64, TransferError> {
+async fn send_one(id: &str, path: &Path, client: &mut NbdClient) -> Result<u64, TransferError> {
     let read_err = |source| TransferError::Read {
         id: id.to_owned(),
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
     let dest_err = |source| TransferError::Destination {

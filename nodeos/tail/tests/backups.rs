@@ -81,6 +81,20 @@ async fn one_tail(root: &std::path::Path) -> OneTail {
     }
 }
 
+/// Orders restore 1 of disc 7 from `b1` (generation 3) and waits until
+/// the tail reports it done without an error.
+async fn restore_b1(h: &NodeHandle, server: &SpineServer) {
+    h.update(order(spec(keep(&["b1"], Some((1, "b1"))))), 3)
+        .await
+        .unwrap();
+    let d = wait_disc(server, "tail1", DISC, "restored", |d| {
+        d.is_some_and(|d| d.backups.as_ref().and_then(|b| b.restored_seq) == Some(1))
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.backups.unwrap().error, None);
+}
+
 fn taken(d: &DiscSpec) -> Vec<String> {
     d.backups
         .as_ref()
@@ -139,15 +153,7 @@ async fn backup_then_writes_then_restore_gives_the_backup_point() {
     .await;
 
     // Restore: the content is the backup point's, holes are holes again.
-    h.update(order(spec(keep(&["b1"], Some((1, "b1"))))), 3)
-        .await
-        .unwrap();
-    let d = wait_disc(&server, "tail1", DISC, "restored", |d| {
-        d.is_some_and(|d| d.backups.as_ref().and_then(|b| b.restored_seq) == Some(1))
-    })
-    .await
-    .unwrap();
-    assert_eq!(d.backups.unwrap().error, None);
+    restore_b1(&h, &server).await;
     io(
         &url,
         &[
@@ -652,15 +658,7 @@ async fn on_xfs_backups_and_restores_are_clones() {
     assert_eq!(read_at(&backup, 47 * MIB, 4096), vec![0xaa; 4096]);
 
     let free_before = free_bytes(&xfs.mnt);
-    h.update(order(spec(keep(&["b1"], Some((1, "b1"))))), 3)
-        .await
-        .unwrap();
-    let d = wait_disc(&server, "tail1", DISC, "restored", |d| {
-        d.is_some_and(|d| d.backups.as_ref().and_then(|b| b.restored_seq) == Some(1))
-    })
-    .await
-    .unwrap();
-    assert_eq!(d.backups.unwrap().error, None);
+    restore_b1(&h, &server).await;
     io(&url, &["read -P 0xaa 0 48M"]).await;
     // The restore dropped the disc's own 48 MiB and shares the backup's.
     assert!(
