@@ -18,8 +18,9 @@ packages=(gcc libc6-dev pkg-config ca-certificates curl cpio tftp-hpa
     kmod
     # the test guest's bootable disc: a FAT filesystem with extlinux
     syslinux syslinux-common mtools dosfstools
-    # real clients in tests: DHCP (udhcpc), SSH console
-    busybox-static openssh-client
+    # real clients in tests: DHCP (udhcpc), SSH console; and tcpdump, which
+    # shows what crosses each LAN in the whole-system scenarios
+    busybox-static openssh-client tcpdump
     # the tail's reflink backups are tested on an XFS loop mount
     xfsprogs
     # UEFI firmware: the brain's PXE end-to-end test boots a UEFI VM too

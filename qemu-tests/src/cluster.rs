@@ -108,7 +108,48 @@ impl NodeSpec {
     pub fn cpu(&self) -> Option<&'static str> {
         (self.role == Role::Head).then_some("qemu64,+svm,+npt")
     }
+
+    /// Its NICs after the boot NIC, as (tap, MAC) in machine slot `slot`
+    /// (0-based): every node's `eth1` is on the storage LAN, a head's
+    /// `eth2` on the public LAN. Their MACs are the boot NIC's with the
+    /// fourth byte plus 1 and plus 2.
+    pub fn more_nics(&self, ns: &Netns, slot: usize) -> Vec<(String, String)> {
+        let mut nics = vec![(ns.storage_taps[slot].clone(), self.other_mac(1))];
+        if self.role == Role::Head {
+            nics.push((ns.public_taps[slot].clone(), self.other_mac(2)));
+        }
+        nics
+    }
+
+    /// The MAC of its NIC on the storage LAN.
+    pub fn storage_mac(&self) -> String {
+        self.other_mac(1)
+    }
+
+    /// The MAC of its NIC on the public LAN (heads).
+    pub fn public_mac(&self) -> String {
+        self.other_mac(2)
+    }
+
+    fn other_mac(&self, plus: u8) -> String {
+        let mut bytes: Vec<u8> = self
+            .mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).expect("a MAC byte"))
+            .collect();
+        bytes[3] = bytes[3].wrapping_add(plus);
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
+
+/// The nodes' NIC on the storage LAN (`--boot-storage-interface`).
+pub const STORAGE_NIC: &str = "eth1";
+/// Heads' NIC on the public LAN, their VLAN trunk (`bigv.trunk=`).
+pub const PUBLIC_NIC: &str = "eth2";
 
 pub struct Node {
     pub spec: NodeSpec,
@@ -158,10 +199,16 @@ impl Cluster {
         // Under TCG on a loaded host the kernel's IO-APIC timer check can
         // fail and panic a node at boot ("IO-APIC + timer doesn't work!",
         // seen on a tail while other agents loaded both cores): skip it.
-        let args: Vec<&str> = ["--boot-kernel-arg", "no_timer_check"]
-            .into_iter()
-            .chain(brain_args.iter().copied())
-            .collect();
+        let args: Vec<&str> = [
+            "--boot-kernel-arg",
+            "no_timer_check",
+            // Disc traffic on the storage LAN, not the boot LAN.
+            "--boot-storage-interface",
+            STORAGE_NIC,
+        ]
+        .into_iter()
+        .chain(brain_args.iter().copied())
+        .collect();
         let brain = BrainProcess::start_with(&ns, &bin, data, &logs.file("brain.log"), &args);
         eprintln!("brain pid {} in namespace {}", brain.pid(), ns.name);
         Cluster {
@@ -190,14 +237,17 @@ impl Cluster {
         .await;
     }
 
-    /// Powers on a blank machine on the next free tap.
+    /// Powers on a blank machine in the next free slot (its taps on the
+    /// three LANs).
     pub fn power_on(&mut self, spec: NodeSpec, logs: &mut Logs) -> &Node {
+        let slot = self.nodes.len();
         let tap = self
             .ns
             .taps
-            .get(self.nodes.len())
+            .get(slot)
             .unwrap_or_else(|| panic!("no tap left for {spec:?}"))
             .clone();
+        let more_nics = spec.more_nics(&self.ns, slot);
         let name = format!("{}-{}", spec.role.name(), spec.mac.replace(':', ""));
         let disc = spec.data_disc_mib.map(|mib| {
             let path = logs.file(&format!("{name}-disc.raw"));
@@ -214,6 +264,7 @@ impl Cluster {
                 cpu: spec.cpu(),
                 direct: None,
                 data_disc: disc.as_deref(),
+                more_nics: &more_nics,
             },
             &logs.file(&format!("{name}-serial.log")),
             &logs.file(&format!("{name}-qemu.log")),

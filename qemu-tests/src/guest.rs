@@ -20,12 +20,12 @@ pub const CONSOLE: &str = "bigv_head::console";
 pub const CONSOLE_BOOT_ARGS: [&str; 4] = [
     "--boot-kernel-arg",
     "bigv.log=info,bigv_head::console=debug",
-    // VMs' NICs are taps on per-VLAN bridges on the heads' boot NIC, the
-    // VLANs tagged on it (this host's kernel cannot untag them: the
-    // scenarios check a guest's DHCP lease from its head, not the path
-    // to the outside).
+    // VMs' NICs are taps on per-VLAN bridges on the heads' public NIC
+    // (`cluster::PUBLIC_NIC`), the VLANs tagged on it: the customer
+    // scenario sees its guest's DHCP broadcast leave the head with VLAN 5's
+    // tag on the public LAN, and not on the others.
     "--boot-kernel-arg",
-    "bigv.trunk=eth0",
+    "bigv.trunk=eth2",
 ];
 pub const TEMPLATE: &str = "bigv-test";
 /// The customers' VLAN and range; the brain gives the range's first

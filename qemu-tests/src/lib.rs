@@ -6,10 +6,12 @@
 //! Pieces, one file each: [`netns`] (namespace, bridge, taps), [`brain`]
 //! (the brain process and an admin API client), [`vm`] (a qemu machine
 //! with its serial console in a file), [`image`] (the node image, cached
-//! by its inputs), [`logs`] (where consoles go; kept on failure) and
-//! [`timings`] (the table each scenario prints).
+//! by its inputs), [`logs`] (where consoles go; kept on failure),
+//! [`capture`] (tcpdump on a tap) and [`timings`] (the table each
+//! scenario prints).
 
 pub mod brain;
+pub mod capture;
 pub mod cli;
 pub mod cluster;
 pub mod console;
@@ -90,6 +92,7 @@ pub fn require_host() {
         ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
         ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
         ("/usr/sbin/ip", "iproute2"),
+        ("/usr/bin/tcpdump", "tcpdump"),
     ] {
         assert!(
             std::path::Path::new(path).exists(),

@@ -1,5 +1,6 @@
-//! A blank machine: qemu (TCG) with no disc, one virtio NIC on a tap of
-//! the namespace's bridge, network boot (`-boot n`, Debian's iPXE ROM) —
+//! A blank machine: qemu (TCG) with no disc, a virtio NIC on a tap of the
+//! namespace's boot bridge (and more on other LANs, without boot ROMs),
+//! network boot (`-boot n`, Debian's iPXE ROM) —
 //! or, to compare against, the same machine booted directly with
 //! `-kernel/-initrd` — its serial console written to a file. Killed by PID
 //! on drop.
@@ -20,6 +21,9 @@ pub struct VmSpec<'a> {
     pub direct: Option<&'a DirectBoot>,
     /// A raw file attached as the machine's (virtio) data disc: `vda`.
     pub data_disc: Option<&'a Path>,
+    /// NICs after the boot one, as (tap, MAC): `eth1`, `eth2`… in the
+    /// machine, in this order.
+    pub more_nics: &'a [(String, String)],
 }
 
 /// What iPXE would have loaded, handed to qemu instead.
@@ -37,6 +41,8 @@ pub struct Vm {
     /// qemu's QMP socket (next to the serial log): [`Vm::set_link`].
     pub qmp: PathBuf,
     pub powered_on: Instant,
+    /// Its NICs' qemu ids, `nic0` (boot) first.
+    nics: Vec<String>,
 }
 
 impl Vm {
@@ -75,8 +81,7 @@ impl Vm {
         let _ = std::fs::remove_file(&qmp);
         cmd.arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        let child = cmd
-            .arg("-serial")
+        cmd.arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .args([
                 "-netdev",
@@ -85,7 +90,22 @@ impl Vm {
             .args([
                 "-device",
                 &format!("virtio-net-pci,netdev=n0,id=nic0,mac={}", spec.mac),
+            ]);
+        let mut nics = vec!["nic0".to_owned()];
+        for (i, (tap, mac)) in spec.more_nics.iter().enumerate() {
+            let i = i + 1;
+            cmd.args([
+                "-netdev",
+                &format!("tap,id=n{i},ifname={tap},script=no,downscript=no"),
             ])
+            // No ROM: only the boot NIC network-boots.
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n{i},id=nic{i},mac={mac},romfile="),
+            ]);
+            nics.push(format!("nic{i}"));
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -96,6 +116,7 @@ impl Vm {
             serial: serial.to_owned(),
             qmp,
             powered_on: Instant::now(),
+            nics,
         }
     }
 
@@ -117,12 +138,14 @@ impl Vm {
         self.child.id()
     }
 
-    /// Pulls (`up: false`) or plugs back the machine's network cable:
-    /// QMP `set_link` on its NIC. The guest sees carrier loss.
+    /// Pulls (`up: false`) or plugs back all the machine's network
+    /// cables: QMP `set_link` on each NIC. The guest sees carrier loss.
     pub fn set_link(&self, up: bool) {
-        self.qmp(&format!(
-            r#"{{"execute":"set_link","arguments":{{"name":"nic0","up":{up}}}}}"#
-        ));
+        for nic in &self.nics {
+            self.qmp(&format!(
+                r#"{{"execute":"set_link","arguments":{{"name":"{nic}","up":{up}}}}}"#
+            ));
+        }
     }
 
     /// Runs one QMP command; panics unless qemu answers `return`.

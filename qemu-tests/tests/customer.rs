@@ -15,13 +15,20 @@
 //!    Its SSH console, on its management address, takes the customer's
 //!    BigV password and shows the guest's serial console (OpenSSH).
 //!    Its NIC is a tap on the head's bridge for the operator's VLAN 5
-//!    (tagged on the head's boot NIC), and the guest's DHCP client gets
+//!    (tagged on the head's public NIC), and the guest's DHCP client gets
 //!    exactly its allocated address, router and name from the head's
 //!    responder on that tap;
 //! 4. `bigv update server --cd-url http://…` / `--remove-cd` on the
 //!    running VM → the head's qemu opens the URL and reports the CD
 //!    inserted, then ejected (the test guest has no CD driver: qemu is
 //!    what sees it).
+//!
+//! The three LANs are checked on the wire (tcpdump on the head's taps):
+//! the guest's DHCP broadcast leaves the head on the public LAN tagged
+//! with VLAN 5, and no tagged frame ever crosses the boot or the storage
+//! LAN; the disc's traffic crosses the storage LAN (the head's storage
+//! tap carries the guest's reads and writes), and the head announces its
+//! storage address, which init derived from its storage NIC.
 //!
 //! How the guest's console is seen: the head agent echoes each VM's serial
 //! console into its own log at debug level (`bigv_head::console`), and the
@@ -38,6 +45,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use bigv_qemu_tests::brain::Admin;
+use bigv_qemu_tests::capture::Capture;
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
 use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, wait_boot};
@@ -105,9 +113,18 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
         .await;
     let brain = &mut cluster.brain;
     let head = &cluster.nodes[0].vm;
-    // The head announced its SLAAC address first: discs' ACLs name it.
-    let head_node = admin.node("/admin/heads", &cluster.nodes[0].spec.mac).await;
-    eprintln!("head: {head_node:?}");
+    // The head announced its storage address first (discs' ACLs name it):
+    // the one init derived from its storage NIC's MAC.
+    let head_node = admin
+        .node("/admin/heads", &cluster.nodes[0].spec.mac)
+        .await
+        .expect("the head's entry");
+    eprintln!("head: {head_node}");
+    let storage_address = storage_address(&cluster.nodes[0].spec.storage_mac());
+    assert!(
+        head_node.to_string().contains(&storage_address),
+        "the head does not announce {storage_address}: {head_node}"
+    );
     // The tail's pool on its data disc, as the brain sees it.
     let pool = until("the tail's pool", 60, brain, async || {
         admin
@@ -130,6 +147,22 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
         .run(&["admin", "add", "vlan", "9", "--usage-type", "management"]);
     ctx.admin_cli
         .run(&["admin", "add", "ip", "range", MANAGEMENT_RANGE, "9"]);
+
+    // What crosses the head's three taps: VM traffic (tagged) belongs on
+    // the public LAN only.
+    let slot = 0;
+    let mut tagged = |lan: &str, tap: &str| {
+        Capture::start(
+            &cluster.ns,
+            tap,
+            "vlan",
+            &logs.file(&format!("{lan}-{tap}-tagged.txt")),
+        )
+    };
+    let public = tagged("public", &cluster.ns.public_taps[slot]);
+    let boot_lan = tagged("boot", &cluster.ns.taps[slot]);
+    let storage_lan = tagged("storage", &cluster.ns.storage_taps[slot]);
+    let storage_bytes_before = cluster.ns.tap_bytes(&cluster.ns.storage_taps[slot]);
 
     // 1. The customer adds a server.
     let mut guest = Timings::titled(
@@ -183,9 +216,9 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
         .expect("show server --json");
     eprintln!("server: {shown}");
     // Its NIC: a tap on the head's bridge for VLAN 5 (tagged on the
-    // head's eth0), where the head's DHCP responder gave the guest's DHCP
-    // client exactly the address the brain allocated from the operator's
-    // range, its router and its name.
+    // head's public NIC, eth2), where the head's DHCP responder gave the
+    // guest's DHCP client exactly the address the brain allocated from the
+    // operator's range, its router and its name.
     let ip = shown["network_interfaces"][0]["ips"][0]
         .as_str()
         .unwrap_or_else(|| panic!("an address for the server: {shown}"))
@@ -206,6 +239,42 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     );
     let heads = admin.get("/admin/heads").await;
     assert_eq!(heads[0]["running_virtual_machines_count"], 1, "{heads}");
+    // On the wire: the guest's DHCP broadcast left the head tagged with
+    // VLAN 5 on the public LAN; nothing tagged crossed the other two.
+    let mac = shown["network_interfaces"][0]["mac"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the NIC's MAC: {shown}"))
+        .to_ascii_lowercase();
+    let from_guest: Vec<String> = public
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(&mac))
+        .collect();
+    assert!(
+        from_guest
+            .iter()
+            .any(|l| l.contains(&format!("vlan {}", guest::PUBLIC_VLAN)) && l.contains("DHCP")),
+        "no DHCP from the guest ({mac}) tagged VLAN {} on the public LAN ({}): {:#?}",
+        guest::PUBLIC_VLAN,
+        public.iface,
+        public.lines()
+    );
+    for lan in [&boot_lan, &storage_lan] {
+        assert!(
+            lan.lines().is_empty(),
+            "tagged frames on {}: {:#?}",
+            lan.iface,
+            lan.lines()
+        );
+    }
+    // The disc's traffic took the storage LAN: the guest's boot read its
+    // kernel and initrd from the disc and wrote its 1 MiB pattern.
+    let storage_bytes = cluster.ns.tap_bytes(&cluster.ns.storage_taps[slot]) - storage_bytes_before;
+    eprintln!("the head's storage tap carried {storage_bytes} bytes for the guest's boot");
+    assert!(
+        storage_bytes > 4 << 20,
+        "the head's storage tap carried only {storage_bytes} bytes while its guest booted from its disc"
+    );
 
     // Its SSH console on its management address: the customer logs in with
     // their BigV password (the brain sends its hash to the head), sees the
@@ -308,4 +377,24 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     })
     .await;
     guest
+}
+
+/// The storage address init gives a node: the storage prefix,
+/// `fffe`, then its storage NIC's MAC (`nodeos/init/src/cmdline.rs`).
+fn storage_address(mac: &str) -> String {
+    let b: Vec<u16> = mac
+        .split(':')
+        .map(|x| u16::from_str_radix(x, 16).expect("a MAC byte"))
+        .collect();
+    std::net::Ipv6Addr::new(
+        0xfd00,
+        5,
+        0,
+        0,
+        0xfffe,
+        b[0] << 8 | b[1],
+        b[2] << 8 | b[3],
+        b[4] << 8 | b[5],
+    )
+    .to_string()
 }

@@ -90,6 +90,10 @@ pub struct BootServicesConfig {
     pub spine: Option<SocketAddr>,
     /// More kernel arguments for every node.
     pub extra_args: Vec<String>,
+    /// The nodes' NIC on a storage LAN of its own (e.g. `eth1`). `None`:
+    /// the boot LAN is also the storage LAN, and its router advertisements
+    /// list the storage prefix as on-link (docs/storage.md, "Addresses").
+    pub storage_interface: Option<String>,
 }
 
 impl BootServicesConfig {
@@ -108,8 +112,38 @@ impl BootServicesConfig {
             }),
             spine: None,
             extra_args: Vec::new(),
+            storage_interface: None,
         }
     }
+}
+
+/// The kernel arguments naming the nodes' storage NIC and the storage
+/// prefix init derives each node's address from (none without a storage
+/// LAN of its own).
+pub fn storage_args(config: &BootServicesConfig) -> Vec<String> {
+    match &config.storage_interface {
+        Some(iface) => vec![
+            format!("bigv.storage={iface}"),
+            format!(
+                "bigv.storage_prefix={}",
+                crate::reconciler::storage_prefix()
+            ),
+        ],
+        None => vec![],
+    }
+}
+
+/// The boot LAN's router advertisements: its SLAAC prefix, if any, and
+/// the storage prefix as on-link only when the boot LAN is also the
+/// storage LAN (otherwise heads must reach disc addresses through their
+/// storage NIC alone).
+fn ra_config(config: &BootServicesConfig, lan: &LanConfig) -> RaConfig {
+    let mut rcfg = RaConfig::new(&lan.interface);
+    rcfg.prefix = lan.ra_prefix;
+    if config.storage_interface.is_none() {
+        rcfg.on_link = vec![crate::reconciler::storage_prefix()];
+    }
+    rcfg
 }
 
 /// The upper half of the subnet's host addresses.
@@ -175,6 +209,7 @@ pub async fn start(
     params
         .extra_args
         .push(format!("bigv.templates={http_base}/templates"));
+    params.extra_args.extend(storage_args(config));
     let policy = Arc::new(BrainPolicy::new(
         task::current_view(db, images, &params),
         events,
@@ -209,9 +244,7 @@ pub async fn start(
             tokio::spawn(tftp.serve(stop.cancelled_owned()))
         }));
 
-        let mut rcfg = RaConfig::new(&lan.interface);
-        rcfg.prefix = lan.ra_prefix;
-        rcfg.on_link = vec![crate::reconciler::storage_prefix()];
+        let rcfg = ra_config(config, lan);
         let ra = RaSender::bind(&rcfg)
             .with_context(|| format!("router advertisements on {}", lan.interface))?;
         started.push(Box::new(move |stop: CancellationToken| {
@@ -241,4 +274,34 @@ pub async fn start(
         tasks,
         params,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_lan_of_its_own_takes_disc_addresses_off_the_boot_lan() {
+        let shared = BootServicesConfig::on_interface(
+            "br0",
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.0/24".parse().unwrap(),
+        );
+        let lan = shared.lan.clone().unwrap();
+        assert_eq!(
+            ra_config(&shared, &lan).on_link,
+            [crate::reconciler::storage_prefix()]
+        );
+        assert!(storage_args(&shared).is_empty());
+
+        let separate = BootServicesConfig {
+            storage_interface: Some("eth1".into()),
+            ..shared
+        };
+        assert!(ra_config(&separate, &lan).on_link.is_empty());
+        assert_eq!(
+            storage_args(&separate),
+            ["bigv.storage=eth1", "bigv.storage_prefix=fd00:5::/64"]
+        );
+    }
 }

@@ -12,8 +12,8 @@
 //! | `BIGV_BOOT_INTERFACE` | the boot NIC's name, e.g. `eth0` |
 //! | `BIGV_ADDRESS` | the address DHCP gave the boot NIC |
 //! | `BIGV_INIT_LOG` | init's log file, which the agent sends on to the brain |
-//! | `BIGV_STORAGE_ADDRESS` | tails: the address mirrors reach (the DHCP one, for now); heads: the boot NIC's global IPv6 address, if it got one (SLAAC), which is what a head's NBD connections to the discs' IPv6 addresses come from, so the head announces it first and the brain puts it in disc ACLs |
-//! | `BIGV_STORAGE_INTERFACE` | tails: where discs' own addresses are added (the boot NIC: the boot LAN is the storage LAN for now) |
+//! | `BIGV_STORAGE_ADDRESS` | with a storage LAN of its own (`bigv.storage=`), the node's address there (heads and tails). Else tails: the address mirrors reach (the DHCP one); heads: the boot NIC's global IPv6 address, if it got one (SLAAC). A head's NBD connections to the discs' IPv6 addresses come from it, so the head announces it first and the brain puts it in disc ACLs |
+//! | `BIGV_STORAGE_INTERFACE` | tails: where discs' own addresses are added (the storage NIC, else the boot NIC) |
 //! | `BIGV_TEMPLATES_URL` | tails: `bigv.templates=`, where OS templates are fetched |
 //! | `BIGV_NIC_BACKEND`, `BIGV_TRUNK` | heads with `bigv.trunk=IF`: `bridged` and `IF` (VMs' taps on per-VLAN bridges) |
 //! | `BIGV_CONSOLE_INTERFACE` | heads: the boot NIC, where each VM's management address (its SSH console) goes while the VM runs here (the boot LAN is the management LAN) |
@@ -23,7 +23,7 @@
 //! brain's spine `power` order: the agent replies, then exits). Any other
 //! exit is a crash: init restarts the agent with backoff.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::cmdline::{BootConfig, PoolArg, Role};
 use crate::net::Nic;
@@ -61,13 +61,25 @@ pub fn classify_exit(status: Option<i32>) -> AgentExit {
     }
 }
 
+/// Where the node is on the storage LAN.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// The boot LAN is the storage LAN: tails serve discs on the boot NIC
+    /// (mirrors reach them at their DHCP address); heads connect from the
+    /// boot NIC's global IPv6 address, if it got one.
+    BootLan { ipv6: Option<Ipv6Addr> },
+    /// A storage LAN of its own (`bigv.storage=`): its NIC and the node's
+    /// address there, for both roles.
+    Own { nic: Nic, address: Ipv6Addr },
+}
+
 /// The agent's environment.
 pub fn agent_env(
     config: &BootConfig,
     image_version: &str,
     nic: &Nic,
     address: Ipv4Addr,
-    ipv6: Option<Ipv6Addr>,
+    storage: &Storage,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH", "/bin".to_owned()),
@@ -86,19 +98,25 @@ pub fn agent_env(
         ("BIGV_ADDRESS", address.to_string()),
         ("BIGV_INIT_LOG", INIT_LOG.to_owned()),
     ];
+    let (storage_address, storage_nic) = match storage {
+        Storage::BootLan { ipv6 } => match config.role {
+            Role::Tail => (Some(IpAddr::V4(address)), nic),
+            Role::Head => (ipv6.map(IpAddr::V6), nic),
+        },
+        Storage::Own { nic, address } => (Some(IpAddr::V6(*address)), nic),
+    };
+    if let Some(a) = storage_address {
+        env.push(("BIGV_STORAGE_ADDRESS", a.to_string()));
+    }
     match config.role {
         Role::Tail => {
-            env.push(("BIGV_STORAGE_ADDRESS", address.to_string()));
-            env.push(("BIGV_STORAGE_INTERFACE", nic.name.clone()));
+            env.push(("BIGV_STORAGE_INTERFACE", storage_nic.name.clone()));
             env.push(("BIGV_POOLS", pools(&config.pools, !config.discs.is_empty())));
             if let Some(url) = &config.templates {
                 env.push(("BIGV_TEMPLATES_URL", url.clone()));
             }
         }
         Role::Head => {
-            if let Some(v6) = ipv6 {
-                env.push(("BIGV_STORAGE_ADDRESS", v6.to_string()));
-            }
             env.push(("BIGV_CONSOLE_INTERFACE", nic.name.clone()));
             if let Some(trunk) = &config.trunk {
                 env.push(("BIGV_NIC_BACKEND", "bridged".to_owned()));
@@ -146,6 +164,46 @@ mod tests {
         }
     }
 
+    fn boot_lan(ipv6: Option<Ipv6Addr>) -> Storage {
+        Storage::BootLan { ipv6 }
+    }
+
+    #[test]
+    fn a_storage_lan_of_its_own_gives_both_roles_its_nic_and_address() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let own = Storage::Own {
+            nic: Nic {
+                index: 3,
+                name: "eth1".into(),
+                mac: Mac([0x52, 0x54, 0, 0x8f, 0x01, 0x01]),
+            },
+            address: "fd00:5::fffe:5254:8f:101".parse().unwrap(),
+        };
+        for role in ["head", "tail"] {
+            let c = parse(&format!(
+                "bigv.role={role} bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
+            ))
+            .unwrap();
+            let env: std::collections::BTreeMap<_, _> =
+                agent_env(&c, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), &own)
+                    .into_iter()
+                    .collect();
+            assert_eq!(
+                env["BIGV_STORAGE_ADDRESS"], "fd00:5::fffe:5254:8f:101",
+                "{role}"
+            );
+            // Spine and consoles stay on the boot NIC.
+            assert_eq!(env["BIGV_BOOT_INTERFACE"], "eth0", "{role}");
+            assert_eq!(env["BIGV_ADDRESS"], "10.0.2.15", "{role}");
+            if role == "tail" {
+                assert_eq!(env["BIGV_STORAGE_INTERFACE"], "eth1");
+            } else {
+                assert_eq!(env["BIGV_CONSOLE_INTERFACE"], "eth0");
+                assert!(!env.contains_key("BIGV_STORAGE_INTERFACE"));
+            }
+        }
+    }
+
     #[test]
     fn env_carries_what_the_tail_agent_needs() {
         let pin = format!("sha256:{}", "ab".repeat(32));
@@ -153,10 +211,15 @@ mod tests {
             "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
         ))
         .unwrap();
-        let env: std::collections::BTreeMap<_, _> =
-            agent_env(&c, "8", &nic(), Ipv4Addr::new(10, 0, 2, 15), None)
-                .into_iter()
-                .collect();
+        let env: std::collections::BTreeMap<_, _> = agent_env(
+            &c,
+            "8",
+            &nic(),
+            Ipv4Addr::new(10, 0, 2, 15),
+            &boot_lan(None),
+        )
+        .into_iter()
+        .collect();
         assert_eq!(env["BIGV_NODE_ID"], "52:54:00:00:00:11");
         assert_eq!(env["BIGV_SPINE"], "10.0.2.2:4433");
         assert_eq!(env["BIGV_PIN"], pin);
@@ -172,7 +235,13 @@ mod tests {
             "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
         ))
         .unwrap();
-        let env = agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), None);
+        let env = agent_env(
+            &head,
+            "7",
+            &nic(),
+            Ipv4Addr::new(10, 0, 2, 15),
+            &boot_lan(None),
+        );
         assert!(!env.iter().any(|(k, _)| k == "BIGV_POOLS"));
         assert!(!env.iter().any(|(k, _)| k == "BIGV_STORAGE_ADDRESS"));
         assert!(!env.iter().any(|(k, _)| k == "BIGV_NIC_BACKEND"));
@@ -183,10 +252,15 @@ mod tests {
         ))
         .unwrap();
         let v6: Ipv6Addr = "fd00::5054:ff:fe00:11".parse().unwrap();
-        let env: std::collections::BTreeMap<_, _> =
-            agent_env(&head, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), Some(v6))
-                .into_iter()
-                .collect();
+        let env: std::collections::BTreeMap<_, _> = agent_env(
+            &head,
+            "7",
+            &nic(),
+            Ipv4Addr::new(10, 0, 2, 15),
+            &boot_lan(Some(v6)),
+        )
+        .into_iter()
+        .collect();
         assert_eq!(env["BIGV_STORAGE_ADDRESS"], "fd00::5054:ff:fe00:11");
         assert_eq!(env["RUST_LOG"], "debug");
         assert!(!env.contains_key("BIGV_STORAGE_INTERFACE"));
@@ -200,10 +274,15 @@ mod tests {
             "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.templates=http://10.0.0.1/templates"
         ))
         .unwrap();
-        let env: std::collections::BTreeMap<_, _> =
-            agent_env(&tail, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), Some(v6))
-                .into_iter()
-                .collect();
+        let env: std::collections::BTreeMap<_, _> = agent_env(
+            &tail,
+            "7",
+            &nic(),
+            Ipv4Addr::new(10, 0, 2, 15),
+            &boot_lan(Some(v6)),
+        )
+        .into_iter()
+        .collect();
         assert_eq!(env["BIGV_TEMPLATES_URL"], "http://10.0.0.1/templates");
         assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
     }

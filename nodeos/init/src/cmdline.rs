@@ -14,12 +14,16 @@
 //! `bigv.log=FILTER` is the agent's log filter (`RUST_LOG`, default
 //! `info`). For heads, `bigv.trunk=IFNAME` names the interface carrying
 //! the VMs' VLANs (tagged): the head then gives VMs bridged taps
-//! (docs/head.md, "Networking"); without it VMs get no NICs. Unknown `bigv.*` arguments are
+//! (docs/head.md, "Networking"); without it VMs get no NICs.
+//! `bigv.storage=IFNAME bigv.storage_prefix=PREFIX/64` (the brain adds
+//! both with `--boot-storage-interface`) put the node on a storage LAN of
+//! its own: init gives that NIC the node's storage address (see
+//! [`StorageLan::address`]). Unknown `bigv.*` arguments are
 //! refused (a typo must not silently change behaviour); arguments without
 //! the `bigv.` prefix belong to the kernel and are ignored.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +133,31 @@ pub struct BootConfig {
     pub log: Option<String>,
     /// Heads: the interface carrying the VMs' VLANs.
     pub trunk: Option<String>,
+    /// The NIC on a storage LAN of its own, and that LAN's prefix.
+    pub storage: Option<StorageLan>,
+}
+
+/// A storage LAN separate from the boot LAN (`bigv.storage`,
+/// `bigv.storage_prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageLan {
+    pub interface: String,
+    /// A /64: discs' own addresses are `PREFIX::<disc id>` (the brain's),
+    /// nodes' are [`StorageLan::address`].
+    pub prefix: Ipv6Addr,
+}
+
+impl StorageLan {
+    /// This node's storage address: `PREFIX::fffe:<the storage NIC's
+    /// MAC>`, e.g. `fd00:5::fffe:5254:8f:101`. Stable across reboots and
+    /// unique per NIC without asking anyone; the `fffe` keeps it clear of
+    /// the discs' addresses, which count up from `PREFIX::1`.
+    pub fn address(&self, mac: Mac) -> Ipv6Addr {
+        let mac48 = mac.0.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
+        let iid = (0xfffe_u64 << 48) | mac48;
+        let net = u128::from(self.prefix) & !u128::from(u64::MAX);
+        Ipv6Addr::from(net | u128::from(iid))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +196,8 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut templates = None;
     let mut log = None;
     let mut trunk = None;
+    let mut storage = None;
+    let mut storage_prefix = None;
     for word in cmdline.split_ascii_whitespace() {
         let Some(rest) = word.strip_prefix("bigv.") else {
             continue;
@@ -297,19 +328,34 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                 }
                 once(&mut log, &arg, value.to_owned())?;
             }
-            "trunk" => {
-                let ok = (1..16).contains(&value.len())
-                    && value
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                if !ok {
-                    return Err(invalid(&arg, value, "expected an interface name"));
-                }
-                once(&mut trunk, &arg, value.to_owned())?;
+            "trunk" => once(&mut trunk, &arg, interface(&arg, value)?)?,
+            "storage" => once(&mut storage, &arg, interface(&arg, value)?)?,
+            "storage_prefix" => {
+                let prefix = value
+                    .strip_suffix("/64")
+                    .and_then(|a| a.parse::<Ipv6Addr>().ok())
+                    .ok_or_else(|| {
+                        invalid(&arg, value, "expected an IPv6 /64, e.g. fd00:5::/64")
+                    })?;
+                once(&mut storage_prefix, &arg, prefix)?;
             }
             _ => return Err(CmdlineError::Unknown { arg }),
         }
     }
+    let storage = match (storage, storage_prefix) {
+        (Some(interface), Some(prefix)) => Some(StorageLan { interface, prefix }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(CmdlineError::Missing {
+                arg: "bigv.storage_prefix (bigv.storage needs it)",
+            });
+        }
+        (None, Some(_)) => {
+            return Err(CmdlineError::Missing {
+                arg: "bigv.storage (bigv.storage_prefix needs it)",
+            });
+        }
+    };
     Ok(BootConfig {
         role: role.ok_or(CmdlineError::Missing { arg: "bigv.role" })?,
         version: version.ok_or(CmdlineError::Missing {
@@ -323,7 +369,21 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
         templates,
         log,
         trunk,
+        storage,
     })
+}
+
+/// An interface name as the kernel allows it (and nothing a shell or a
+/// netlink attribute would choke on).
+fn interface(arg: &str, value: &str) -> Result<String, CmdlineError> {
+    let ok = (1..16).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok {
+        return Err(invalid(arg, value, "expected an interface name"));
+    }
+    Ok(value.to_owned())
 }
 
 #[cfg(test)]
@@ -366,6 +426,7 @@ mod tests {
         assert_eq!(c.log.as_deref(), Some("info,bigv_head::console=debug"));
         let c = parse(&format!("{} bigv.trunk=enp1s0.100", good())).unwrap();
         assert_eq!(c.trunk.as_deref(), Some("enp1s0.100"));
+        assert_eq!(c.storage, None);
         for bad in [
             "bigv.templates=ftp://x",
             "bigv.templates=",
@@ -374,6 +435,10 @@ mod tests {
             "bigv.trunk=",
             "bigv.trunk=a-very-long-interface",
             "bigv.trunk=eth0;x",
+            "bigv.storage=eth1 bigv.storage_prefix=fd00:5::",
+            "bigv.storage=eth1 bigv.storage_prefix=fd00:5::/48",
+            "bigv.storage=eth1 bigv.storage_prefix=10.0.0.0/64",
+            "bigv.storage=eth1/x bigv.storage_prefix=fd00:5::/64",
         ] {
             assert!(
                 matches!(
@@ -382,6 +447,39 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn a_storage_lan_names_its_nic_and_prefix_and_gives_each_node_an_address() {
+        let c = parse(&format!(
+            "{} bigv.storage=eth1 bigv.storage_prefix=fd00:5::/64",
+            good()
+        ))
+        .unwrap();
+        let lan = c.storage.expect("a storage LAN");
+        assert_eq!(lan.interface, "eth1");
+        let mac = Mac([0x52, 0x54, 0x00, 0x8f, 0x01, 0x01]);
+        assert_eq!(
+            lan.address(mac),
+            "fd00:5::fffe:5254:8f:101".parse::<Ipv6Addr>().unwrap()
+        );
+        // Host bits in the prefix are ignored; another MAC, another address.
+        let sloppy = StorageLan {
+            prefix: "fd00:5::1:2".parse().unwrap(),
+            ..lan.clone()
+        };
+        assert_eq!(sloppy.address(mac), lan.address(mac));
+        assert_ne!(
+            lan.address(Mac([0x52, 0x54, 0, 0x8f, 0x01, 0x02])),
+            lan.address(mac)
+        );
+
+        // One without the other is a mistake, said as such.
+        for half in ["bigv.storage=eth1", "bigv.storage_prefix=fd00:5::/64"] {
+            let e = parse(&format!("{} {half}", good())).unwrap_err();
+            assert!(matches!(e, CmdlineError::Missing { .. }), "{half}: {e}");
+            assert!(e.to_string().contains("needs it"), "{e}");
         }
     }
 

@@ -145,8 +145,16 @@ async fn async_main(mut config: BootConfig, t0: Instant) -> Result<PowerAction, 
             "this image is not the version the brain expects"
         );
     }
-    let ipv6 = match config.role {
-        cmdline::Role::Head => {
+    let storage = match (&config.storage, config.role) {
+        (Some(lan), _) => {
+            let (storage_nic, address) = net.storage_up(lan, NIC_WAIT).await?;
+            tracing::info!(iface = storage_nic.name, %address, "storage NIC up");
+            agent::Storage::Own {
+                nic: storage_nic,
+                address,
+            }
+        }
+        (None, cmdline::Role::Head) => {
             let found = net::wait_global_ipv6(&nic.name, IPV6_WAIT).await;
             match found {
                 Some(a) => tracing::info!(address = %a, "global IPv6 address (storage)"),
@@ -155,11 +163,11 @@ async fn async_main(mut config: BootConfig, t0: Instant) -> Result<PowerAction, 
                     "no global IPv6 address on the boot NIC: discs (IPv6) will be out of reach"
                 ),
             }
-            found
+            agent::Storage::BootLan { ipv6: found }
         }
-        cmdline::Role::Tail => None,
+        (None, cmdline::Role::Tail) => agent::Storage::BootLan { ipv6: None },
     };
-    let env = agent::agent_env(&config, &image_version, &nic, lease.address, ipv6);
+    let env = agent::agent_env(&config, &image_version, &nic, lease.address, &storage);
     for (k, v) in &env {
         if k == "BIGV_POOLS" {
             for pool in v.split(',') {

@@ -1,17 +1,20 @@
 //! The boot NIC: find it (by `bigv.bootif`, else the first non-loopback
 //! link), bring it and `lo` up, run the DHCP client over a UDP socket
-//! bound to it, and apply the lease with rtnetlink.
+//! bound to it, and apply the lease with rtnetlink. And the storage NIC,
+//! where there is a storage LAN of its own: up, with the node's storage
+//! address.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, timeout};
 
-use crate::cmdline::Mac;
+use crate::cmdline::{Mac, StorageLan};
 use crate::dhcp::{self, Client, Event, Lease};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,8 @@ pub enum NetError {
     NoBootif(Mac, Duration),
     #[error("no network interface other than lo appeared within {0:?}")]
     NoNic(Duration),
+    #[error("no network interface {0} (bigv.storage) appeared within {1:?}")]
+    NoStorageNic(String, Duration),
     #[error("DHCP socket on {iface}")]
     Socket {
         iface: String,
@@ -105,6 +110,46 @@ impl Net {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The storage NIC up with this node's storage address
+    /// ([`StorageLan::address`], a /64, so the rest of the storage LAN
+    /// and every disc address is on-link there). Added without duplicate
+    /// address detection: the address is the MAC's, so unique, and DAD
+    /// would leave it unusable for a second or more.
+    pub async fn storage_up(
+        &self,
+        lan: &StorageLan,
+        wait: Duration,
+    ) -> Result<(Nic, Ipv6Addr), NetError> {
+        let deadline = Instant::now() + wait;
+        let nic = loop {
+            let found = self
+                .links()
+                .await?
+                .iter()
+                .filter_map(nic_of)
+                .find(|n| n.name == lan.interface);
+            if let Some(nic) = found {
+                break nic;
+            }
+            if Instant::now() >= deadline {
+                return Err(NetError::NoStorageNic(lan.interface.clone(), wait));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        self.up(nic.index).await?;
+        let address = lan.address(nic.mac);
+        let mut req = self
+            .handle
+            .address()
+            .add(nic.index, IpAddr::V6(address), 64)
+            .replace();
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute().await?;
+        Ok((nic, address))
     }
 
     pub async fn up(&self, index: u32) -> Result<(), NetError> {

@@ -193,6 +193,7 @@ async fn boot_once(
     direct: Option<&DirectBoot>,
 ) -> f64 {
     let name = spec.mac.replace(':', "");
+    let more_nics = spec.more_nics(&cluster.ns, 0);
     let mut vm = Vm::power_on(
         &cluster.ns,
         &VmSpec {
@@ -202,6 +203,7 @@ async fn boot_once(
             cpu: spec.cpu(),
             direct,
             data_disc: None,
+            more_nics: &more_nics,
         },
         &logs.file(&format!("{name}-serial.log")),
         &logs.file(&format!("{name}-qemu.log")),

@@ -121,6 +121,22 @@ struct BootArgs {
     /// An extra kernel argument for every node (repeatable)
     #[arg(long = "boot-kernel-arg")]
     boot_kernel_args: Vec<String>,
+    /// The nodes' NIC on a storage LAN of its own (e.g. eth1): init gives
+    /// it the node's storage address, and the boot LAN stops carrying disc
+    /// addresses (default: the boot LAN is the storage LAN)
+    #[arg(long, env = "BIGV_BOOT_STORAGE_INTERFACE", value_parser = parse_interface)]
+    boot_storage_interface: Option<String>,
+}
+
+fn parse_interface(s: &str) -> Result<String, String> {
+    let ok = (1..16).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an interface name"))
+    }
 }
 
 fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
@@ -180,6 +196,7 @@ impl BootArgs {
         }
         config.spine = self.boot_spine;
         config.extra_args = self.boot_kernel_args;
+        config.storage_interface = self.boot_storage_interface;
         Ok(Some(config))
     }
 }
