@@ -222,33 +222,12 @@ async fn openssh_reaches_the_serial_console_and_vnc() {
     listening("127.0.0.1", port, false).await;
 }
 
-/// Runs `f` inside a fresh network namespace (never on the host's
-/// interfaces), with `lo` and a bridge `mgmt0` up. Processes it starts
-/// (ssh) inherit the namespace.
-fn in_netns<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    common::netns::in_fresh_netns(|| async move {
-        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-        tokio::spawn(conn);
-        handle
-            .link()
-            .add(rtnetlink::LinkBridge::new("mgmt0").up().build())
-            .execute()
-            .await
-            .unwrap();
-        f().await
-    })
-}
-
 /// With `interface` set the console puts the management address on it
 /// while the VM runs, keeps it across an agent restart, and takes it away
 /// when the VM ends. In a network namespace of its own.
 #[test]
 fn the_console_brings_its_management_address_up_and_down() {
-    in_netns(|| async {
+    bigv_testkit::in_netns_with_bridge("mgmt0", || async {
         let dir = tempfile::tempdir().unwrap();
         let (paths, _serial) = stand_in(dir.path());
         let (key, public) = keygen(dir.path(), "alice");

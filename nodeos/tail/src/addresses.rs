@@ -271,37 +271,6 @@ fn libc_eexist() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtnetlink::LinkBridge;
-
-    /// Runs `f` on a thread of its own inside a fresh network namespace
-    /// (network namespaces are per thread), with a bridge `stor0` up (this kernel has no dummy links).
-    fn in_netns<F, Fut>(f: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()>,
-    {
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-                tokio::spawn(conn);
-                handle
-                    .link()
-                    .add(LinkBridge::new("stor0").up().build())
-                    .execute()
-                    .await
-                    .unwrap();
-                f().await
-            });
-        })
-        .join()
-        .unwrap();
-    }
 
     #[test]
     fn a_neighbour_advertisement_overrides_and_names_our_mac() {
@@ -321,7 +290,7 @@ mod tests {
 
     #[test]
     fn addresses_come_and_go_on_the_storage_interface() {
-        in_netns(|| async {
+        bigv_testkit::in_netns_with_bridge("stor0", || async {
             let err = Addresses::on_interface("nope0").await.err().unwrap();
             assert!(err.to_string().contains("\"nope0\" not found"), "{err}");
 

@@ -114,39 +114,9 @@ impl Interface {
 mod tests {
     use super::*;
 
-    /// Runs `f` on a thread of its own inside a fresh network namespace
-    /// (never on the host's interfaces), with a bridge `mgmt0` up.
-    fn in_netns<F, Fut>(f: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()>,
-    {
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-                tokio::spawn(conn);
-                handle
-                    .link()
-                    .add(rtnetlink::LinkBridge::new("mgmt0").up().build())
-                    .execute()
-                    .await
-                    .unwrap();
-                f().await
-            });
-        })
-        .join()
-        .unwrap();
-    }
-
     #[test]
     fn management_addresses_come_and_go() {
-        in_netns(|| async {
+        bigv_testkit::in_netns_with_bridge("mgmt0", || async {
             let err = Interface::open("nope0").await.err().unwrap();
             assert!(err.to_string().contains("\"nope0\" not found"), "{err}");
             let i = Interface::open("mgmt0").await.unwrap();

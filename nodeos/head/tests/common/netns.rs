@@ -7,32 +7,7 @@ use std::time::{Duration, Instant};
 use bigv_head::net::link::Netlink;
 use rtnetlink::LinkVeth;
 
-/// Runs `f` on a thread of its own inside a fresh network namespace
-/// (namespaces are per thread; the runtime's threads, and the processes
-/// they start, inherit it) with `lo` up.
-pub fn in_fresh_netns<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let nl = Netlink::connect().unwrap();
-            let lo = nl.index("lo").await.unwrap().unwrap();
-            nl.up(lo, "lo").await.unwrap();
-            f().await
-        });
-    })
-    .join()
-    .unwrap();
-}
+use bigv_testkit::in_fresh_netns;
 
 /// [`in_fresh_netns`] with a veth pair `trunk0` ↔ `outside0`, both up.
 pub fn in_netns<F, Fut>(f: F)
