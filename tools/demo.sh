@@ -117,14 +117,16 @@ cat <<TXT
 
 The demo cluster is up: brain API https://$api (its store in $state/brain;
 certificate $(cat "$state/fingerprint"), pinned in bigv's profile),
-2 heads and 1 tail booted over PXE in qemu (consoles in $state/logs); the
+2 heads and 1 tail booted over PXE in qemu (consoles in $state/logs) on a
+boot LAN, a storage LAN (discs) and a public LAN (VMs' VLANs, tagged); the
 tail serves a 20 GiB sata pool from a blank disc it formatted at boot.
+Servers get an address on VLAN 1 (192.0.2.0/24) from their head's DHCP.
 bigv is logged in as $BIGV_USER (profile "default"). Try:
 
     export PATH="$bin:\$PATH"
     bigv add server web1.default.demo --image bigv-test --memory 256M --disc 1G
     bigv show server web1.default.demo
-    bigv admin show logs head head1     # the VM's serial console is echoed here
+    bigv admin show logs head head1     # the VM's serial console (boot, DHCP lease) is echoed here
     bigv admin show heads
 
 tools/demo.sh down stops the cluster and removes $state.

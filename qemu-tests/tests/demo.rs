@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use bigv_test_guest::lines;
 use serde_json::Value;
 
 #[test]
@@ -108,22 +109,26 @@ fn demo_up_and_down() {
         .output()
         .unwrap();
     assert!(o.status.success(), "bigv add server: {o:?}");
+    // It boots from its disc on the tail and gets its address by DHCP on
+    // the demo's VLAN 1 (the heads' public NIC is their VLAN trunk).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     'booted: loop {
         for head in ["head1", "head2"] {
             let lines = bigv(&["admin", "show", "logs", "head", head, "--lines", "1000"]);
-            let booted = lines
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|l| l["message"].as_str().is_some_and(|m| m.contains("DISC OK")));
-            if booted {
+            let said = |what: &str| {
+                lines
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["message"].as_str().is_some_and(|m| m.contains(what)))
+            };
+            if said(lines::DISC_OK) && said(&format!("{}lease ip=192.0.2.", lines::NET)) {
                 break 'booted;
             }
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the demo server's guest never reported DISC OK: {:#}",
+            "the demo server's guest never reported DISC OK and its DHCP lease: {:#}",
             bigv(&["show", "server", "web1.default.demo"])
         );
         std::thread::sleep(std::time::Duration::from_secs(2));

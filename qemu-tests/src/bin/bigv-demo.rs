@@ -62,17 +62,15 @@ fn main() -> ExitCode {
         .expect("a non-blocking listener");
     let mut logs = Logs::kept_in(&args.state.join("logs"));
     let taps = usize::from(args.heads) + usize::from(args.tails);
-    // The heads echo their VMs' serial consoles into their logs (docs/head.md)
-    // until the SSH console exists: `bigv admin show logs head head1`.
+    // The heads echo their VMs' serial consoles into their logs
+    // (docs/head.md; `bigv admin show logs head head1`), and their public
+    // NIC is the VLAN trunk VMs' NICs are bridged onto.
     let mut cluster = Cluster::start_with(
         "demo",
         taps,
         &args.state.join("brain"),
         &mut logs,
-        &[
-            "--boot-kernel-arg",
-            "bigv.log=info,bigv_head::console=debug",
-        ],
+        &bigv_qemu_tests::guest::CONSOLE_BOOT_ARGS,
     );
     write_processes(&args.state, &cluster);
 
