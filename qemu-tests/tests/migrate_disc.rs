@@ -13,8 +13,9 @@
 //!    a stop file appears;
 //! 2. once every slot was written, the operator runs `bigv admin migrate
 //!    disc NAME disc-1` (the real CLI, waiting for the operation) while
-//!    the writer goes on; the copy carries the template and the 64 MiB of
-//!    slots, a few seconds;
+//!    the writer goes on (the copy, the template's data and the 64 MiB of
+//!    slots, and the handover take about a second, in which a writer
+//!    round of ~0.1 s runs several times);
 //! 3. the writer wrote before the command, while it ran and after it
 //!    returned (each `W` line's arrival on the console timed against the
 //!    command), no write failed, the guest's console shows no `I/O
