@@ -37,6 +37,11 @@ pub const PUBLIC_ROUTER: &str = "10.5.0.1";
 pub const CUSTOMER: &str = "alice";
 pub const CUSTOMER_PASSWORD: &str = "alice-secret-password";
 pub const ACCOUNT: &str = "acme";
+/// The operator's management VLAN and range for VMs' SSH consoles: on
+/// the boot LAN (10.0.0.0/24), above the brain's DHCP pool (.100–.200);
+/// heads put a VM's address on their boot NIC.
+pub const MANAGEMENT_VLAN: &str = "9";
+pub const MANAGEMENT_RANGE: &str = "10.0.0.224/27";
 /// From `bigv start` to the guest's `DISC OK` on the head's console:
 /// template fetch and copy (first time), qemu under nested KVM, the
 /// guest's kernel, the disc check over NBD.
@@ -123,6 +128,42 @@ pub fn operator_and_customer_setup(admin: &Bigv, customer: &Bigv, image: &Path) 
     customer.run(&["login"]);
     let images = customer.run(&["show", "images"]);
     assert!(images.contains(TEMPLATE), "{images}");
+}
+
+/// The operator adds the management VLAN and range ([`MANAGEMENT_RANGE`]):
+/// VMs added after it get an SSH console address.
+pub fn management_setup(admin: &Bigv) {
+    admin.run(&[
+        "admin",
+        "add",
+        "vlan",
+        MANAGEMENT_VLAN,
+        "--usage-type",
+        "management",
+    ]);
+    admin.run(&[
+        "admin",
+        "add",
+        "ip",
+        "range",
+        MANAGEMENT_RANGE,
+        MANAGEMENT_VLAN,
+    ]);
+}
+
+/// Logs in to `server`'s SSH console (its management address, from `show
+/// server`) as [`CUSTOMER`] with the BigV password, and waits until the
+/// scroll-back shows `first`.
+pub fn console_session(customer: &Bigv, server: &str, first: &str) -> crate::console::Session {
+    let shown: serde_json::Value =
+        serde_json::from_str(&customer.run(&["--json", "show", "server", server]))
+            .expect("show server --json");
+    let address = shown["management_address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a management address: {shown}"));
+    let mut session = crate::console::Session::login(address, CUSTOMER, CUSTOMER_PASSWORD);
+    session.wait_for(first, Duration::from_secs(60));
+    session
 }
 
 /// Waits for the `n`th boot's `DISC OK` on the head's console; marks the

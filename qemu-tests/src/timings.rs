@@ -42,6 +42,30 @@ impl Timings {
         }
     }
 
+    /// Records `column` for `node` as the moment `at` (seen earlier, e.g.
+    /// when a console line arrived), unless already recorded.
+    pub fn mark_at(&mut self, node: &str, column: &str, at: Instant) {
+        let start = self.rows.iter().find(|r| r.0 == node).map(|r| r.1);
+        if let Some(start) = start {
+            let secs = at.saturating_duration_since(start).as_secs_f64();
+            self.set(node, column, secs);
+        }
+    }
+
+    /// Records `column` for `node` as `secs` (a duration rather than a
+    /// moment, e.g. the longest gap between two writes), unless already
+    /// recorded.
+    pub fn set(&mut self, node: &str, column: &str, secs: f64) {
+        let Some(c) = self.columns.iter().position(|x| *x == column) else {
+            return;
+        };
+        if let Some((_, _, cells)) = self.rows.iter_mut().find(|r| r.0 == node)
+            && cells[c].is_none()
+        {
+            cells[c] = Some(secs);
+        }
+    }
+
     pub fn get(&self, node: &str, column: &str) -> Option<f64> {
         let c = self.columns.iter().position(|x| *x == column)?;
         self.rows.iter().find(|r| r.0 == node)?.2[c]

@@ -56,9 +56,6 @@ use bigv_test_guest::lines;
 use serde_json::Value;
 
 const SERVER: &str = "web1.default.acme";
-/// Consoles' addresses: on the boot LAN (10.0.0.0/24), above the brain's
-/// DHCP pool (.100–.200).
-const MANAGEMENT_RANGE: &str = "10.0.0.224/27";
 
 #[test]
 fn customer_flow_through_the_cli() {
@@ -143,10 +140,7 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     guest::operator_and_customer_setup(ctx.admin_cli, ctx.customer, ctx.guest);
     // Consoles' addresses: a management range on the boot LAN, above the
     // brain's DHCP pool; heads put a VM's address on their boot NIC.
-    ctx.admin_cli
-        .run(&["admin", "add", "vlan", "9", "--usage-type", "management"]);
-    ctx.admin_cli
-        .run(&["admin", "add", "ip", "range", MANAGEMENT_RANGE, "9"]);
+    guest::management_setup(ctx.admin_cli);
 
     // What crosses the head's three taps: VM traffic (tagged) belongs on
     // the public LAN only.

@@ -1,35 +1,69 @@
 //! Scenario 4 of issue 8, "live migration of a disc between tails while
 //! the guest writes": a real brain, a head and two tails PXE-booted from
 //! it (each tail with a blank data disc served as a `sata` pool), a
-//! customer VM from the test guest with its disc on one tail; then, as an
-//! operator, `bigv reset server` and at once `bigv admin migrate disc NAME
-//! disc-1` (the real CLI, waiting for the operation) →
+//! customer VM from the test guest with its disc on one tail and an SSH
+//! console on a management address. Then:
 //!
-//! - the guest's boot during the copy writes its 1 MiB pattern, syncs,
-//!   drops its caches and reads it back: `DISC OK` naming the first boot
-//!   as the writer of what it found, and no I/O error on its console;
-//! - the disc is then in the other tail's pool (the brain's pool lists);
-//! - sparseness kept: the destination pool's free space drops by the
-//!   disc's data (template and patterns, < 200 MiB), not its 1 GiB;
-//! - a second reset, now served only by the new tail: `DISC OK` naming the
-//!   boot that wrote during the migration (the data verifies after).
+//! 1. the customer logs in to the VM's SSH console (OpenSSH, the BigV
+//!    password) and types a writer on the guest's serial console (its
+//!    `sh` command, busybox's shell): round after round it takes 1 MiB
+//!    from `/dev/urandom`, writes it with direct I/O and an fsync into
+//!    the next of [`SLOTS`] 1 MiB slots of the disc's data region, and
+//!    prints `W <round> <slot> <md5>` (`WFAIL …` if a write fails), until
+//!    a stop file appears;
+//! 2. once every slot was written, the operator runs `bigv admin migrate
+//!    disc NAME disc-1` (the real CLI, waiting for the operation) while
+//!    the writer goes on (the copy, the template's data and the 64 MiB of
+//!    slots, and the handover take about a second, in which a writer
+//!    round of ~0.1 s runs several times);
+//! 3. the writer wrote before the command, while it ran and after it
+//!    returned (each `W` line's arrival on the console timed against the
+//!    command), no write failed, the guest's console shows no `I/O
+//!    error`, and, stopped by `touch /tmp/stop`, the writer exits 0;
+//! 4. the disc is in the other tail's pool (the brain's pool lists), and
+//!    every slot read back with direct I/O, now served by the new tail
+//!    only, has the md5 of the last data written to it: checksums match;
+//! 5. sparseness kept: the destination pool's free space drops by the
+//!    disc's data (template and slots, < 200 MiB), not its 1 GiB;
+//! 6. a reset, the guest booting from the disc on the new tail: `DISC OK`
+//!    naming the first boot as the writer of the boot pattern (the first
+//!    MiB of the data region, which the writer's slots stay clear of).
 //!
-//! The guest writes at boot (its `disc` serial command cannot be typed
-//! through a head yet), so "while the guest writes" is the reboot's
-//! write-and-verify racing the copy. Prints the migration's total time.
+//! Earlier the guest could not be typed to through a head, and the test
+//! raced a reboot's 1 MiB pattern write against the copy instead; the
+//! writer supersedes it (the copy is longer, and writes go on through the
+//! whole migration, not only around the handover). Prints the timings.
 //!
-//! Slow: runs only with BIGV_SLOW_TESTS=1; needs what `customer.rs` needs.
+//! Slow: runs only with BIGV_SLOW_TESTS=1; needs what `customer.rs` needs
+//! (and OpenSSH's client).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bigv_qemu_tests::brain::Admin;
 use bigv_qemu_tests::cluster::{NodeSpec, until};
+use bigv_qemu_tests::console::{MAX_LINE, Session};
 use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, boot, guest_lines};
 use bigv_qemu_tests::timings::Timings;
-use bigv_test_guest::lines;
+use bigv_test_guest::{layout, lines};
 use serde_json::Value;
 
 const SERVER: &str = "store1.default.acme";
+/// The customer's disc, MiB.
+const DISC_MIB: u64 = 1024;
+/// The writer's slots: [`SLOTS`] slots of 1 MiB from MiB
+/// [`FIRST_SLOT_MIB`] of the disc. Inside the data region (from 41 MiB),
+/// well clear of its first MiB (the boot pattern) and of its last sector
+/// (the firstboot marker), and past the template's 64 MiB: the slots are
+/// holes until written.
+const FIRST_SLOT_MIB: u64 = 128;
+const SLOTS: u64 = 64;
+/// The writer stops by itself after this many rounds, whatever happens.
+const MAX_ROUNDS: u64 = 3000;
+/// Writes seen after the command returned before the writer is stopped.
+const WRITES_AFTER: usize = 3;
+/// The longest a write may wait (the copy's pause at the handover, a
+/// reconnect to the new tail); over it, the guest's I/O stalled.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn disc_migrates_live_between_tails() {
@@ -72,11 +106,24 @@ fn disc_migrates_live_between_tails() {
         .await;
         eprintln!("pools: {pools}");
         guest::operator_and_customer_setup(&admin_cli, &alice, &guest);
-        let mut t = Timings::titled("disc migration (s after the command)", &["done", "disc ok"]);
+        guest::management_setup(&admin_cli);
+        let mut t = Timings::titled(
+            "step (s after its start)",
+            &["done", "disc ok", "1st write", "max gap"],
+        );
         t.row("add server", Instant::now());
         alice.run(&[
-            "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1",
-            "--disc", "1G",
+            "add",
+            "server",
+            SERVER,
+            "--image",
+            TEMPLATE,
+            "--memory",
+            "256M",
+            "--cores",
+            "1",
+            "--disc",
+            &format!("{DISC_MIB}M"),
         ]);
         let head = &cluster.nodes[0].vm;
         let first = until(
@@ -89,37 +136,113 @@ fn disc_migrates_live_between_tails() {
         t.mark("add server", "disc ok");
         assert!(first.1.contains(lines::DISC_OK), "{}", first.1);
         let id1 = lines::boot_id(&first.0).unwrap().to_owned();
+        let dev = lines::field(&first.1, lines::DISC_OK, "dev")
+            .unwrap_or_else(|| panic!("no dev in {}", first.1))
+            .to_owned();
+        // The slots are inside the data region, clear of the boot
+        // pattern's MiB and of the last sector.
+        let data_start_mib = (u64::from(layout::data_start()) * layout::SECTOR) >> 20;
+        assert!(FIRST_SLOT_MIB > data_start_mib + 1 && FIRST_SLOT_MIB + SLOTS < DISC_MIB);
         let before = tail_of_disc(&admin).await;
         eprintln!("first boot: {first:?}; the disc is on {before}");
+
+        // 1. The writer, typed on the SSH console.
+        let mut console = guest::console_session(&alice, SERVER, &id1);
+        let script = writer(&dev);
+        t.row("writer: every slot once", Instant::now());
+        console.type_line(&format!("sh {script}"));
+        let w = sh_number(&mut console, &script);
+        let prefilled = console.wait_until(
+            "the writer's first round over every slot",
+            Duration::from_secs(900),
+            |seen| {
+                let run = Run::of(seen, w);
+                run.fail_early();
+                (run.writes.len() as u64 >= SLOTS).then_some(run)
+            },
+        );
+        t.mark_at(
+            "writer: every slot once",
+            "1st write",
+            prefilled.writes[0].at,
+        );
+        t.mark("writer: every slot once", "done");
+        t.set(
+            "writer: every slot once",
+            "max gap",
+            prefilled.max_gap(None, None).as_secs_f64(),
+        );
+        let per_round = prefilled.writes[prefilled.writes.len() - 1]
+            .at
+            .duration_since(prefilled.writes[0].at)
+            / (prefilled.writes.len() as u32 - 1);
+        eprintln!("the writer wrote every slot once; a round takes {per_round:?}");
+
         // The other pool's free space before it holds the disc (MiB, from
         // the tail's statvfs): what the copy takes from it shows whether
         // the holes stayed holes.
         let (dest_pool, dest_free_before) = other_pool(&admin).await;
 
-        // Reboot the guest (it writes and verifies at boot) and migrate its
-        // disc meanwhile.
-        t.row("reset, migrate disc", Instant::now());
-        alice.run(&["reset", "server", SERVER]);
+        // 2. The migration, while the writer goes on.
+        t.row("migrate disc", Instant::now());
+        let started = Instant::now();
         let out = admin_cli.run_all(&["admin", "migrate", "disc", SERVER, "disc-1"]);
-        t.mark("reset, migrate disc", "done");
+        let returned = Instant::now();
+        t.mark("migrate disc", "done");
         eprintln!("bigv admin migrate disc: {out}");
-        let second = until(
-            "the guest's DISC OK across the handover (a stall this long: the new tail's neighbour advertisement missing?)",
-            60,
-            &mut cluster.brain,
-            async || boot(head, 1).and_then(|(b, d)| Some((b, d?))),
-        )
-        .await;
-        t.mark("reset, migrate disc", "disc ok");
-        eprintln!("boot during the migration: {second:?}");
-        assert_eq!(
-            lines::field(&second.1, lines::DISC_OK, "previous"),
-            Some(id1.as_str()),
-            "{}",
-            second.1
+        let after = console.wait_until(
+            &format!("{WRITES_AFTER} writes after the migration returned"),
+            STALL_LIMIT * 2,
+            |seen| {
+                let run = Run::of(seen, w);
+                run.fail_early();
+                (run.writes.iter().filter(|x| x.at > returned).count() >= WRITES_AFTER)
+                    .then_some(run)
+            },
         );
-        let id2 = lines::boot_id(&second.0).unwrap().to_owned();
-        let after = until(
+        if let Some(x) = after.writes.iter().find(|x| x.at > started) {
+            t.mark_at("migrate disc", "1st write", x.at);
+        }
+        let gap = after.max_gap(Some(started), Some(returned));
+        t.set("migrate disc", "max gap", gap.as_secs_f64());
+
+        // 3. Stop the writer: it ends its round and exits 0 (no failure).
+        t.row("stop, read back", Instant::now());
+        console.type_line("sh touch /tmp/stop");
+        let run = console.wait_until("the writer's end", Duration::from_secs(120), |seen| {
+            let run = Run::of(seen, w);
+            run.exit.is_some().then_some(run)
+        });
+        eprintln!(
+            "the writer: {} writes, {} failures, {:?}, exit {:?}",
+            run.writes.len(),
+            run.failures.len(),
+            run.end,
+            run.exit
+        );
+        assert!(run.failures.is_empty(), "writes failed: {:#?}", run.failures);
+        assert_eq!(run.exit, Some(0), "the writer's status; {:?}", run.end);
+        let (pre, during, post) = (
+            run.writes.iter().filter(|x| x.at < started).count(),
+            run.writes
+                .iter()
+                .filter(|x| x.at >= started && x.at <= returned)
+                .count(),
+            run.writes.iter().filter(|x| x.at > returned).count(),
+        );
+        eprintln!(
+            "writes seen before the migrate command: {pre}, while it ran ({:.1} s): {during}, after it returned: {post}; the longest wait for a write across it: {gap:?}",
+            (returned - started).as_secs_f64()
+        );
+        assert!(
+            pre >= SLOTS as usize && during >= 1 && post >= WRITES_AFTER,
+            "the writes did not overlap the migration: {pre} before, {during} during, {post} after"
+        );
+        assert!(gap < STALL_LIMIT, "a write waited {gap:?}");
+        no_io_errors(head);
+
+        // 4. The disc is on the other tail, and serves what was written.
+        let moved_to = until(
             "the disc to be on the other tail",
             120,
             &mut cluster.brain,
@@ -129,11 +252,52 @@ fn disc_migrates_live_between_tails() {
             },
         )
         .await;
-        eprintln!("the disc moved from {before} to {after}");
+        eprintln!("the disc moved from {before} to {moved_to}");
+        let script = reader(&dev);
+        console.type_line(&format!("sh {script}"));
+        let r = sh_number(&mut console, &script);
+        let (read, status) =
+            console.wait_until("the read-back's end", Duration::from_secs(600), |seen| {
+                let mut read = vec![];
+                for (_, l) in seen {
+                    if let Some(status) = lines::sh_exit(l, r) {
+                        return Some((read, status));
+                    }
+                    if let Some(out) = lines::sh_out(l, r) {
+                        read.push(out.to_owned());
+                    }
+                }
+                None
+            });
+        t.mark("stop, read back", "done");
+        assert_eq!(status, 0, "the read-back: {read:#?}");
+        let last = run.last_per_slot();
+        assert_eq!(last.len() as u64, SLOTS, "every slot was written");
+        let mut checked = 0;
+        for line in &read {
+            let (slot, md5) = read_line(line).unwrap_or_else(|| panic!("reading back: {line}"));
+            let wrote = last
+                .get(&slot)
+                .unwrap_or_else(|| panic!("slot {slot} read back was never written"));
+            assert_eq!(
+                &md5, wrote,
+                "slot {slot} on the new tail differs from the last write to it"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, SLOTS, "every slot read back: {read:#?}");
+        eprintln!("all {SLOTS} slots read back from the new tail with the md5 last written");
+        assert!(
+            !console.text().contains("fell behind"),
+            "the console skipped output: {}",
+            console.text()
+        );
+        drop(console);
 
-        // Sparseness kept: the 1 GiB disc holds the template (64 MiB) and
-        // the guest's patterns; the destination pool loses about that,
-        // not the disc's size. (Tails report pools every 10 s.)
+        // 5. Sparseness kept: the 1 GiB disc holds the template (64 MiB,
+        // mostly holes) and the 64 MiB of slots; the destination pool
+        // loses about that, not the disc's size. (Tails report pools
+        // every 10 s.)
         until(
             "the destination pool's free space to show the copy",
             60,
@@ -144,41 +308,37 @@ fn disc_migrates_live_between_tails() {
             },
         )
         .await;
-        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let dest_free_after = pool_free(&admin, &dest_pool).await.expect("the pool");
         let taken = dest_free_before.saturating_sub(dest_free_after);
         eprintln!(
-            "pool {dest_pool}: {dest_free_before} MiB free before, {dest_free_after} MiB after: the copy took {taken} MiB of a 1024 MiB disc"
+            "pool {dest_pool}: {dest_free_before} MiB free before, {dest_free_after} MiB after: the copy took {taken} MiB of a {DISC_MIB} MiB disc"
         );
         assert!(
             taken <= SPARSE_LIMIT_MIB,
-            "the copy took {taken} MiB on the destination for a 1 GiB disc holding ~70 MiB: holes were filled"
+            "the copy took {taken} MiB on the destination for a 1 GiB disc holding ~80 MiB: holes were filled"
         );
 
-        // Served by the new tail alone: the pattern written during the
-        // migration is there.
+        // 6. A boot from the disc on the new tail alone: the boot pattern
+        // the first boot wrote is there.
         t.row("reset on the new tail", Instant::now());
         alice.run(&["reset", "server", SERVER]);
-        let third = until(
+        let second = until(
             "the guest's DISC OK on the new tail",
             300,
             &mut cluster.brain,
-            async || boot(head, 2).and_then(|(b, d)| Some((b, d?))),
+            async || boot(head, 1).and_then(|(b, d)| Some((b, d?))),
         )
         .await;
         t.mark("reset on the new tail", "disc ok");
-        eprintln!("boot on the new tail: {third:?}");
+        eprintln!("boot on the new tail: {second:?}");
         assert_eq!(
-            lines::field(&third.1, lines::DISC_OK, "previous"),
-            Some(id2.as_str()),
+            lines::field(&second.1, lines::DISC_OK, "previous"),
+            Some(id1.as_str()),
             "{}",
-            third.1
+            second.1
         );
-        let errors: Vec<String> = guest_lines(head)
-            .into_iter()
-            .filter(|l| l.contains("I/O error") || l.contains(lines::DISC_FAIL))
-            .collect();
-        assert!(errors.is_empty(), "the guest saw I/O errors: {errors:#?}");
+        no_io_errors(head);
         t
     });
     println!(
@@ -192,9 +352,154 @@ fn disc_migrates_live_between_tails() {
 }
 
 /// Most the destination pool may lose to the copy: the disc's data (the
-/// 64 MiB template plus 1 MiB patterns) with room for ext4's own
-/// bookkeeping, far under the disc's 1024 MiB.
+/// template's ~10 MiB of data, the boot pattern, the 64 MiB of slots)
+/// with room for ext4's own bookkeeping, far under the disc's 1024 MiB.
 const SPARSE_LIMIT_MIB: u64 = 200;
+
+/// The writer, for the guest's `sh` command (one line; busybox ash and
+/// busybox dd 1.35): round `i` writes fresh random data to slot
+/// `FIRST_SLOT_MIB + i % SLOTS` of `dev`, bypassing the page cache and
+/// flushed, and prints `W <i> <slot> <md5>`, or `WFAIL <i> <slot> <dd's
+/// message>`; it stops at `/tmp/stop` or after [`MAX_ROUNDS`], prints
+/// `WEND rounds=… failed=…` and exits 0 only if no write failed.
+fn writer(dev: &str) -> String {
+    format!(
+        "mkdir -p /tmp; rm -f /tmp/stop; i=0; f=0; \
+         while [ $i -lt {MAX_ROUNDS} ] && [ ! -e /tmp/stop ]; do s=$(({FIRST_SLOT_MIB}+i%{SLOTS})); \
+         if dd if=/dev/urandom of=/tmp/w bs=1M count=1 iflag=fullblock 2>/tmp/e \
+         && dd if=/tmp/w of={dev} bs=1M seek=$s oflag=direct conv=fsync,notrunc 2>/tmp/e; \
+         then m=$(md5sum </tmp/w); echo W $i $s ${{m%% *}}; \
+         else f=$((f+1)); echo WFAIL $i $s $(cat /tmp/e); fi; i=$((i+1)); done; \
+         echo WEND rounds=$i failed=$f; [ $f = 0 ]"
+    )
+}
+
+/// Reads every slot back with direct I/O: `R <slot> <md5>` each, or
+/// `RFAIL <slot> <dd's message>` (and exits 1).
+fn reader(dev: &str) -> String {
+    let last = FIRST_SLOT_MIB + SLOTS - 1;
+    format!(
+        "f=0; for s in $(seq {FIRST_SLOT_MIB} {last}); do \
+         if dd if={dev} of=/tmp/r bs=1M count=1 skip=$s iflag=direct 2>/tmp/e; \
+         then m=$(md5sum </tmp/r); echo R $s ${{m%% *}}; \
+         else f=1; echo RFAIL $s $(cat /tmp/e); fi; done; [ $f = 0 ]"
+    )
+}
+
+/// The number of the guest's `sh` command that runs `script`.
+fn sh_number(console: &mut Session, script: &str) -> u64 {
+    console.wait_until("the command's SH-START", Duration::from_secs(60), |seen| {
+        seen.iter().find_map(|(_, l)| lines::sh_started(l, script))
+    })
+}
+
+/// One write the writer reported, and when its line arrived.
+#[derive(Debug, Clone)]
+struct Written {
+    at: Instant,
+    slot: u64,
+    md5: String,
+}
+
+/// What the writer (`sh` command `n`) showed so far.
+#[derive(Debug, Default)]
+struct Run {
+    writes: Vec<Written>,
+    failures: Vec<String>,
+    end: Option<String>,
+    exit: Option<i32>,
+}
+
+impl Run {
+    fn of(seen: &[(Instant, String)], n: u64) -> Run {
+        let mut run = Run::default();
+        for (at, l) in seen {
+            if let Some(status) = lines::sh_exit(l, n) {
+                run.exit = Some(status);
+            }
+            let Some(out) = lines::sh_out(l, n) else {
+                continue;
+            };
+            if let Some((slot, md5)) = write_line(out) {
+                run.writes.push(Written { at: *at, slot, md5 });
+            } else if out.starts_with("WEND") {
+                run.end = Some(out.to_owned());
+            } else {
+                run.failures.push(out.to_owned());
+            }
+        }
+        run
+    }
+
+    /// Panics at a failed write or the writer's end while it should run.
+    fn fail_early(&self) {
+        assert!(
+            self.failures.is_empty() && self.exit.is_none(),
+            "the writer: {self:#?}"
+        );
+    }
+
+    /// The longest wait between two consecutive writes, of those pairs
+    /// that overlap `from`…`to` (all without bounds): how long the guest's
+    /// writes stalled across a step.
+    fn max_gap(&self, from: Option<Instant>, to: Option<Instant>) -> Duration {
+        self.writes
+            .windows(2)
+            .filter(|w| from.is_none_or(|f| w[1].at > f) && to.is_none_or(|t| w[0].at < t))
+            .map(|w| w[1].at - w[0].at)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Each slot's md5 as last written.
+    fn last_per_slot(&self) -> std::collections::BTreeMap<u64, String> {
+        self.writes
+            .iter()
+            .map(|w| (w.slot, w.md5.clone()))
+            .collect()
+    }
+}
+
+/// `W <round> <slot> <md5>` → (slot, md5).
+fn write_line(out: &str) -> Option<(u64, String)> {
+    let mut words = out.split_whitespace();
+    let (Some("W"), Some(round), Some(slot), Some(md5), None) = (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) else {
+        return None;
+    };
+    round.parse::<u64>().ok()?;
+    Some((slot.parse().ok()?, md5_word(md5)?))
+}
+
+/// `R <slot> <md5>` → (slot, md5).
+fn read_line(out: &str) -> Option<(u64, String)> {
+    let mut words = out.split_whitespace();
+    let (Some("R"), Some(slot), Some(md5), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    Some((slot.parse().ok()?, md5_word(md5)?))
+}
+
+fn md5_word(w: &str) -> Option<String> {
+    (w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit())).then(|| w.to_owned())
+}
+
+/// Fails if the guest's console (as its head echoes it) shows an I/O
+/// error (the kernel's `I/O error, dev vda, …`) or a failed disc check.
+fn no_io_errors(head: &bigv_qemu_tests::vm::Vm) {
+    let errors: Vec<String> = guest_lines(head)
+        .into_iter()
+        .filter(|l| l.contains("I/O error") || l.contains(lines::DISC_FAIL))
+        .collect();
+    assert!(errors.is_empty(), "the guest saw I/O errors: {errors:#?}");
+}
 
 /// The pool that does not hold the disc: (name, free MiB).
 async fn other_pool(admin: &Admin) -> (String, u64) {
@@ -229,4 +534,63 @@ async fn tail_of_disc(admin: &Admin) -> String {
         .collect();
     assert_eq!(holding.len(), 1, "exactly one pool holds the disc: {pools}");
     format!("{} (pool {})", holding[0]["tail"], holding[0]["name"])
+}
+
+#[test]
+fn scripts_fit_the_serial_line_and_lines_parse() {
+    for script in [writer("/dev/vda"), reader("/dev/vda")] {
+        let typed = format!("sh {script}");
+        assert!(
+            typed.len() <= MAX_LINE,
+            "{} > {MAX_LINE}: {typed}",
+            typed.len()
+        );
+        assert!(!typed.contains(['\'', '"', '\n', '~']), "{typed}");
+    }
+    let md5 = "54936f9a966abc98040f4341ee41ac0e";
+    assert_eq!(
+        write_line(&format!("W 3 131 {md5}")),
+        Some((131, md5.to_owned()))
+    );
+    assert_eq!(write_line("W 3 131 nothex"), None);
+    assert_eq!(write_line("WFAIL 3 131 dd: error writing"), None);
+    assert_eq!(
+        read_line(&format!("R 131 {md5}")),
+        Some((131, md5.to_owned()))
+    );
+    assert_eq!(read_line("RFAIL 131 dd: can't open"), None);
+    let t0 = Instant::now();
+    let seen: Vec<(Instant, String)> = [
+        (0, "SH-START 2 x".to_owned()),
+        (1, format!("SH-OUT 2: W 0 128 {md5}")),
+        (4, format!("SH-OUT 3: W 0 999 {md5}")),
+        (5, format!("SH-OUT 2: W 1 129 {md5}")),
+        (
+            6,
+            "SH-OUT 2: WFAIL 2 130 dd: error writing '/dev/vda': I/O error".to_owned(),
+        ),
+        (7, "SH-OUT 2: WEND rounds=3 failed=1".to_owned()),
+        (7, "SH-EXIT 2 status=1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(s, l)| (t0 + Duration::from_secs(s), l))
+    .collect();
+    let run = Run::of(&seen, 2);
+    assert_eq!(run.writes.len(), 2);
+    assert_eq!(run.failures.len(), 1, "{run:?}");
+    assert_eq!(run.exit, Some(1));
+    assert_eq!(run.end.as_deref(), Some("WEND rounds=3 failed=1"));
+    assert_eq!(run.max_gap(None, None), Duration::from_secs(4));
+    assert_eq!(
+        run.max_gap(
+            Some(t0 + Duration::from_secs(2)),
+            Some(t0 + Duration::from_secs(3))
+        ),
+        Duration::from_secs(4)
+    );
+    assert_eq!(
+        run.max_gap(Some(t0 + Duration::from_secs(6)), None),
+        Duration::ZERO
+    );
+    assert_eq!(run.last_per_slot().len(), 2);
 }

@@ -460,26 +460,42 @@ fn dhcp_at_boot(con: Console) {
 static SH_COMMANDS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs one `sh` command with busybox's shell, its output and status on
-/// the console (`lines::SH_*`).
+/// the console (`lines::SH_*`). Output lines are printed as they come, so
+/// a long-running command (a writer loop) is seen while it runs.
 fn shell(con: Console, n: u64, command: &str) {
-    let out = std::process::Command::new("/bin/busybox")
+    let child = std::process::Command::new("/bin/busybox")
         .args(["sh", "-c", &format!("exec 2>&1; {command}")])
         .env("PATH", "/bin")
         .stdin(std::process::Stdio::null())
-        .output();
-    match out {
-        Ok(out) => {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                say(&con, &format!("{}{n}: {line}", lines::SH_OUT));
-            }
-            let code = out.status.code().unwrap_or(-1);
-            say(&con, &format!("{}{n} status={code}", lines::SH_EXIT));
-        }
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
         Err(e) => {
             say(&con, &format!("{}{n}: /bin/busybox: {e}", lines::SH_OUT));
             say(&con, &format!("{}{n} status=127", lines::SH_EXIT));
+            return;
+        }
+    };
+    if let Some(out) = child.stdout.take() {
+        let mut reader = BufReader::new(out);
+        let mut line = Vec::new();
+        // Until every writer (the shell and what it started) closed it.
+        while reader.read_until(b'\n', &mut line).is_ok_and(|got| got > 0) {
+            let text = String::from_utf8_lossy(&line);
+            say(
+                &con,
+                &format!(
+                    "{}{n}: {}",
+                    lines::SH_OUT,
+                    text.trim_end_matches(['\n', '\r'])
+                ),
+            );
+            line.clear();
         }
     }
+    let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+    say(&con, &format!("{}{n} status={code}", lines::SH_EXIT));
 }
 
 fn commands(con: Console, input: File, boot_id: &str) {
