@@ -57,10 +57,29 @@ pub fn guest_lines(head: &Vm) -> Vec<String> {
         .collect()
 }
 
+/// One VM's lines among the head's echoes: the agent ends each with
+/// `vm=<the VM's id>` (the brain's server id), so scenarios with several
+/// VMs on a head tell them apart.
+pub fn vm_lines(head: &Vm, vm: u64) -> Vec<String> {
+    let tag = format!(" vm={vm}");
+    guest_lines(head)
+        .into_iter()
+        .filter(|l| l.trim_end().ends_with(&tag))
+        .collect()
+}
+
 /// The `n`th (0-based) boot of the guest on the head's console: its boot
 /// line and, once there, its `DISC OK`/`DISC FAIL` line.
 pub fn boot(head: &Vm, n: usize) -> Option<(String, Option<String>)> {
-    let lines = guest_lines(head);
+    boot_in(&guest_lines(head), n)
+}
+
+/// [`boot`] of one VM ([`vm_lines`]).
+pub fn boot_of(head: &Vm, vm: u64, n: usize) -> Option<(String, Option<String>)> {
+    boot_in(&vm_lines(head, vm), n)
+}
+
+fn boot_in(lines: &[String], n: usize) -> Option<(String, Option<String>)> {
     let starts: Vec<usize> = lines
         .iter()
         .enumerate()
@@ -230,6 +249,14 @@ pub async fn disc_check_by_keys(admin: &Admin, server: &str) {
 /// The guest's `TICK` lines on the head's console: `(n, uptime)`.
 pub fn ticks(head: &Vm) -> Vec<(u64, f64)> {
     guest_lines(head)
+        .iter()
+        .filter_map(|l| lines::tick(l))
+        .collect()
+}
+
+/// [`ticks`] of one VM ([`vm_lines`]).
+pub fn ticks_of(head: &Vm, vm: u64) -> Vec<(u64, f64)> {
+    vm_lines(head, vm)
         .iter()
         .filter_map(|l| lines::tick(l))
         .collect()

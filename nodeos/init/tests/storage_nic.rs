@@ -29,10 +29,7 @@ fn the_storage_nic_gets_the_nodes_address_usable_at_once() {
             prefix: "fd00:5::".parse().unwrap(),
         };
         let net = Net::connect().unwrap();
-        let (nic, address) = net
-            .storage_up(&lan, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let (nic, address) = net.storage_up(&lan, Duration::from_secs(2)).await.unwrap();
         assert_eq!(nic.name, "stor0");
         assert_eq!(address, lan.address(mac));
 
@@ -42,7 +39,10 @@ fn the_storage_nic_gets_the_nodes_address_usable_at_once() {
             .find(|l| l.contains(&format!("{address}/64")))
             .unwrap_or_else(|| panic!("no {address}/64 on stor0: {shown}"));
         // Not tentative: bindable now, as the agents need at start.
-        assert!(line.contains("nodad") && !line.contains("tentative"), "{line}");
+        assert!(
+            line.contains("nodad") && !line.contains("tentative"),
+            "{line}"
+        );
         std::net::UdpSocket::bind((address, 0)).expect("the address is bindable at once");
         // Every disc address is on-link through the storage NIC.
         let route = ip(&["-6", "route", "get", "fd00:5::2a"]);
