@@ -148,6 +148,12 @@ impl Vm {
         }
     }
 
+    /// Power-cycles the machine: QMP `system_reset`, the reset button. It
+    /// boots again from scratch (network boot), as after a power cut.
+    pub fn power_cycle(&self) {
+        self.qmp(r#"{"execute":"system_reset"}"#);
+    }
+
     /// Runs one QMP command; panics unless qemu answers `return`.
     fn qmp(&self, command: &str) {
         use std::io::{BufRead, BufReader, Write};
