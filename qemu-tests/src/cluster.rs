@@ -8,6 +8,11 @@
 //! what it cares about between them; [`Cluster::bring_up`] runs them all.
 //! Dropping a cluster powers the machines off, stops the brain and deletes
 //! the namespace, in that order.
+//!
+//! A node racked with [`NodeSpec::no_reboot`] powers off when it reboots;
+//! [`Cluster::power_on_again`] boots it again by PXE or from files the
+//! test picks ([`direct_boot`]: any image's kernel and initrds with the
+//! command line the brain's script gives the machine).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,9 +21,9 @@ use serde_json::{Value, json};
 
 use crate::brain::{self, Admin, BrainProcess};
 use crate::logs::Logs;
-use crate::netns::Netns;
+use crate::netns::{BRAIN_ADDRESS, Netns};
 use crate::timings::Timings;
-use crate::vm::{Vm, VmSpec};
+use crate::vm::{DirectBoot, Vm, VmSpec};
 
 /// The milestones of every node's row in [`Cluster::timings`].
 pub const COLUMNS: [&str; 4] = ["dhcp", "spine join", "accepted", "ready"];
@@ -63,6 +68,10 @@ pub struct NodeSpec {
     /// Registered with the machine: `NAME:GRADE:/DIR`, `DEV:/DIR[:format]`.
     pub pools: Vec<String>,
     pub discs: Vec<String>,
+    /// qemu `-no-reboot`: when the node reboots its qemu exits, and the
+    /// test powers it on again ([`Cluster::power_on_again`]). Off (every
+    /// constructor's default) it reboots by itself and network-boots.
+    pub no_reboot: bool,
 }
 
 impl NodeSpec {
@@ -77,6 +86,7 @@ impl NodeSpec {
             data_disc_mib: None,
             pools: vec![],
             discs: vec![],
+            no_reboot: false,
         }
     }
 
@@ -90,6 +100,7 @@ impl NodeSpec {
             data_disc_mib: None,
             pools: vec![],
             discs: vec![],
+            no_reboot: false,
         }
     }
 
@@ -101,6 +112,14 @@ impl NodeSpec {
             pools: vec!["sata1:sata:/srv/sata1".into()],
             discs: vec!["vda:/srv/sata1:format".into()],
             ..NodeSpec::tail(n)
+        }
+    }
+
+    /// The same machine, powering off instead of rebooting.
+    pub fn no_reboot(self) -> NodeSpec {
+        NodeSpec {
+            no_reboot: true,
+            ..self
         }
     }
 
@@ -154,6 +173,8 @@ pub const PUBLIC_NIC: &str = "eth2";
 pub struct Node {
     pub spec: NodeSpec,
     pub vm: Vm,
+    tap: String,
+    disc: Option<PathBuf>,
 }
 
 impl Node {
@@ -265,15 +286,50 @@ impl Cluster {
                 direct: None,
                 data_disc: disc.as_deref(),
                 more_nics: &more_nics,
+                no_reboot: spec.no_reboot,
             },
             &logs.file(&format!("{name}-serial.log")),
             &logs.file(&format!("{name}-qemu.log")),
         );
         eprintln!("{name} powered on: qemu pid {}", vm.pid());
-        let node = Node { spec, vm };
+        let node = Node {
+            spec,
+            vm,
+            tap,
+            disc,
+        };
         self.timings.row(&node.row(), node.vm.powered_on);
         self.nodes.push(node);
         self.nodes.last().unwrap()
+    }
+
+    /// Powers node `i` on again after its qemu exited (a reboot with
+    /// [`NodeSpec::no_reboot`]): PXE as it first booted, or `direct`. Its
+    /// console goes on in the same file; its timings row is left as is.
+    pub fn power_on_again(&mut self, i: usize, direct: Option<&DirectBoot>) {
+        let n = &mut self.nodes[i];
+        let more_nics = n.spec.more_nics(&self.ns, i);
+        let spec = VmSpec {
+            mac: &n.spec.mac,
+            tap: &n.tap,
+            memory_mib: n.spec.memory_mib,
+            cpu: n.spec.cpu(),
+            direct,
+            data_disc: n.disc.as_deref(),
+            no_reboot: n.spec.no_reboot,
+            more_nics: &more_nics,
+        };
+        n.vm.power_on_again(&self.ns, &spec);
+        eprintln!(
+            "{} powered on again ({}): qemu pid {}",
+            n.row(),
+            if direct.is_some() {
+                "direct boot"
+            } else {
+                "PXE"
+            },
+            n.vm.pid()
+        );
     }
 
     /// Waits until every machine is online on the spine; returns each
@@ -386,6 +442,60 @@ impl Cluster {
         self.wait_joined(admin).await;
         self.accept_all(admin).await;
         self.wait_ready(admin).await
+    }
+}
+
+/// The brain's boot HTTP server: `--boot-address`, port 80 by default.
+const BOOT_HTTP_PORT: u16 = 80;
+
+/// What iPXE would load on machine `mac` of `role` now, for qemu to load
+/// itself: the command line of the brain's script for it (which the
+/// brain records as served, as when iPXE fetches it), with the kernel
+/// and initrds of the image in folder `image` — the one the script names,
+/// or another to boot a machine on a stale image. The initrds are
+/// concatenated into `scratch/initrd-<role>` (overwritten by the next
+/// call for that role: qemu reads it when it starts). Call it inside the
+/// namespace.
+pub async fn direct_boot(mac: &str, role: Role, image: &Path, scratch: &Path) -> DirectBoot {
+    let url = format!("http://{BRAIN_ADDRESS}:{BOOT_HTTP_PORT}/boot/{mac}/boot.ipxe");
+    let http = reqwest::Client::new();
+    // The boot services see a newly registered machine within a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let script = loop {
+        match http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+        {
+            Ok(r) => break r.text().await.expect("the iPXE script"),
+            Err(e) if Instant::now() > deadline => panic!("GET {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let kernel_line = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .unwrap_or_else(|| panic!("no kernel line in the script:\n{script}"));
+    // `kernel URL ARGS… || goto failed`; iPXE would fill in its NIC's MAC.
+    let cmdline = kernel_line
+        .split_once(" || ")
+        .map_or(kernel_line, |(a, _)| a)
+        .split_whitespace()
+        .skip(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("${netX/mac}", mac);
+    let mut initrd = std::fs::read(image.join("initrd")).expect("the image's initrd");
+    if role == Role::Head {
+        initrd.extend(std::fs::read(image.join("initrd-head")).expect("initrd-head"));
+    }
+    let initrd_path = scratch.join(format!("initrd-{}", role.name()));
+    std::fs::write(&initrd_path, initrd).expect("writing the combined initrd");
+    DirectBoot {
+        kernel: image.join("vmlinuz"),
+        initrd: initrd_path,
+        cmdline,
     }
 }
 

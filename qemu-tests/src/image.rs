@@ -16,7 +16,13 @@ pub fn build_cached() -> (PathBuf, String) {
 /// upgrade's target: the same binaries, a new version string (which init
 /// reports on the spine, so the brain can tell the two apart).
 pub fn build_next() -> (PathBuf, String) {
-    build_variant(Some("next"))
+    build_suffixed("next")
+}
+
+/// The same image under version `<version>-<suffix>` (`[A-Za-z0-9._-]`):
+/// a further upgrade target after [`build_next`], e.g. `v3`.
+pub fn build_suffixed(suffix: &str) -> (PathBuf, String) {
+    build_variant(Some(suffix))
 }
 
 fn build_variant(suffix: Option<&str>) -> (PathBuf, String) {

@@ -4,6 +4,11 @@
 //! or, to compare against, the same machine booted directly with
 //! `-kernel/-initrd` — its serial console written to a file. Killed by PID
 //! on drop.
+//!
+//! A machine with [`VmSpec::no_reboot`] powers off instead of rebooting
+//! (qemu exits); [`Vm::power_on_again`] starts it anew, by PXE or
+//! directly, the console appended to the same file so the whole history
+//! stays readable in one place.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -21,6 +26,11 @@ pub struct VmSpec<'a> {
     pub direct: Option<&'a DirectBoot>,
     /// A raw file attached as the machine's (virtio) data disc: `vda`.
     pub data_disc: Option<&'a Path>,
+    /// `-no-reboot`: a guest reboot makes qemu exit, and the harness
+    /// decides how the machine boots next ([`Vm::power_on_again`]), as
+    /// with a machine whose boot source the test controls. Off: a node
+    /// reboots as a real one does, onto whatever the network gives it.
+    pub no_reboot: bool,
     /// NICs after the boot one, as (tap, MAC): `eth1`, `eth2`… in the
     /// machine, in this order.
     pub more_nics: &'a [(String, String)],
@@ -37,9 +47,10 @@ pub struct DirectBoot {
 
 pub struct Vm {
     child: Child,
+    /// The console of every power-on, in order.
     pub serial: PathBuf,
-    /// qemu's QMP socket (next to the serial log): [`Vm::set_link`].
-    pub qmp: PathBuf,
+    stderr: PathBuf,
+    /// The latest power-on.
     pub powered_on: Instant,
     /// Its NICs' qemu ids, `nic0` (boot) first.
     nics: Vec<String>,
@@ -47,77 +58,33 @@ pub struct Vm {
 
 impl Vm {
     /// Powers the machine on; `serial` receives its console, `stderr`
-    /// qemu's own messages.
+    /// qemu's own messages (both started afresh).
     pub fn power_on(ns: &Netns, spec: &VmSpec, serial: &Path, stderr: &Path) -> Vm {
-        let mut cmd = ns.exec("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-smp", "1"])
-            .args(["-m", &spec.memory_mib.to_string()]);
-        if let Some(cpu) = spec.cpu {
-            cmd.args(["-cpu", cpu]);
-        }
-        let err = std::fs::File::create(stderr).expect("qemu's stderr file");
-        cmd
-            // -nographic (not -display none) is what turns on SeaBIOS's and
-            // iPXE's serial console: the DHCP and script lines are there.
-            // No -no-reboot: a node reboots as a real one does (a rolling
-            // upgrade reboots every node onto the new image).
-            .args(["-nographic", "-nodefaults"]);
-        match spec.direct {
-            None => cmd.args(["-boot", "n"]),
-            Some(d) => cmd
-                .arg("-kernel")
-                .arg(&d.kernel)
-                .arg("-initrd")
-                .arg(&d.initrd)
-                .args(["-append", &d.cmdline]),
-        };
-        if let Some(disc) = spec.data_disc {
-            cmd.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio,cache=unsafe",
-                disc.display()
-            ));
-        }
-        let qmp = serial.with_extension("qmp");
-        let _ = std::fs::remove_file(&qmp);
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        cmd.arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
-            ])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,id=nic0,mac={}", spec.mac),
-            ]);
-        let mut nics = vec!["nic0".to_owned()];
-        for (i, (tap, mac)) in spec.more_nics.iter().enumerate() {
-            let i = i + 1;
-            cmd.args([
-                "-netdev",
-                &format!("tap,id=n{i},ifname={tap},script=no,downscript=no"),
-            ])
-            // No ROM: only the boot NIC network-boots.
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n{i},id=nic{i},mac={mac},romfile="),
-            ]);
-            nics.push(format!("nic{i}"));
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("qemu-system-x86_64 (tools/setup-host.sh installs it)");
+        let _ = std::fs::remove_file(serial);
+        let _ = std::fs::remove_file(stderr);
         Vm {
-            child,
+            child: launch(ns, spec, serial, stderr),
             serial: serial.to_owned(),
-            qmp,
+            stderr: stderr.to_owned(),
             powered_on: Instant::now(),
-            nics,
+            nics: nic_ids(spec),
         }
+    }
+
+    /// Powers the machine on again after its qemu exited (a guest reboot
+    /// with [`VmSpec::no_reboot`]), as `spec` says this time: its console
+    /// and qemu's messages go on in the same files. Panics if qemu still
+    /// runs.
+    pub fn power_on_again(&mut self, ns: &Netns, spec: &VmSpec) {
+        assert!(
+            self.exited(),
+            "{}: powering on a machine whose qemu (pid {}) still runs",
+            spec.mac,
+            self.pid()
+        );
+        self.child = launch(ns, spec, &self.serial, &self.stderr);
+        self.powered_on = Instant::now();
+        self.nics = nic_ids(spec);
     }
 
     /// The console so far (lossy UTF-8).
@@ -129,7 +96,8 @@ impl Vm {
         self.console().contains(needle)
     }
 
-    /// Whether qemu has exited (it never should in these scenarios).
+    /// Whether qemu has exited: the machine powered off, crashed, or (with
+    /// [`VmSpec::no_reboot`]) rebooted.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
@@ -157,8 +125,9 @@ impl Vm {
     /// Runs one QMP command; panics unless qemu answers `return`.
     fn qmp(&self, command: &str) {
         use std::io::{BufRead, BufReader, Write};
-        let sock = std::os::unix::net::UnixStream::connect(&self.qmp)
-            .unwrap_or_else(|e| panic!("QMP {}: {e}", self.qmp.display()));
+        let path = qmp_socket(&self.serial);
+        let sock = std::os::unix::net::UnixStream::connect(&path)
+            .unwrap_or_else(|e| panic!("QMP {}: {e}", path.display()));
         sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .expect("a read timeout");
         let mut reader = BufReader::new(sock.try_clone().expect("the QMP socket"));
@@ -187,6 +156,95 @@ impl Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Its NICs' qemu ids: `nic0` (boot), then one per [`VmSpec::more_nics`].
+fn nic_ids(spec: &VmSpec) -> Vec<String> {
+    (0..=spec.more_nics.len())
+        .map(|i| format!("nic{i}"))
+        .collect()
+}
+
+/// qemu's QMP socket, next to the serial log: [`Vm::set_link`].
+fn qmp_socket(serial: &Path) -> PathBuf {
+    serial.with_extension("qmp")
+}
+
+/// Starts qemu for `spec`, appending to `serial` and `stderr`.
+fn launch(ns: &Netns, spec: &VmSpec, serial: &Path, stderr: &Path) -> Child {
+    let mut cmd = ns.exec("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-smp", "1"])
+        .args(["-m", &spec.memory_mib.to_string()]);
+    if let Some(cpu) = spec.cpu {
+        cmd.args(["-cpu", cpu]);
+    }
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr)
+        .expect("qemu's stderr file");
+    // -nographic (not -display none) is what turns on SeaBIOS's and
+    // iPXE's serial console: the DHCP and script lines are there.
+    cmd.args(["-nographic", "-nodefaults"]);
+    if spec.no_reboot {
+        cmd.arg("-no-reboot");
+    }
+    match spec.direct {
+        None => cmd.args(["-boot", "n"]),
+        Some(d) => cmd
+            .arg("-kernel")
+            .arg(&d.kernel)
+            .arg("-initrd")
+            .arg(&d.initrd)
+            .args(["-append", &d.cmdline]),
+    };
+    if let Some(disc) = spec.data_disc {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
+            disc.display()
+        ));
+    }
+    let qmp = qmp_socket(serial);
+    let _ = std::fs::remove_file(&qmp);
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    // Appended, so a machine powered on again keeps its earlier boots'
+    // console in the same file (scenarios read the whole history).
+    cmd.args([
+        "-chardev",
+        // (qemu's option syntax: a comma in a value is written twice)
+        &format!(
+            "file,id=serial0,path={},append=on",
+            serial.display().to_string().replace(',', ",,")
+        ),
+        "-serial",
+        "chardev:serial0",
+    ]);
+    cmd.args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+    ])
+    .args([
+        "-device",
+        &format!("virtio-net-pci,netdev=n0,id=nic0,mac={}", spec.mac),
+    ]);
+    for (i, (tap, mac)) in spec.more_nics.iter().enumerate() {
+        let i = i + 1;
+        cmd.args([
+            "-netdev",
+            &format!("tap,id=n{i},ifname={tap},script=no,downscript=no"),
+        ])
+        // No ROM: only the boot NIC network-boots.
+        .args([
+            "-device",
+            &format!("virtio-net-pci,netdev=n{i},id=nic{i},mac={mac},romfile="),
+        ]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("qemu-system-x86_64 (tools/setup-host.sh installs it)")
 }
 
 impl Drop for Vm {

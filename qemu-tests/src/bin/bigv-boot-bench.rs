@@ -15,9 +15,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bigv_qemu_tests::brain::Admin;
-use bigv_qemu_tests::cluster::{Cluster, NodeSpec, Role};
+use bigv_qemu_tests::cluster::{Cluster, NodeSpec, Role, direct_boot};
 use bigv_qemu_tests::logs::Logs;
-use bigv_qemu_tests::netns::BRAIN_ADDRESS;
 use bigv_qemu_tests::vm::{DirectBoot, Vm, VmSpec};
 use clap::Parser;
 use serde_json::json;
@@ -32,8 +31,6 @@ struct Args {
 
 /// One boot under TCG; far above the ~20 s seen here.
 const LIMIT: Duration = Duration::from_secs(300);
-/// The brain's boot HTTP server: `--boot-address`, port 80 by default.
-const BOOT_HTTP_PORT: u16 = 80;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -89,7 +86,6 @@ async fn bench(
         )
         .await;
     cluster.wait_for_target_image(&admin).await;
-    let http = reqwest::Client::new();
     let mut rows = vec![];
     let mut n = 0u32;
     for role in [Role::Tail, Role::Head] {
@@ -113,7 +109,7 @@ async fn bench(
                 let boot = if by_pxe {
                     None
                 } else {
-                    Some(direct_boot(&http, cluster, &spec, role, scratch).await)
+                    Some(direct_boot(&spec.mac, role, &cluster.image, scratch).await)
                 };
                 let secs = boot_once(cluster, &admin, logs, &spec, boot.as_ref()).await;
                 eprintln!(
@@ -128,59 +124,6 @@ async fn bench(
         rows.push((role.name(), median(&mut pxe), median(&mut direct)));
     }
     rows
-}
-
-/// The kernel, initrds and command line the brain's iPXE script names for
-/// this machine, for qemu to load itself.
-async fn direct_boot(
-    http: &reqwest::Client,
-    cluster: &Cluster,
-    spec: &NodeSpec,
-    role: Role,
-    scratch: &Path,
-) -> DirectBoot {
-    let url = format!(
-        "http://{BRAIN_ADDRESS}:{BOOT_HTTP_PORT}/boot/{}/boot.ipxe",
-        spec.mac
-    );
-    // The boot services see a newly registered machine within a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let script = loop {
-        match http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-        {
-            Ok(r) => break r.text().await.expect("the iPXE script"),
-            Err(e) if std::time::Instant::now() > deadline => panic!("GET {url}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
-    let kernel_line = script
-        .lines()
-        .find(|l| l.starts_with("kernel "))
-        .unwrap_or_else(|| panic!("no kernel line in the script:\n{script}"));
-    // `kernel URL ARGS… || goto failed`; iPXE would fill in its NIC's MAC.
-    let args = kernel_line
-        .split_once(" || ")
-        .map_or(kernel_line, |(a, _)| a)
-        .split_whitespace()
-        .skip(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace("${netX/mac}", &spec.mac);
-    let mut initrd = std::fs::read(cluster.image.join("initrd")).expect("the image's initrd");
-    if role == Role::Head {
-        initrd.extend(std::fs::read(cluster.image.join("initrd-head")).expect("initrd-head"));
-    }
-    let initrd_path = scratch.join(format!("initrd-{}", role.name()));
-    std::fs::write(&initrd_path, initrd).expect("writing the combined initrd");
-    DirectBoot {
-        kernel: cluster.image.join("vmlinuz"),
-        initrd: initrd_path,
-        cmdline: args,
-    }
 }
 
 /// Powers the machine on, waits until it is online on the spine, powers
@@ -204,6 +147,7 @@ async fn boot_once(
             direct,
             data_disc: None,
             more_nics: &more_nics,
+            no_reboot: false,
         },
         &logs.file(&format!("{name}-serial.log")),
         &logs.file(&format!("{name}-qemu.log")),
