@@ -13,7 +13,9 @@
 //!   previous=<first boot id>`);
 //! - its network works before and after the move: a second VM, `peer1`,
 //!   on VLAN 5 too, answers its pings (typed on its SSH console, a new
-//!   login on the new head after the move). The peer stays on one head,
+//!   login on the new head after the move), and right after the move,
+//!   before it pings anything, the peer's pings reach it (the network
+//!   learnt where it went). The peer stays on one head,
 //!   so one of the two rounds crosses the public LAN between the heads,
 //!   tagged, and the other stays on a head's VLAN 5 bridge.
 //!
@@ -122,9 +124,12 @@ fn vm_migrates_live_between_heads() {
         let count = async |mac: &str| {
             admin.node("/admin/heads", mac).await.map(|h| h["running_virtual_machines_count"].clone())
         };
+        // The peer stays where it is: it counts on its head.
+        let peer_on = |i: usize| u64::from(i == peer_head);
         until("the VM to run on the other head only", 120, &mut cluster.brain, async || {
-            (count(&heads[dst]).await == Some(1.into()) && count(&heads[src]).await == Some(0.into()))
-                .then_some(())
+            (count(&heads[dst]).await == Some((1 + peer_on(dst)).into())
+                && count(&heads[src]).await == Some(peer_on(src).into()))
+            .then_some(())
         })
         .await;
         let src_ticks = ticks_of(&cluster.nodes[src].vm, vm);
@@ -140,6 +145,14 @@ fn vm_migrates_live_between_heads() {
             boot_of(&cluster.nodes[dst].vm, vm, 0).is_none(),
             "the guest booted again on the new head instead of migrating"
         );
+        // Reachable right after the move: the peer pings it first (the
+        // public LAN and the heads' bridges must know where it went before
+        // it sends anything itself).
+        let vm_ip = address_of(&alice, SERVER);
+        let mut peer_console = guest::console_session(&alice, PEER, lines::BOOT);
+        let inbound = ping(&mut peer_console, 1, &vm_ip);
+        eprintln!("the peer's ping to it right after the move: {inbound}");
+        drop(peer_console);
         // Its network, after the move: its console is on the new head now.
         let mut console = guest::console_session(&alice, SERVER, &id1);
         let after = ping(&mut console, 2, &peer_ip);
