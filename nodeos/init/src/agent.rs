@@ -168,9 +168,25 @@ mod tests {
         Storage::BootLan { ipv6 }
     }
 
+    /// The environment for `cmdline` running image `version`, the boot
+    /// NIC `nic()` leased 10.0.2.15, as a map.
+    fn env_of(
+        cmdline: &str,
+        version: &str,
+        storage: &Storage,
+    ) -> std::collections::BTreeMap<String, String> {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let c = parse(&format!(
+            "bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} {cmdline}"
+        ))
+        .unwrap();
+        agent_env(&c, version, &nic(), Ipv4Addr::new(10, 0, 2, 15), storage)
+            .into_iter()
+            .collect()
+    }
+
     #[test]
     fn a_storage_lan_of_its_own_gives_both_roles_its_nic_and_address() {
-        let pin = format!("sha256:{}", "ab".repeat(32));
         let own = Storage::Own {
             nic: Nic {
                 index: 3,
@@ -180,14 +196,7 @@ mod tests {
             address: "fd00:5::fffe:5254:8f:101".parse().unwrap(),
         };
         for role in ["head", "tail"] {
-            let c = parse(&format!(
-                "bigv.role={role} bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
-            ))
-            .unwrap();
-            let env: std::collections::BTreeMap<_, _> =
-                agent_env(&c, "7", &nic(), Ipv4Addr::new(10, 0, 2, 15), &own)
-                    .into_iter()
-                    .collect();
+            let env = env_of(&format!("bigv.role={role}"), "7", &own);
             assert_eq!(
                 env["BIGV_STORAGE_ADDRESS"], "fd00:5::fffe:5254:8f:101",
                 "{role}"
@@ -206,23 +215,10 @@ mod tests {
 
     #[test]
     fn env_carries_what_the_tail_agent_needs() {
-        let pin = format!("sha256:{}", "ab".repeat(32));
-        let c = parse(&format!(
-            "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
-        ))
-        .unwrap();
-        let env: std::collections::BTreeMap<_, _> = agent_env(
-            &c,
-            "8",
-            &nic(),
-            Ipv4Addr::new(10, 0, 2, 15),
-            &boot_lan(None),
-        )
-        .into_iter()
-        .collect();
+        let env = env_of("bigv.role=tail", "8", &boot_lan(None));
         assert_eq!(env["BIGV_NODE_ID"], "52:54:00:00:00:11");
         assert_eq!(env["BIGV_SPINE"], "10.0.2.2:4433");
-        assert_eq!(env["BIGV_PIN"], pin);
+        assert_eq!(env["BIGV_PIN"], format!("sha256:{}", "ab".repeat(32)));
         // The running image's version, not the one the brain expects.
         assert_eq!(env["BIGV_IMAGE_VERSION"], "8");
         assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
@@ -231,60 +227,34 @@ mod tests {
         assert_eq!(env["RUST_LOG"], "info");
         assert!(!env.contains_key("BIGV_TEMPLATES_URL"));
 
-        let head = parse(&format!(
-            "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin}"
-        ))
-        .unwrap();
-        let env = agent_env(
-            &head,
-            "7",
-            &nic(),
-            Ipv4Addr::new(10, 0, 2, 15),
-            &boot_lan(None),
-        );
-        assert!(!env.iter().any(|(k, _)| k == "BIGV_POOLS"));
-        assert!(!env.iter().any(|(k, _)| k == "BIGV_STORAGE_ADDRESS"));
-        assert!(!env.iter().any(|(k, _)| k == "BIGV_NIC_BACKEND"));
+        let head = env_of("bigv.role=head", "7", &boot_lan(None));
+        assert!(!head.contains_key("BIGV_POOLS"));
+        assert!(!head.contains_key("BIGV_STORAGE_ADDRESS"));
+        assert!(!head.contains_key("BIGV_NIC_BACKEND"));
         // A head with a global IPv6 address announces it as its storage
         // address; the log filter comes from bigv.log=.
-        let head = parse(&format!(
-            "bigv.role=head bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.log=debug bigv.trunk=eth1"
-        ))
-        .unwrap();
         let v6: Ipv6Addr = "fd00::5054:ff:fe00:11".parse().unwrap();
-        let env: std::collections::BTreeMap<_, _> = agent_env(
-            &head,
+        let head = env_of(
+            "bigv.role=head bigv.log=debug bigv.trunk=eth1",
             "7",
-            &nic(),
-            Ipv4Addr::new(10, 0, 2, 15),
             &boot_lan(Some(v6)),
-        )
-        .into_iter()
-        .collect();
-        assert_eq!(env["BIGV_STORAGE_ADDRESS"], "fd00::5054:ff:fe00:11");
-        assert_eq!(env["RUST_LOG"], "debug");
-        assert!(!env.contains_key("BIGV_STORAGE_INTERFACE"));
+        );
+        assert_eq!(head["BIGV_STORAGE_ADDRESS"], "fd00::5054:ff:fe00:11");
+        assert_eq!(head["RUST_LOG"], "debug");
+        assert!(!head.contains_key("BIGV_STORAGE_INTERFACE"));
         // bigv.trunk= gives VMs bridged taps on that interface.
-        assert_eq!(env["BIGV_NIC_BACKEND"], "bridged");
-        assert_eq!(env["BIGV_TRUNK"], "eth1");
+        assert_eq!(head["BIGV_NIC_BACKEND"], "bridged");
+        assert_eq!(head["BIGV_TRUNK"], "eth1");
         // Consoles' management addresses go on the boot NIC.
-        assert_eq!(env["BIGV_CONSOLE_INTERFACE"], nic().name);
+        assert_eq!(head["BIGV_CONSOLE_INTERFACE"], nic().name);
         // Tails get the templates URL.
-        let tail = parse(&format!(
-            "bigv.role=tail bigv.version=7 bigv.spine=10.0.2.2:4433 bigv.pin={pin} bigv.templates=http://10.0.0.1/templates"
-        ))
-        .unwrap();
-        let env: std::collections::BTreeMap<_, _> = agent_env(
-            &tail,
+        let tail = env_of(
+            "bigv.role=tail bigv.templates=http://10.0.0.1/templates",
             "7",
-            &nic(),
-            Ipv4Addr::new(10, 0, 2, 15),
             &boot_lan(Some(v6)),
-        )
-        .into_iter()
-        .collect();
-        assert_eq!(env["BIGV_TEMPLATES_URL"], "http://10.0.0.1/templates");
-        assert_eq!(env["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
+        );
+        assert_eq!(tail["BIGV_TEMPLATES_URL"], "http://10.0.0.1/templates");
+        assert_eq!(tail["BIGV_STORAGE_ADDRESS"], "10.0.2.15");
     }
 
     #[test]
