@@ -7,15 +7,16 @@
 //! would otherwise keep a new IPv6 address "tentative" (unbindable) for a
 //! second or more, stalling every handover by that long.
 //!
-//! A new IPv6 disc address is announced with an unsolicited neighbour
-//! advertisement ([`neighbour_advertisement`]): when a disc moves between
-//! tails its address moves too, and heads that cached the old tail's MAC
-//! would otherwise keep sending their NBD reconnects there until neighbour
-//! unreachability detection gives up (a TCP SYN retransmit ~63 s later, in
-//! the whole-system disc migration). The kernel announces nothing for
-//! `IFA_F_NODAD` addresses, so the agent does.
+//! A new disc address is announced (`bigv_announce`: an unsolicited
+//! neighbour advertisement, or a gratuitous ARP for IPv4): when a disc
+//! moves between tails its address moves too, and heads that cached the
+//! old tail's MAC would otherwise keep sending their NBD reconnects there
+//! until neighbour unreachability detection gives up (a TCP SYN
+//! retransmit ~63 s later, in the whole-system disc migration). The
+//! kernel announces nothing for `IFA_F_NODAD` addresses, so the agent
+//! does.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
@@ -132,9 +133,7 @@ impl Addresses {
         match req.execute().await {
             Ok(()) => {
                 tracing::info!(%addr, iface = m.iface, "added disc address");
-                if let IpAddr::V6(v6) = addr
-                    && let Err(error) = announce(&m.iface, m.index, v6)
-                {
+                if let Err(error) = bigv_announce::announce(&m.iface, m.index, addr) {
                     // Neighbours then find the address by themselves,
                     // later: worth a warning, not a failure.
                     tracing::warn!(%addr, iface = m.iface, %error, "announcing the disc address");
@@ -216,54 +215,6 @@ impl Addresses {
     }
 }
 
-/// An unsolicited neighbour advertisement (RFC 4861 4.4, 7.2.6) for
-/// `target` at link-layer address `mac`: override flag set, not solicited,
-/// not a router, with the target link-layer address option. The checksum
-/// is left 0: the kernel fills it in on an ICMPv6 raw socket.
-pub fn neighbour_advertisement(target: Ipv6Addr, mac: [u8; 6]) -> [u8; 32] {
-    let mut p = [0u8; 32];
-    p[0] = 136; // type: neighbour advertisement
-    p[4] = 0x20; // flags: O (override)
-    p[8..24].copy_from_slice(&target.octets());
-    p[24] = 2; // option: target link-layer address
-    p[25] = 1; // its length, in units of 8 bytes
-    p[26..32].copy_from_slice(&mac);
-    p
-}
-
-/// Sends [`neighbour_advertisement`] for `addr` to all nodes (ff02::1) on
-/// interface `iface` (index `index`), from `addr`, hop limit 255.
-fn announce(iface: &str, index: u32, addr: Ipv6Addr) -> std::io::Result<()> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-    let mac = parse_mac(text.trim()).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{iface}'s MAC {text:?}"),
-        )
-    })?;
-    let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
-    sock.set_multicast_hops_v6(255)?;
-    sock.set_multicast_if_v6(index)?;
-    sock.bind(&SockAddr::from(SocketAddrV6::new(addr, 0, 0, 0)))?;
-    let all_nodes = SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, index);
-    sock.send_to(
-        &neighbour_advertisement(addr, mac),
-        &SockAddr::from(all_nodes),
-    )?;
-    Ok(())
-}
-
-/// `52:54:00:8e:02:01` → its 6 bytes.
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 fn libc_eexist() -> i32 {
     nix::errno::Errno::EEXIST as i32
 }
@@ -271,22 +222,6 @@ fn libc_eexist() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_neighbour_advertisement_overrides_and_names_our_mac() {
-        let mac = parse_mac("52:54:00:8e:02:01").unwrap();
-        assert_eq!(mac, [0x52, 0x54, 0, 0x8e, 2, 1]);
-        assert_eq!(parse_mac("52:54:00:8e:02"), None);
-        assert_eq!(parse_mac("52:54:00:8e:02:01:07"), None);
-        let target: Ipv6Addr = "fd00:5::1".parse().unwrap();
-        let p = neighbour_advertisement(target, mac);
-        assert_eq!(p[0], 136, "type");
-        assert_eq!(p[1], 0, "code");
-        assert_eq!(p[4], 0x20, "override only: not a router, not solicited");
-        assert_eq!(&p[8..24], &target.octets());
-        assert_eq!(&p[24..26], &[2, 1], "target link-layer address, 8 bytes");
-        assert_eq!(&p[26..], &mac);
-    }
 
     #[test]
     fn addresses_come_and_go_on_the_storage_interface() {

@@ -1,7 +1,9 @@
 //! A VM's management address on the head's management interface, while
 //! its console runs there (`console_interface` in the head's config; off
 //! unless set). Added as a host route (`/32`, `/128`) with `IFA_F_NODAD`
-//! so it is usable at once, with rtnetlink, as the tail does for disc
+//! so it is usable at once, with rtnetlink, and announced to the LAN
+//! (gratuitous ARP, unsolicited neighbour advertisement: `bigv_announce`)
+//! because it moves between heads with its VM, as the tail does for disc
 //! addresses (`nodeos/tail/src/addresses.rs`).
 
 use std::net::IpAddr;
@@ -69,6 +71,12 @@ impl Interface {
         match req.execute().await {
             Ok(()) => {
                 tracing::info!(%addr, iface = self.name, "added a management address");
+                // After a migration the address was on another head a
+                // moment ago: tell the LAN, or SSH clients keep knocking
+                // there until their neighbour entry goes stale.
+                if let Err(error) = bigv_announce::announce(&self.name, self.index, addr) {
+                    tracing::warn!(%addr, iface = self.name, %error, "announcing the management address");
+                }
                 Ok(())
             }
             Err(e) if errno(&e) == Some(nix::errno::Errno::EEXIST) => Ok(()),
