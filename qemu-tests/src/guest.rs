@@ -149,6 +149,18 @@ pub fn operator_and_customer_setup(admin: &Bigv, customer: &Bigv, image: &Path) 
     assert!(images.contains(TEMPLATE), "{images}");
 }
 
+/// The customer adds server `name` from the test guest's template: 256 MiB,
+/// one core, a disc of `disc` (`1G`, `1024M`) and `more` arguments
+/// (`bigv add server`, which returns once the server is created).
+pub fn add_server(customer: &Bigv, name: &str, disc: &str, more: &[&str]) {
+    let mut args = vec![
+        "add", "server", name, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
+        disc,
+    ];
+    args.extend_from_slice(more);
+    customer.run(&args);
+}
+
 /// The operator adds the management VLAN and range ([`MANAGEMENT_RANGE`]):
 /// VMs added after it get an SSH console address.
 pub fn management_setup(admin: &Bigv) {

@@ -165,21 +165,15 @@ async fn scenario(ctx: &Ctx<'_>, cluster: &mut Cluster, logs: &mut Logs) -> Timi
     );
     let c = ctx.customer;
     guest.row("add server", Instant::now());
-    c.run(&[
-        "add",
-        "server",
+    guest::add_server(
+        c,
         SERVER,
-        "--image",
-        TEMPLATE,
-        "--memory",
-        "256M",
-        "--cores",
-        "1",
-        "--disc",
         "1G",
-        "--authorized-keys",
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBigVTestKey alice@laptop",
-    ]);
+        &[
+            "--authorized-keys",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBigVTestKey alice@laptop",
+        ],
+    );
     let first = wait_boot(brain, &admin, head, 0, "add server", &mut guest).await;
     // The install options reached the guest on its seed drive: the root
     // password `add server` generated (as a hash) and the one key.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use bigv_qemu_tests::brain::Admin;
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{Cluster, NodeSpec, until};
-use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE};
+use bigv_qemu_tests::guest::{self, CustomerScenario};
 use bigv_qemu_tests::logs::Logs;
 use bigv_qemu_tests::timings::Timings;
 use bigv_qemu_tests::vm::Vm;
@@ -139,10 +139,7 @@ async fn brain_scenario(
         ],
     );
     t.row("add server", Instant::now());
-    customer.run(&[
-        "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
-        "1G",
-    ]);
+    guest::add_server(customer, SERVER, "1G", &[]);
     let head_mac = cluster.nodes[0].spec.mac.clone();
     let (boot_line, disc) = {
         let head = &cluster.nodes[0].vm;
@@ -457,10 +454,7 @@ async fn head_scenario(
         ],
     );
     t.row("add server", Instant::now());
-    customer.run(&[
-        "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1", "--disc",
-        "1G",
-    ]);
+    guest::add_server(customer, SERVER, "1G", &[]);
     let (first, boot1, disc1) = wait_boot_on(
         cluster,
         &[0, 1],

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use bigv_qemu_tests::brain::Admin;
 use bigv_qemu_tests::cluster::{NodeSpec, until};
 use bigv_qemu_tests::console::{MAX_LINE, Session};
-use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, boot, guest_lines};
+use bigv_qemu_tests::guest::{self, CustomerScenario, boot, guest_lines};
 use bigv_qemu_tests::timings::Timings;
 use bigv_test_guest::{layout, lines};
 use serde_json::Value;
@@ -112,19 +112,7 @@ fn disc_migrates_live_between_tails() {
             &["done", "disc ok", "1st write", "max gap"],
         );
         t.row("add server", Instant::now());
-        alice.run(&[
-            "add",
-            "server",
-            SERVER,
-            "--image",
-            TEMPLATE,
-            "--memory",
-            "256M",
-            "--cores",
-            "1",
-            "--disc",
-            &format!("{DISC_MIB}M"),
-        ]);
+        guest::add_server(&alice, SERVER, &format!("{DISC_MIB}M"), &[]);
         let head = &cluster.nodes[0].vm;
         let first = until(
             "the guest's first DISC OK",

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bigv_qemu_tests::brain::Admin;
 use bigv_qemu_tests::cli::Bigv;
 use bigv_qemu_tests::cluster::{NodeSpec, until};
-use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, boot_of, ticks_of, vm_lines};
+use bigv_qemu_tests::guest::{self, CustomerScenario, boot_of, ticks_of, vm_lines};
 use bigv_qemu_tests::timings::Timings;
 use bigv_test_guest::lines;
 
@@ -76,10 +76,7 @@ fn vm_migrates_live_between_heads() {
         );
         t.row("add server", Instant::now());
         for name in [SERVER, PEER] {
-            alice.run(&[
-                "add", "server", name, "--image", TEMPLATE, "--memory", "256M", "--cores", "1",
-                "--disc", "1G",
-            ]);
+            guest::add_server(&alice, name, "1G", &[]);
         }
         let vm = server_id(&alice, SERVER);
         let peer = server_id(&alice, PEER);

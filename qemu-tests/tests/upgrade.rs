@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use bigv_qemu_tests::brain::{self, Admin};
 use bigv_qemu_tests::cluster::{Cluster, Node, NodeSpec, direct_boot, until};
-use bigv_qemu_tests::guest::{self, CustomerScenario, TEMPLATE, boot, boot_ids, last_tick};
+use bigv_qemu_tests::guest::{self, CustomerScenario, boot, boot_ids, last_tick};
 use bigv_qemu_tests::timings::Timings;
 use bigv_test_guest::lines;
 use serde_json::Value;
@@ -88,10 +88,7 @@ fn rolling_upgrade_reboots_every_node_no_vm_and_stops_at_a_node_on_the_wrong_ver
             &["first off", "ended", "disc ok"],
         );
         t.row("add server", Instant::now());
-        alice.run(&[
-            "add", "server", SERVER, "--image", TEMPLATE, "--memory", "256M", "--cores", "1",
-            "--disc", "1G",
-        ]);
+        guest::add_server(&alice, SERVER, "1G", &[]);
         let first = until(
             "the guest's first DISC OK",
             300,
